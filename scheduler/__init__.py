@@ -1,0 +1,7 @@
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("etcron")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0"
+
