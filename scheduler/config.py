@@ -1,0 +1,167 @@
+"""One configuration for masters and workers.
+
+Sources, later ones win: built-in defaults, the YAML file (``--config`` or
+``ETCRON_CONFIG``), then ``ETCRON_<SECTION>__<FIELD>`` environment variables
+(for example ``ETCRON_ETCD__ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379`` or
+``ETCRON_MASTER__TOKEN=...``). Unknown keys are errors, so a typo is never
+silently ignored. ``config.example.yaml`` documents every setting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from scheduler.durations import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def _split_labels(value: Any) -> Any:
+    if isinstance(value, str):
+        pairs = [p.strip() for p in value.split(",") if p.strip()]
+        out: dict[str, str] = {}
+        for pair in pairs:
+            k, sep, v = pair.partition("=")
+            if not sep:
+                raise ValueError(f"expected key=value labels, got {pair!r}")
+            out[k.strip()] = v.strip()
+        return out
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EtcdConfig(_Section):
+    endpoints: Annotated[list[str], BeforeValidator(_split_list)] = ["127.0.0.1:2379"]
+    prefix: str = "/cron"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_server_name: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    request_timeout: Duration = 5.0
+    connect_timeout: Duration = 10.0
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password
+
+
+class MasterConfig(_Section):
+    listen: str = "127.0.0.1:8070"
+    token: str | None = None
+    token_file: Path | None = None
+    housekeeping_interval: Duration = 30.0
+    keep_succeeded: int = 10
+    keep_failed: int = 20
+    keep_for: Duration = 7 * 86400.0
+    compact_interval: Duration = 300.0
+    compact_keep_revisions: int = 10000
+
+    def resolved_token(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
+class WorkerConfig(_Section):
+    id: str = Field(default_factory=socket.gethostname)
+    labels: Annotated[dict[str, str], BeforeValidator(_split_labels)] = {}
+    capacity: int = 16
+    lease_ttl: int = 6
+    lease_margin: Duration = 1.0
+    drain_grace: Duration = 30.0
+    kill_grace: Duration = 5.0
+    handoff_delay: Duration = 0.2
+    default_starting_deadline: Duration = 30.0
+    max_clock_skew: Duration = 0.5
+    stop_claiming_on_skew: bool = False
+    clock_offset: Duration = 0.0
+    allow_run_as: bool = False
+    output_limit: Size = 1024 * 1024
+    output_flush_interval: Duration = 0.5
+    output_chunk_size: Size = 64 * 1024
+    output_tail: Size = 4096
+    log_dir: Path | None = None
+    log_file_max: Size = 10 * 1024 * 1024
+    log_file_count: int = 5
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    etcd: EtcdConfig = EtcdConfig()
+    master: MasterConfig = MasterConfig()
+    worker: WorkerConfig = WorkerConfig()
+    log: LogConfig = LogConfig()
+
+
+class ConfigError(Exception):
+    """A configuration file or variable is invalid; the message names it."""
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith("ETCRON_") or "__" not in name:
+            continue
+        section, _, field = name[len("ETCRON_") :].lower().partition("__")
+        out.setdefault(section, {})[field] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from ``path`` (optional) and the environment."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get("ETCRON_CONFIG"):
+        path = env["ETCRON_CONFIG"]
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (etcd, master, worker, log)")
+        data = loaded
+    for section, fields in _env_overrides(env).items():
+        current = data.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        current.update(fields)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{source}: {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc

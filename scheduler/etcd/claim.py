@@ -1,0 +1,264 @@
+"""Claim and release: at most one run per (job, tick), fenced by etcd revisions.
+
+The claim is one transaction (``forbid`` shown; ``allow`` uses a per-run lock key,
+so the lock compare always holds)::
+
+    If(  Value(ticks/J) < T                 -- the tick fence: T not taken yet
+     AND CreateRevision(lock/J) == 0 )      -- nobody runs J now
+    Then(Put(ticks/J, T), Put(lock/J, me, lease=session), Put(runs/J/<run>, running))
+    Else(Get(lock/J), Get(ticks/J), Get(runs/J/<run>))
+
+- ``ticks/J`` only ever grows, so a tick is taken once whatever the clock skew or
+  how fast the previous run finished (the lock alone cannot say "tick T was
+  already taken"). A missing ``ticks/J`` fails a value compare; the claim is
+  then retried with ``CreateRevision(ticks/J) == 0``.
+- The revision of the winning transaction is the run's *fencing token*; the
+  lock's create revision equals it.
+- When the tick is free but the lock is held (``forbid``), exactly one worker
+  records the tick as skipped, with the same fence in a second transaction.
+- The transaction is sent once (no library retries). When its reply is lost the
+  same transaction — same run id — is sent again: if the first one committed,
+  the else branch shows our own run record and lock, and the claim is reported
+  as won with the original token. A committed claim is never reported as lost.
+- Release deletes the lock only if its create revision is still our token, and
+  writes the final run record in the same transaction.
+
+Manual runs use a trigger key instead of the tick fence: the claim deletes the
+trigger, so one request starts at most one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scheduler.etcd.client import (
+    GREATER,
+    LESS,
+    NOT_EQUAL,
+    Cmp,
+    EtcdAmbiguous,
+    EtcdClient,
+    EtcdUnavailable,
+    KeyValue,
+    Op,
+    cmp_created,
+    cmp_value,
+    op_delete,
+    op_get,
+    op_put,
+)
+from scheduler.keyspace import decode_tick, encode_tick
+
+
+class Outcome(enum.Enum):
+    WON = "won"
+    """We hold the claim; ``token`` is the fencing token."""
+    TAKEN = "taken"
+    """Another worker (or an earlier claim) already took this tick or trigger."""
+    BUSY = "busy"
+    """The tick was free but the job is running; ``recorded`` says whether we wrote the skip."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    outcome: Outcome
+    token: int = 0
+    holder: bytes | None = None
+    recorded: bool = False
+    last_tick: int | None = None
+    txns: int = 0
+
+
+class Fence:
+    """What makes a claim unique: a tick, or a manual-run trigger."""
+
+    def compares(self) -> list[Cmp]:
+        raise NotImplementedError
+
+    def ops(self) -> list[Op]:
+        raise NotImplementedError
+
+    def check(self) -> Op:
+        raise NotImplementedError
+
+    def taken(self, seen: list[KeyValue]) -> bool:
+        raise NotImplementedError
+
+    def missing(self, seen: list[KeyValue]) -> bool:
+        """True when the fence key does not exist and the compare must change."""
+        return False
+
+
+class TickFence(Fence):
+    def __init__(self, key: str, tick_ms: int) -> None:
+        self.key = key
+        self.tick_ms = tick_ms
+        self.value = encode_tick(tick_ms)
+        self.first = False
+
+    def compares(self) -> list[Cmp]:
+        if self.first:
+            return [cmp_created(self.key, 0)]
+        return [cmp_value(self.key, self.value, LESS)]
+
+    def ops(self) -> list[Op]:
+        return [op_put(self.key, self.value)]
+
+    def check(self) -> Op:
+        return op_get(self.key)
+
+    def taken(self, seen: list[KeyValue]) -> bool:
+        return bool(seen) and seen[0].value >= self.value
+
+    def missing(self, seen: list[KeyValue]) -> bool:
+        if not seen and not self.first:
+            self.first = True
+            return True
+        if seen and self.first:
+            self.first = False
+            return True
+        return False
+
+
+class TriggerFence(Fence):
+    """A manual-run request key: the claim consumes (deletes) it."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def compares(self) -> list[Cmp]:
+        return [cmp_created(self.key, 0, GREATER)]
+
+    def ops(self) -> list[Op]:
+        return [op_delete(self.key)]
+
+    def check(self) -> Op:
+        return op_get(self.key)
+
+    def taken(self, seen: list[KeyValue]) -> bool:
+        return not seen
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    fence: Fence
+    lock_key: str | None
+    """None: claim the fence only (no lock), e.g. to record a missed tick."""
+    lock_value: bytes
+    lease: int
+    run_id: str
+    record_key: str
+    record_value: bytes
+    skip_value: bytes | None
+    """The run record to write when the lock is held (``forbid``); None: do not skip-record."""
+
+
+def _holds(lock: list[KeyValue], run_id: str) -> bool:
+    return bool(lock) and run_id.encode() in lock[0].value
+
+
+async def claim(
+    client: EtcdClient,
+    req: ClaimRequest,
+    *,
+    deadline: float = 5.0,
+    sleep: Callable[[float], object] | None = None,
+) -> Claim:
+    """Try to claim ``req.fence`` for one run. See the module docstring for the rules.
+
+    Raises :class:`EtcdUnavailable` if etcd gave no definite answer within
+    ``deadline`` seconds; the claim is then unknown and the caller must not run.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    txns = 0
+    delay = 0.05
+    lock_key = req.lock_key
+    failure = [op_get(lock_key or req.record_key), req.fence.check(), op_get(req.record_key)]
+    while True:
+        try:
+            txns += 1
+            lock_cmp = [cmp_created(lock_key, 0)] if lock_key else []
+            lock_put = [op_put(lock_key, req.lock_value, lease=req.lease)] if lock_key else []
+            res = await client.txn_once(
+                [*req.fence.compares(), *lock_cmp],
+                [*req.fence.ops(), *lock_put, op_put(req.record_key, req.record_value)],
+                failure,
+            )
+            if res.succeeded:
+                return Claim(Outcome.WON, token=res.revision, txns=txns)
+            lock, seen, record = res.responses
+            if record:  # an earlier attempt of ours committed; its reply was lost
+                if lock_key is None or _holds(lock, req.run_id):
+                    return Claim(Outcome.WON, token=lock[0].create_revision, txns=txns)
+                return Claim(Outcome.BUSY, recorded=True, txns=txns)
+            if req.fence.missing(seen):
+                continue
+            if req.fence.taken(seen):
+                last = decode_tick(seen[0].value) if isinstance(req.fence, TickFence) else None
+                return Claim(Outcome.TAKEN, last_tick=last, txns=txns)
+            if not lock or lock_key is None:
+                continue  # the lock was released between our compare and now: try again
+            holder = lock[0].value
+            if req.skip_value is None:
+                return Claim(Outcome.BUSY, holder=holder, txns=txns)
+            txns += 1
+            skip = await client.txn_once(
+                [*req.fence.compares(), cmp_created(lock_key, 0, NOT_EQUAL)],
+                [*req.fence.ops(), op_put(req.record_key, req.skip_value)],
+                failure,
+            )
+            if skip.succeeded:
+                return Claim(Outcome.BUSY, holder=holder, recorded=True, txns=txns)
+        except EtcdAmbiguous:
+            if loop.time() + delay > give_up:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        if loop.time() > give_up:
+            raise EtcdUnavailable("claim: no definite answer before the deadline")
+
+
+async def release(
+    client: EtcdClient, lock_key: str, token: int, record_key: str, record_value: bytes
+) -> bool:
+    """Write the final run record and delete the lock if it is still ours.
+
+    Returns True when the lock was ours (created at ``token``) and is now gone.
+    """
+    res = await client.txn(
+        [cmp_created(lock_key, token)],
+        [op_delete(lock_key), op_put(record_key, record_value)],
+        [op_put(record_key, record_value)],
+    )
+    return res.succeeded
+
+
+async def acquire(
+    client: EtcdClient, lock_key: str, value: bytes, lease: int
+) -> tuple[int, bytes | None]:
+    """Take a free lock (for ``replace`` after the old run is gone).
+
+    Returns (token, None) when taken, or (0, holder value) when it is held.
+    Idempotent for the same ``value`` (an earlier lost reply is recognised).
+    """
+    while True:
+        try:
+            res = await client.txn_once(
+                [cmp_created(lock_key, 0)],
+                [op_put(lock_key, value, lease=lease)],
+                [op_get(lock_key)],
+            )
+        except EtcdAmbiguous:
+            await asyncio.sleep(0.1)
+            continue
+        if res.succeeded:
+            return res.revision, None
+        (lock,) = res.responses
+        if lock and lock[0].value == value:
+            return lock[0].create_revision, None
+        if lock:
+            return 0, lock[0].value

@@ -1,0 +1,129 @@
+"""The etcd keyspace, in one place.
+
+Every key etcron reads or writes is built here, under a configurable prefix
+(default ``/cron``). Job names are DNS labels, so a name never contains ``/`` and
+``<prefix>/lock/<name>`` can never be a prefix of another job's key.
+
+| key                                   | written by            | lease            |
+|---------------------------------------|-----------------------|------------------|
+| ``jobs/<name>``                       | masters               | none             |
+| ``lock/<name>`` (``lock/<name>/<run>`` for ``allow``) | the running worker | its session |
+| ``ticks/<name>``                      | the claim transaction | none             |
+| ``workers/<id>``                      | the worker            | its session      |
+| ``killer/<name>``                     | masters               | short            |
+| ``trigger/<name>/<request>``          | masters (manual runs) | short            |
+| ``runs/<name>/<run-id>``              | workers, leader master| none (retention) |
+| ``output/<name>/<run-id>/<seq>``      | the running worker    | none (retention) |
+| ``leader``                            | the leader master     | its session      |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TICK_WIDTH = 16
+"""Ticks are stored as zero-padded epoch milliseconds, so byte order is time order."""
+
+
+def encode_tick(tick_ms: int) -> bytes:
+    if tick_ms < 0:
+        raise ValueError(f"tick must be >= 0, got {tick_ms}")
+    return f"{tick_ms:0{TICK_WIDTH}d}".encode()
+
+
+def decode_tick(raw: bytes) -> int:
+    return int(raw.decode())
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    prefix: str = "/cron"
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ValueError(f"key prefix must start with '/' and not end with it: {self.prefix!r}")
+
+    def _dir(self, kind: str) -> str:
+        return f"{self.prefix}/{kind}/"
+
+    # jobs
+    @property
+    def jobs(self) -> str:
+        return self._dir("jobs")
+
+    def job(self, name: str) -> str:
+        return self.jobs + name
+
+    # locks and tick fences
+    @property
+    def locks(self) -> str:
+        return self._dir("lock")
+
+    def lock(self, name: str) -> str:
+        return self.locks + name
+
+    def run_lock(self, name: str, run_id: str) -> str:
+        """The per-run lock of an ``allow`` job (several may exist at once)."""
+        return f"{self.locks}{name}/{run_id}"
+
+    @property
+    def ticks(self) -> str:
+        return self._dir("ticks")
+
+    def tick(self, name: str) -> str:
+        return self.ticks + name
+
+    # workers
+    @property
+    def workers(self) -> str:
+        return self._dir("workers")
+
+    def worker(self, worker_id: str) -> str:
+        return self.workers + worker_id
+
+    # requests from masters
+    @property
+    def killers(self) -> str:
+        return self._dir("killer")
+
+    def killer(self, name: str) -> str:
+        return self.killers + name
+
+    @property
+    def triggers(self) -> str:
+        return self._dir("trigger")
+
+    def trigger(self, name: str, request_id: str) -> str:
+        return f"{self.triggers}{name}/{request_id}"
+
+    # history
+    @property
+    def runs(self) -> str:
+        return self._dir("runs")
+
+    def job_runs(self, name: str) -> str:
+        return f"{self.runs}{name}/"
+
+    def run(self, name: str, run_id: str) -> str:
+        return f"{self.runs}{name}/{run_id}"
+
+    @property
+    def outputs(self) -> str:
+        return self._dir("output")
+
+    def run_output(self, name: str, run_id: str) -> str:
+        return f"{self.outputs}{name}/{run_id}/"
+
+    def output_chunk(self, name: str, run_id: str, seq: int) -> str:
+        return f"{self.outputs}{name}/{run_id}/{seq:08d}"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}/leader"
+
+    @staticmethod
+    def tail(key: str, prefix: str) -> str:
+        """The part of ``key`` after ``prefix`` (``prefix`` must match)."""
+        if not key.startswith(prefix):
+            raise ValueError(f"{key!r} is not under {prefix!r}")
+        return key[len(prefix) :]

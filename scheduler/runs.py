@@ -1,0 +1,97 @@
+"""Run records: what happened to each (job, tick).
+
+A record lives at ``<prefix>/runs/<job>/<run-id>``. Run ids start with the tick
+in UTC (``20261123T070500Z-3f9c2a``), so keys sort by tick and "newest first" is
+a reverse key scan. The claim transaction writes the first version (``running``
+or ``skipped``); the release transaction writes the final one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    KILLED = "killed"
+    LOST = "lost"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+    @property
+    def final(self) -> bool:
+        return self is not RunStatus.RUNNING
+
+    @property
+    def ok(self) -> bool:
+        return self is RunStatus.SUCCEEDED
+
+
+def new_run_id(tick: datetime, *, manual: bool = False) -> str:
+    stamp = tick.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}Z-{'m' if manual else ''}{secrets.token_hex(3)}"
+
+
+def tick_ms(tick: datetime) -> int:
+    return round(tick.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    job: str
+    run_id: str
+    tick: datetime
+    manual: bool = False
+    status: RunStatus
+    worker: str | None = None
+    lease: int = 0
+    attempt: int = 1
+    fencing_token: int = 0
+    start: datetime | None = None
+    end: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    output_bytes: int = 0
+    output_omitted: int = 0
+    output_chunks: int = 0
+    output_tail: str = ""
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RunRecord:
+        return cls.model_validate_json(data)
+
+    @property
+    def duration(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return (self.end - self.start).total_seconds()
+
+
+class LockValue(BaseModel):
+    """The value of ``lock/<job>``: who runs the job now."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    worker: str
+    run_id: str
+    tick: datetime
+    lease: int
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()

@@ -1,0 +1,53 @@
+"""``etcron worker``: run a :class:`workers.worker.Worker` until a signal.
+
+The only place in the worker that installs signal handlers. First SIGTERM or
+SIGINT: drain (stop claiming, let running jobs finish within
+``worker.drain_grace``, record them, release locks, revoke the lease). A second
+signal: kill the children's process groups and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from scheduler.config import Config
+from workers.worker import Worker
+
+log = structlog.get_logger("etcron.worker")
+
+
+async def serve(config: Config) -> int:
+    worker = Worker(config)
+    loop = asyncio.get_running_loop()
+    signals = 0
+    stopping: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals, stopping
+        signals += 1
+        if signals == 1:
+            log.info("signal received: draining", signal=signal.Signals(signum).name)
+            stopping = asyncio.ensure_future(worker.stop())
+        else:
+            log.warning("second signal: killing running jobs", signal=signal.Signals(signum).name)
+            worker.kill()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await worker.start()
+        await worker.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if stopping is not None and stopping.done() and stopping.exception() is not None:
+        log.error("drain failed", error=repr(stopping.exception()))
+        return 1
+    return 0
+
+
+def main(config: Config) -> int:
+    return asyncio.run(serve(config))

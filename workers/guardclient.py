@@ -1,0 +1,76 @@
+"""The worker's side of the guard pipe (see :mod:`workers.guard`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+import structlog
+
+from scheduler.config import EtcdConfig
+
+log = structlog.get_logger("etcron.guard")
+
+
+class Guard:
+    def __init__(self, etcd: EtcdConfig) -> None:
+        self.etcd = etcd
+        self.proc: asyncio.subprocess.Process | None = None
+        self._pgids: set[int] = set()
+        self._lease = 0
+        self._deadline = 0.0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "workers.guard",
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._send(self.etcd.model_dump_json())
+        self._send(f"L {self._lease}")
+        if self._deadline:
+            self._send(f"D {self._deadline}")
+        for pgid in self._pgids:
+            self._send(f"A {pgid}")
+
+    def _send(self, line: str) -> None:
+        if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
+            return
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            log.error("guard process is gone")
+
+    def deadline(self, monotonic_deadline: float) -> None:
+        self._deadline = monotonic_deadline
+        self._send(f"D {monotonic_deadline:.6f}")
+
+    def lease(self, lease_id: int) -> None:
+        self._lease = lease_id
+        self._send(f"L {lease_id}")
+
+    def add(self, pgid: int) -> None:
+        self._pgids.add(pgid)
+        self._send(f"A {pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self._pgids.discard(pgid)
+        self._send(f"R {pgid}")
+
+    async def close(self) -> None:
+        """Clean exit: the worker has stopped its children and revoked its lease itself."""
+        if self.proc is None:
+            return
+        self._send("Q")
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.proc.wait()
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None

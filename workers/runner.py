@@ -1,0 +1,243 @@
+"""One run: claim a tick (or a manual trigger), execute with retries, release.
+
+The rules of a run, in order:
+
+1. Claim with one transaction (``scheduler.etcd.claim``): the tick fence, the lock
+   on our session lease, and the ``running`` record. Losing writes nothing else.
+2. Start the child only while the session can still prove its lease for at least
+   ``MIN_LEASE_LEFT`` seconds; the fencing token (the claim's revision) goes into
+   the child's environment as ``ETCRON_FENCING_TOKEN``.
+3. Retries stay inside the same claim: the lock is held between attempts.
+4. Release with one transaction: the final record, and the lock deleted only if
+   its create revision is still our token. If etcd is unreachable the release is
+   retried until it lands; a run whose lease was lost is recorded as ``lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from scheduler.etcd.claim import release
+from scheduler.etcd.client import EtcdClient, EtcdError
+from scheduler.model import JobSpec
+from scheduler.runs import RunRecord, RunStatus
+from workers.executor import Child, OutputSink, StopReason
+
+log = structlog.get_logger("etcron.run")
+
+MIN_LEASE_LEFT = 0.5
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
+
+
+@dataclass
+class RunHandle:
+    """A run this worker holds a claim for."""
+
+    job: JobSpec
+    record: RunRecord
+    lock_key: str
+    record_key: str
+    token: int
+    child: Child | None = None
+    stop_reason: StopReason | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    def stop(self, reason: StopReason, *, now: bool = False) -> None:
+        if self.stop_reason is None or reason is StopReason.LOST:
+            self.stop_reason = reason
+        self.stopped.set()
+        if self.child is not None:
+            self.child.stop(reason, now=now)
+
+
+def child_env(job: JobSpec, rec: RunRecord, worker_id: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(job.env)
+    env.update(
+        ETCRON_JOB=job.name,
+        ETCRON_TICK=rec.tick.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        ETCRON_RUN_ID=rec.run_id,
+        ETCRON_FENCING_TOKEN=str(rec.fencing_token),
+        ETCRON_WORKER=worker_id,
+        ETCRON_ATTEMPT=str(rec.attempt),
+    )
+    return env
+
+
+def argv_of(job: JobSpec) -> list[str]:
+    if job.shell is not None:
+        return ["/bin/sh", "-c", job.shell]
+    assert job.command
+    return list(job.command)
+
+
+def _status(h: RunHandle, exit_code: int | None, error: str) -> RunStatus:
+    if h.stop_reason is StopReason.LOST:
+        return RunStatus.LOST
+    if h.stop_reason in (StopReason.KILLED, StopReason.DRAIN):
+        return RunStatus.KILLED
+    if h.stop_reason is StopReason.TIMEOUT:
+        return RunStatus.TIMED_OUT
+    return RunStatus.SUCCEEDED if exit_code == 0 and not error else RunStatus.FAILED
+
+
+class Runner:
+    """Executes claimed runs for a worker. ``lease_left`` says how long the session is proven."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        worker_id: str,
+        *,
+        kill_grace: float,
+        allow_run_as: bool,
+        lease_left: Callable[[], float],
+        now: Callable[[], datetime],
+        guard_add: Callable[[int], None],
+        guard_remove: Callable[[int], None],
+        sink_factory: Callable[[RunHandle], OutputSink] | None = None,
+    ) -> None:
+        self.client = client
+        self.worker_id = worker_id
+        self.kill_grace = kill_grace
+        self.allow_run_as = allow_run_as
+        self.lease_left = lease_left
+        self.now = now
+        self.guard_add = guard_add
+        self.guard_remove = guard_remove
+        self.sink_factory = sink_factory
+
+    def _user(self, job: JobSpec) -> tuple[str | None, str]:
+        if job.user is None:
+            return None, ""
+        if not self.allow_run_as:
+            return None, f"run-as user {job.user!r} refused: worker.allow_run_as is off"
+        try:
+            pwd.getpwnam(job.user)
+        except KeyError:
+            return None, f"run-as user {job.user!r} does not exist on this host"
+        return job.user, ""
+
+    async def execute(self, h: RunHandle) -> RunRecord:
+        """Run ``h`` to the end (all attempts) and release its claim; return the final record."""
+        job, rec = h.job, h.record
+        user, error = self._user(job)
+        exit_code: int | None = None
+        sig: int | None = None
+        sink = self._sink(h)
+        attempts = job.retries + 1
+        for attempt in range(1, attempts + 1):
+            rec.attempt = attempt
+            if error:
+                break
+            if self.lease_left() < MIN_LEASE_LEFT:
+                h.stop_reason = StopReason.LOST
+                error = "session lease not proven alive: not started"
+                break
+            child = Child(
+                argv_of(job),
+                env=child_env(job, rec, self.worker_id),
+                cwd=job.workdir,
+                user=user,
+                sink=sink,
+                kill_grace=self.kill_grace,
+                on_start=self.guard_add,
+                on_exit=self.guard_remove,
+            )
+            h.child = child
+            if h.stop_reason is not None:
+                break
+            outcome = await child.run(job.timeout)
+            if h.stop_reason is None and outcome.stopped is StopReason.TIMEOUT:
+                h.stop_reason = StopReason.TIMEOUT
+            exit_code, sig, error = outcome.exit_code, outcome.signal, outcome.error
+            if outcome.ok or h.stop_reason in (
+                StopReason.KILLED,
+                StopReason.LOST,
+                StopReason.DRAIN,
+            ):
+                break
+            if attempt < attempts:
+                log.info("attempt failed, retrying", job=job.name, run=rec.run_id, attempt=attempt)
+                h.stop_reason = None if h.stop_reason is StopReason.TIMEOUT else h.stop_reason
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(job.retry_backoff):
+                        await h.stopped.wait()
+        rec.status = _status(h, exit_code, error)
+        rec.exit_code, rec.signal = exit_code, sig
+        rec.end = self.now()
+        rec.message = error
+        await sink.flush()
+        rec.output_bytes = sink.total
+        rec.output_tail = sink.tail
+        for name in ("omitted", "chunks"):
+            if hasattr(sink, name):
+                setattr(rec, f"output_{name}", getattr(sink, name))
+        await self.finish(h)
+        return rec
+
+    def _sink(self, h: RunHandle) -> OutputSink:
+        if self.sink_factory is not None:
+            return self.sink_factory(h)
+        return OutputSink()
+
+    async def finish(self, h: RunHandle, *, patience: float = 120.0) -> None:
+        """Release the claim with the final record; retry while etcd is unreachable."""
+        delay = 0.1
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + patience
+        while True:
+            try:
+                await release(self.client, h.lock_key, h.token, h.record_key, h.record.to_json())
+                log.info(
+                    "run finished",
+                    job=h.job.name,
+                    run=h.run_id,
+                    status=str(h.record.status),
+                    exit_code=h.record.exit_code,
+                    attempt=h.record.attempt,
+                )
+                return
+            except EtcdError as exc:
+                if loop.time() > give_up:
+                    log.error(
+                        "could not record run result", job=h.job.name, run=h.run_id, error=str(exc)
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+def started_record(
+    job: JobSpec,
+    run_id: str,
+    tick: datetime,
+    worker: str,
+    lease: int,
+    now: datetime,
+    *,
+    manual: bool,
+) -> RunRecord:
+    return RunRecord(
+        job=job.name,
+        run_id=run_id,
+        tick=tick,
+        manual=manual,
+        status=RunStatus.RUNNING,
+        worker=worker,
+        lease=lease,
+        start=now,
+    )

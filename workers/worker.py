@@ -1,0 +1,535 @@
+"""The worker daemon: watches jobs, fires ticks, claims them, runs them.
+
+Lifecycle is apart from signals: ``start()`` returns once the worker holds a
+session and has loaded the job table; ``stop()`` drains (invariant I5);
+``kill()`` is the second-signal path. Only :mod:`workers.daemon` installs
+signal handlers.
+
+Every long-running loop runs in one ``TaskGroup``: a loop that dies takes the
+worker down loudly instead of going silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import structlog
+
+from scheduler import __version__
+from scheduler.clock import Clock, OffsetClock
+from scheduler.config import Config
+from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, TriggerFence, acquire, claim
+from scheduler.etcd.client import EtcdClient, EtcdError, EtcdUnavailable, cmp_created, op_put
+from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
+from scheduler.etcd.session import Session
+from scheduler.keyspace import Keyspace
+from scheduler.model import Concurrency, JobSpec
+from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from workers.executor import StopReason
+from workers.guardclient import Guard
+from workers.peers import rank
+from workers.runner import RunHandle, Runner, started_record
+from workers.state import JobTable, PeerView, TickView
+from workers.timer import Timer
+
+log = structlog.get_logger("etcron.worker")
+
+MAX_SLEEP = 30.0
+
+
+class WorkerIdInUse(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.cfg = config.worker
+        self.id = self.cfg.id
+        self.ks = Keyspace(config.etcd.prefix)
+        if clock is None:
+            clock = OffsetClock(self.cfg.clock_offset) if self.cfg.clock_offset else Clock()
+        self.clock = clock
+        self.table = JobTable(self.ks.jobs)
+        self.ticks = TickView(self.ks.ticks)
+        self.peers = PeerView(self.ks.workers)
+        self.timer = Timer()
+        self.runs: dict[str, RunHandle] = {}
+        self.session: Session | None = None
+        self.client: EtcdClient | None = None
+        self.guard = Guard(config.etcd)
+        self.draining = False
+        self.skew = 0.0
+        self.ready = asyncio.Event()
+        self._loaded: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._session_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self.log = log.bind(worker=self.id)
+        self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
+        self.stats |= {"missed": 0, "started": 0}
+
+    # lifecycle ------------------------------------------------------------
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Connect, take a session, load the tables; return when claiming can begin."""
+        self._main = asyncio.create_task(self._run(), name=f"worker-{self.id}")
+        ready = asyncio.create_task(self.ready.wait())
+        done, _ = await asyncio.wait(
+            {ready, self._main}, timeout=timeout, return_when="FIRST_COMPLETED"
+        )
+        if self._main in done:
+            ready.cancel()
+            self._main.result()
+            raise RuntimeError("worker stopped during start")
+        if ready not in done:
+            ready.cancel()
+            self.kill()
+            with contextlib.suppress(Exception):
+                await self.wait()
+            raise TimeoutError("worker did not become ready")
+
+    async def wait(self) -> None:
+        if self._main is not None:
+            await self._main
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: no new claims; running jobs finish (or are killed after ``grace``)."""
+        grace = self.cfg.drain_grace if grace is None else grace
+        self.draining = True
+        self._wake.set()
+        self.log.info("draining", running=len(self.runs), grace=grace)
+        await self._register()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self.runs:
+                    await asyncio.wait(
+                        [t for t in self._tasks if not t.done()] or [asyncio.sleep(0.05)]
+                    )
+        for h in list(self.runs.values()):
+            h.stop(StopReason.DRAIN)
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        self._stop.set()
+        await self.wait()
+
+    def kill(self) -> None:
+        """Second signal: kill every child process group now and stop (``wait()`` for the end)."""
+        for h in list(self.runs.values()):
+            h.stop(StopReason.KILLED, now=True)
+        self.draining = True
+        self._stop.set()
+
+    # main -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self.client = await EtcdClient.connect(self.config.etcd)
+        await self.guard.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                loops = [
+                    self._session_loop(),
+                    self._follow(self.ks.jobs, self._on_jobs),
+                    self._follow(self.ks.ticks, self._on_ticks),
+                    self._follow(self.ks.workers, self._on_workers),
+                    self._follow(self.ks.killers, self._on_killers),
+                    self._follow(self.ks.triggers, self._on_triggers),
+                    self._timer_loop(),
+                    self._register_loop(),
+                ]
+                tasks = [tg.create_task(c) for c in loops]
+                await self._stop.wait()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close(revoke=True)
+        await self.guard.close()
+        if self.client is not None:
+            await self.client.close()
+        self.log.info("stopped", stats=self.stats)
+
+    async def _follow(
+        self, prefix: str, handler: Callable[[Snapshot | Batch], Awaitable[None] | None]
+    ) -> None:
+        assert self.client is not None
+        async for item in ListWatch(self.client, prefix):
+            result = handler(item)
+            if result is not None:
+                await result
+            if isinstance(item, Snapshot):
+                self._loaded.add(prefix)
+                self._check_ready()
+
+    def _check_ready(self) -> None:
+        needed = {self.ks.jobs, self.ks.ticks, self.ks.workers}
+        if needed <= self._loaded and self._session_ready.is_set() and not self.ready.is_set():
+            self.ready.set()
+            self.log.info("ready", jobs=len(self.table.jobs), revision=self.table.revision)
+
+    # session --------------------------------------------------------------
+
+    def lease_left(self) -> float:
+        return self.session.remaining() if self.session is not None else 0.0
+
+    async def _session_loop(self) -> None:
+        assert self.client is not None
+        delay = 0.2
+        while True:
+            try:
+                session = Session(
+                    self.client,
+                    ttl=self.cfg.lease_ttl,
+                    margin=self.cfg.lease_margin,
+                    clock=self.clock,
+                )
+                session.on_renew.append(lambda d: self.guard.deadline(d - self.cfg.lease_margin))
+                await session.start()
+                self.guard.lease(session.lease_id)
+                self.session = session
+                await self._register(create=True)
+            except EtcdUnavailable as exc:
+                self.log.warning("no session, retrying", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.2
+            self._session_ready.set()
+            self._check_ready()
+            await session.lost.wait()
+            self.session = None
+            self._session_ready.clear()
+            await session.close(revoke=False)
+            lost = list(self.runs.values())
+            for h in lost:
+                h.stop(StopReason.LOST, now=True)
+            self.log.error("lease lost: stopped claiming, killed running jobs", runs=len(lost))
+
+    def _registration(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "labels": self.cfg.labels,
+                "capacity": self.cfg.capacity,
+                "running": len(self.runs),
+                "version": __version__,
+                "clock": self.clock.time(),
+                "skew": round(self.skew, 4),
+                "draining": self.draining,
+                "jobs": len(self.table.jobs),
+                "revision": self.table.revision,
+                "lease": self.session.lease_id if self.session else 0,
+            }
+        ).encode()
+
+    async def _register(self, *, create: bool = False) -> None:
+        session, client = self.session, self.client
+        if session is None or client is None:
+            return
+        key = self.ks.worker(self.id)
+        if create:
+            res = await client.txn(
+                [cmp_created(key, 0)], [op_put(key, self._registration(), lease=session.lease_id)]
+            )
+            if not res.succeeded:
+                kv, _ = await client.get(key)
+                if kv is not None and kv.lease != session.lease_id:
+                    raise WorkerIdInUse(
+                        f"worker id {self.id!r} is registered by another live worker"
+                    )
+            else:
+                return
+        await client.put(key, self._registration(), lease=session.lease_id)
+
+    async def _register_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            self.skew = self.peers.skew(self.id, self.clock.time())
+            if abs(self.skew) > self.cfg.max_clock_skew:
+                self.log.warning(
+                    "clock skew above the bound",
+                    skew=round(self.skew, 3),
+                    bound=self.cfg.max_clock_skew,
+                    claiming=not self.cfg.stop_claiming_on_skew,
+                )
+            with contextlib.suppress(EtcdError):
+                await self._register()
+
+    # watches --------------------------------------------------------------
+
+    def _on_jobs(self, item: Snapshot | Batch) -> None:
+        now_ms = int(self.clock.time() * 1000)
+        for name, spec in self.table.apply(item):
+            if spec is None:
+                self.timer.remove(name)
+                continue
+            nxt = spec.schedule_obj().next_after(from_ms(now_ms), spec.zone())
+            self.timer.schedule(name, tick_ms(nxt))
+            if isinstance(item, Snapshot):
+                self._catch_up(spec, now_ms)
+        self._wake.set()
+
+    def _catch_up(self, job: JobSpec, now_ms: int) -> None:
+        """After a start or re-list: the latest tick missed by everyone, if within its deadline."""
+        last = self.ticks.ticks.get(job.name)
+        if last is None or job.suspend:
+            return
+        latest = job.schedule_obj().latest_at_or_before(from_ms(now_ms), job.zone())
+        if latest is not None and tick_ms(latest) > last:
+            self._spawn(self._tick(job, tick_ms(latest)))
+
+    def _on_ticks(self, item: Snapshot | Batch) -> None:
+        self.ticks.apply(item)
+
+    def _on_workers(self, item: Snapshot | Batch) -> None:
+        self.peers.apply(item, self.clock.time())
+
+    def _on_killers(self, item: Snapshot | Batch) -> None:
+        if isinstance(item, Snapshot):
+            return  # only requests made while we watch count
+        for ev in item.events:
+            if ev.kind is not EventKind.PUT:
+                continue
+            name = ev.key[len(self.ks.killers) :]
+            try:
+                run_id = json.loads(ev.kv.value or b"{}").get("run_id")
+            except ValueError:
+                run_id = None
+            for h in list(self.runs.values()):
+                if h.job.name == name and run_id in (None, h.run_id):
+                    self.log.info("kill requested", job=name, run=h.run_id)
+                    h.stop(StopReason.KILLED)
+
+    def _on_triggers(self, item: Snapshot | Batch) -> None:
+        kvs = (
+            item.kvs.values()
+            if isinstance(item, Snapshot)
+            else [e.kv for e in item.events if e.kind is EventKind.PUT]
+        )
+        for kv in kvs:
+            name, _, request = kv.key[len(self.ks.triggers) :].partition("/")
+            job = self.table.jobs.get(name)
+            if job is not None and request:
+                self._spawn(self._manual(job, kv.key, request))
+
+    # timer ----------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now_ms = int(self.clock.time() * 1000)
+            for name, fire in self.timer.pop_due(now_ms):
+                job = self.table.jobs.get(name)
+                if job is None:
+                    continue
+                nxt = job.schedule_obj().next_after(from_ms(max(fire, now_ms)), job.zone())
+                self.timer.schedule(name, tick_ms(nxt))
+                self._spawn(self._tick(job, fire))
+            nxt_ms = self.timer.next_fire_ms()
+            sleep = MAX_SLEEP if nxt_ms is None else min(MAX_SLEEP, (nxt_ms - now_ms) / 1000)
+            self._wake.clear()
+            if sleep > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(sleep):
+                        await self._wake.wait()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("run task failed", error=repr(task.exception()))
+
+    # claiming -------------------------------------------------------------
+
+    def _may_claim(self, job: JobSpec) -> bool:
+        if self.draining or job.suspend or self.session is None:
+            return False
+        if self.cfg.stop_claiming_on_skew and abs(self.skew) > self.cfg.max_clock_skew:
+            return False
+        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
+            return False
+        return len(self.runs) < self.cfg.capacity
+
+    def _deadline_ms(self, job: JobSpec) -> int:
+        return int(1000 * (job.starting_deadline or self.cfg.default_starting_deadline))
+
+    async def _tick(self, job: JobSpec, fire_ms: int) -> None:
+        """Compete for (job, tick): wait for my turn, then claim unless it is visibly taken."""
+        if not self._may_claim(job):
+            return
+        turn = rank(self.id, self.peers.list(), job.name, fire_ms, job.selector)
+        if turn:
+            await asyncio.sleep(turn * self.cfg.handoff_delay)
+        tick = from_ms(fire_ms)
+        delay = 0.1
+        while True:
+            job = self.table.jobs.get(job.name) or job
+            if self.ticks.taken(job.name, fire_ms):
+                self.stats["seen_taken"] += 1
+                return
+            now_ms = int(self.clock.time() * 1000)
+            nxt = job.schedule_obj().next_after(tick, job.zone())
+            if tick_ms(nxt) <= now_ms:
+                return  # superseded by a later tick, which is the one to catch up
+            if not self._may_claim(job):
+                return
+            if now_ms - fire_ms > self._deadline_ms(job):
+                await self._record_missed(job, fire_ms)
+                return
+            try:
+                await self._claim_and_run(job, TickFence(self.ks.tick(job.name), fire_ms), tick)
+                return
+            except EtcdUnavailable as exc:
+                self.log.warning("claim failed, retrying", job=job.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
+        turn = rank(self.id, self.peers.list(), job.name, hash(request) & 0xFFFF, job.selector)
+        if turn:
+            await asyncio.sleep(turn * self.cfg.handoff_delay)
+        if self.draining or self.session is None:
+            return
+        with contextlib.suppress(EtcdUnavailable):
+            await self._claim_and_run(job, TriggerFence(trigger_key), self.clock.now(), manual=True)
+
+    async def _record_missed(self, job: JobSpec, fire_ms: int) -> None:
+        assert self.client is not None
+        tick = from_ms(fire_ms)
+        rec = RunRecord(
+            job=job.name,
+            run_id=new_run_id(tick),
+            tick=tick,
+            status=RunStatus.MISSED,
+            worker=self.id,
+            message="no worker could start this tick within its starting deadline",
+        )
+        req = ClaimRequest(
+            TickFence(self.ks.tick(job.name), fire_ms),
+            None,
+            b"",
+            0,
+            rec.run_id,
+            self.ks.run(job.name, rec.run_id),
+            rec.to_json(),
+            None,
+        )
+        with contextlib.suppress(EtcdUnavailable):
+            c = await claim(self.client, req)
+            if c.outcome is Outcome.WON:
+                self.stats["missed"] += 1
+                self.log.warning("tick missed", job=job.name, tick=str(tick))
+
+    async def _claim_and_run(
+        self, job: JobSpec, fence: TickFence | TriggerFence, tick: datetime, *, manual: bool = False
+    ) -> None:
+        session, client = self.session, self.client
+        if session is None or client is None or session.remaining() <= 0:
+            raise EtcdUnavailable("no live session")
+        run_id = new_run_id(tick, manual=manual)
+        rec = started_record(
+            job, run_id, tick, self.id, session.lease_id, self.clock.now(), manual=manual
+        )
+        skipped = rec.model_copy(update={"status": RunStatus.SKIPPED, "start": None})
+        skipped.message = "previous run still active (concurrency: forbid)"
+        policy = job.concurrency
+        lock_key = (
+            self.ks.run_lock(job.name, run_id)
+            if policy is Concurrency.ALLOW
+            else self.ks.lock(job.name)
+        )
+        lock_value = LockValue(
+            worker=self.id, run_id=run_id, tick=tick, lease=session.lease_id
+        ).to_json()
+        req = ClaimRequest(
+            fence,
+            None if policy is Concurrency.REPLACE else lock_key,
+            lock_value,
+            session.lease_id,
+            run_id,
+            self.ks.run(job.name, run_id),
+            rec.to_json(),
+            skipped.to_json() if policy is Concurrency.FORBID else None,
+        )
+        self.stats["claims"] += 1
+        result = await claim(client, req)
+        self.stats["txns"] += result.txns
+        if result.outcome is Outcome.TAKEN:
+            self.stats["taken"] += 1
+            return
+        if result.outcome is Outcome.BUSY:
+            self.stats["busy"] += 1
+            if result.recorded:
+                self.log.info(
+                    "tick skipped: previous run still active", job=job.name, tick=str(tick)
+                )
+            return
+        token = result.token
+        if policy is Concurrency.REPLACE:
+            token = await self._replace(job, lock_key, lock_value, session)
+            if not token:
+                return
+        rec.fencing_token = token
+        self.stats["won"] += 1
+        await self._execute(RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token))
+
+    async def _replace(self, job: JobSpec, lock_key: str, value: bytes, session: Session) -> int:
+        """``replace``: ask the running one to die, then take the lock once it is free."""
+        assert self.client is not None
+        loop = asyncio.get_running_loop()
+        give_up = (
+            loop.time() + (job.timeout or 0) + self.cfg.kill_grace + 2 * self.cfg.lease_ttl + 5
+        )
+        asked = b""
+        while loop.time() < give_up and session.remaining() > 0:
+            token, holder = await acquire(self.client, lock_key, value, session.lease_id)
+            if token:
+                return token
+            if holder and holder != asked:
+                run_id = json.loads(holder).get("run_id")
+                await self.client.put(
+                    self.ks.killer(job.name), json.dumps({"run_id": run_id}).encode()
+                )
+                asked = holder
+            await asyncio.sleep(0.1)
+        self.log.error("replace: the previous run did not stop in time", job=job.name)
+        return 0
+
+    async def _execute(self, h: RunHandle) -> None:
+        assert self.client is not None
+        self.runs[h.run_id] = h
+        self.stats["started"] += 1
+        runner = Runner(
+            self.client,
+            self.id,
+            kill_grace=self.cfg.kill_grace,
+            allow_run_as=self.cfg.allow_run_as,
+            lease_left=self.lease_left,
+            now=self.clock.now,
+            guard_add=self.guard.add,
+            guard_remove=self.guard.remove,
+        )
+        self.log.info("run started", job=h.job.name, run=h.run_id, token=h.token)
+        try:
+            await runner.execute(h)
+        finally:
+            self.runs.pop(h.run_id, None)
