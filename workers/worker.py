@@ -31,8 +31,9 @@ from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
-from workers.executor import StopReason
+from workers.executor import OutputSink, StopReason
 from workers.guardclient import Guard
+from workers.output import EtcdOutput, prune_local_logs
 from workers.peers import rank
 from workers.runner import RunHandle, Runner, started_record
 from workers.state import JobTable, PeerView, TickView
@@ -527,9 +528,29 @@ class Worker:
             now=self.clock.now,
             guard_add=self.guard.add,
             guard_remove=self.guard.remove,
+            sink_factory=self._output_sink,
         )
         self.log.info("run started", job=h.job.name, run=h.run_id, token=h.token)
         try:
             await runner.execute(h)
         finally:
             self.runs.pop(h.run_id, None)
+            if self.cfg.log_dir is not None:
+                prune_local_logs(self.cfg.log_dir / h.job.name, self.cfg.log_file_count)
+
+    def _output_sink(self, h: RunHandle) -> OutputSink:
+        assert self.client is not None
+        cfg = self.cfg
+        log_file = cfg.log_dir / h.job.name / f"{h.run_id}.log" if cfg.log_dir else None
+        return EtcdOutput(
+            self.client,
+            self.ks,
+            h.job.name,
+            h.run_id,
+            limit=h.job.output_limit or cfg.output_limit,
+            chunk_size=cfg.output_chunk_size,
+            flush_interval=cfg.output_flush_interval,
+            tail=cfg.output_tail,
+            log_file=log_file,
+            log_file_max=cfg.log_file_max,
+        )

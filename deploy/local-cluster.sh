@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# A working local etcron cluster on this machine: one etcd, one master, two
+# workers, the example jobs applied; then it shows jobs running and their output.
+#
+#   make demo                      # runs until Ctrl-C
+#   DEMO_SECONDS=30 make demo      # shows 30 s of activity, then stops everything
+#
+# Everything listens on 127.0.0.1 only. State lives in ./run/ (removed on start).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUN=$ROOT/run
+PY=$ROOT/.venv/bin/python
+ETCRON=$ROOT/.venv/bin/etcron
+ETCD_PORT=${ETCD_PORT:-23790}
+API_PORT=${API_PORT:-28070}
+SECONDS_TO_SHOW=${DEMO_SECONDS:-0}
+
+[ -x "$ETCRON" ] || bash scripts/bootstrap
+rm -rf "$RUN" && mkdir -p "$RUN"
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo; echo "== stopping the local cluster"
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+TOKEN=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+printf '%s\n' "$TOKEN" > "$RUN/token"; chmod 600 "$RUN/token"
+cat > "$RUN/config.yaml" <<CFG
+etcd:
+  endpoints: ["127.0.0.1:$ETCD_PORT"]
+master:
+  listen: "127.0.0.1:$API_PORT"
+  token_file: "$RUN/token"
+worker:
+  lease_ttl: 6
+log:
+  format: json
+CFG
+
+echo "== starting etcd on 127.0.0.1:$ETCD_PORT"
+"$PY" -m scheduler.devtools.etcd_process --data-dir "$RUN/etcd" --port "$ETCD_PORT" > "$RUN/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && break; sleep 0.2; done
+
+export ETCRON_CONFIG=$RUN/config.yaml ETCRON_SERVER=http://127.0.0.1:$API_PORT ETCRON_TOKEN=$TOKEN
+echo "== starting the master on $ETCRON_SERVER"
+"$ETCRON" master > "$RUN/master.log" 2>&1 &
+pids+=($!)
+for w in worker-a worker-b; do
+  echo "== starting $w"
+  ETCRON_WORKER__ID=$w "$ETCRON" worker > "$RUN/$w.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 100); do curl -sf "$ETCRON_SERVER/v1/health" >/dev/null 2>&1 && break; sleep 0.2; done
+
+echo "== applying examples/jobs.yaml"
+"$ETCRON" apply -f examples/jobs.yaml
+echo; "$ETCRON" get jobs
+echo; echo "== workers"; "$ETCRON" workers
+
+show() {
+  echo; echo "== $(date -u +%H:%M:%S) recent runs of 'hello'"
+  "$ETCRON" history hello -n 5 || true
+  echo "-- output of its latest run:"
+  "$ETCRON" logs hello 2>/dev/null || "$ETCRON" history hello -n 1 -o json | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print(r[0].get("output_tail","") if r else "")' || true
+}
+echo; echo "State, logs and the API token are in $RUN. Try: ETCRON_SERVER=$ETCRON_SERVER ETCRON_TOKEN=\$(cat run/token) .venv/bin/etcron get jobs"
+elapsed=0
+while :; do
+  sleep 6; elapsed=$((elapsed + 6))
+  show
+  if [ "$SECONDS_TO_SHOW" -gt 0 ] && [ "$elapsed" -ge "$SECONDS_TO_SHOW" ]; then break; fi
+done

@@ -1,0 +1,235 @@
+"""The etcd layer against a real etcd: list-watch, session, claim."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from scheduler.config import EtcdConfig
+from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, TriggerFence, claim, release
+from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult
+from scheduler.etcd.listwatch import Batch, ListWatch, Snapshot, apply_batch
+from scheduler.etcd.session import Session
+from scheduler.keyspace import Keyspace
+from tests.support import wait_for
+from tests.support.proxy import TcpProxy
+
+
+@pytest.fixture
+async def client(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
+    c = await EtcdClient.connect(EtcdConfig(endpoints=etcd_endpoints))
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def proxy(etcd_endpoints: list[str]) -> AsyncIterator[TcpProxy]:
+    host, port = etcd_endpoints[0].rsplit(":", 1)
+    p = TcpProxy(host, int(port))
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def _collect(lw: ListWatch, state: dict[str, bytes], snapshots: list[int]) -> None:
+    async for item in lw:
+        if isinstance(item, Snapshot):
+            snapshots.append(item.revision)
+            state.clear()
+            state.update({k: kv.value for k, kv in item.kvs.items()})
+        else:
+            for ev in item.events:
+                if ev.kind.value == "put":
+                    state[ev.key] = ev.kv.value
+                else:
+                    state.pop(ev.key, None)
+
+
+async def _truth(client: EtcdClient, prefix: str) -> dict[str, bytes]:
+    kvs, _ = await client.get_prefix(prefix)
+    return {kv.key: kv.value for kv in kvs}
+
+
+async def test_listwatch_delivers_every_event_in_order(client: EtcdClient, prefix: str) -> None:
+    ks = Keyspace(prefix)
+    await client.put(ks.job("pre"), b"0")
+    lw = ListWatch(client, ks.jobs)
+    seen: list[tuple[str, bytes, int]] = []
+    it = aiter(lw)
+    first = await anext(it)
+    assert isinstance(first, Snapshot) and list(first.kvs) == [ks.job("pre")]
+    for i in range(50):
+        await client.put(ks.job(f"j{i % 5}"), str(i).encode())
+    await client.delete(ks.job("pre"))
+    while len(seen) < 51:
+        item = await asyncio.wait_for(anext(it), 5)
+        assert isinstance(item, Batch)
+        seen.extend((e.key, e.kv.value, e.kv.mod_revision) for e in item.events)
+    revs = [r for _, _, r in seen]
+    assert revs == sorted(revs) and len(set(revs)) == 51
+    assert [v for _, v, _ in seen[:50]] == [str(i).encode() for i in range(50)]
+    await it.aclose()
+
+
+async def test_listwatch_resumes_after_cut_without_losing_events(
+    proxy: TcpProxy, client: EtcdClient, prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    watched = await EtcdClient.connect(EtcdConfig(endpoints=[proxy.address]))
+    state: dict[str, bytes] = {}
+    snaps: list[int] = []
+    lw = ListWatch(watched, ks.jobs, backoff=0.05, max_backoff=0.2)
+    task = asyncio.create_task(_collect(lw, state, snaps))
+    try:
+        await wait_for(lambda: snaps, timeout=5)
+        for round_ in range(3):
+            await client.put(ks.job(f"before{round_}"), b"x")
+            await proxy.cut()
+            for i in range(20):  # writes while the watcher cannot see
+                await client.put(ks.job(f"k{i}"), f"{round_}-{i}".encode())
+            await client.delete(ks.job(f"before{round_}"))
+            await proxy.restore()
+            truth = await _truth(client, ks.jobs)
+            await wait_for(lambda t=truth: state == t, timeout=10)
+        assert lw.stats.reconnects >= 1
+        assert len(snaps) == 1, "no re-list needed: resumed from the last delivered revision"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watched.close()
+
+
+async def test_listwatch_relists_after_compaction(
+    proxy: TcpProxy, client: EtcdClient, prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    watched = await EtcdClient.connect(EtcdConfig(endpoints=[proxy.address]))
+    state: dict[str, bytes] = {}
+    snaps: list[int] = []
+    lw = ListWatch(watched, ks.jobs, backoff=0.05, max_backoff=0.2)
+    task = asyncio.create_task(_collect(lw, state, snaps))
+    try:
+        await client.put(ks.job("doomed"), b"1")
+        await wait_for(lambda: ks.job("doomed") in state, timeout=5)
+        await proxy.cut()
+        await client.delete(ks.job("doomed"))
+        for i in range(5):
+            await client.put(ks.job(f"new{i}"), b"v")
+        rev = await client.revision()
+        await client.compact(rev)
+        await proxy.restore()
+        truth = await _truth(client, ks.jobs)
+        await wait_for(lambda: state == truth and len(snaps) == 2, timeout=10)
+        assert lw.stats.compactions == 1
+        assert ks.job("doomed") not in state, "a delete hidden by compaction is seen via the new snapshot"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watched.close()
+
+
+async def test_session_revoked_fires_lost(client: EtcdClient) -> None:
+    s = await Session(client, ttl=3, margin=0.5).start()
+    try:
+        assert s.alive and not s.lost.is_set()
+        await client.revoke(s.lease_id)
+        await asyncio.wait_for(s.lost.wait(), 3)
+        assert "expired or revoked" in s.lost_reason
+    finally:
+        await s.close()
+
+
+async def test_session_cut_off_is_lost_before_server_expiry(proxy: TcpProxy, client: EtcdClient) -> None:
+    cut_client = await EtcdClient.connect(EtcdConfig(endpoints=[proxy.address], request_timeout=1))
+    s = await Session(cut_client, ttl=3, margin=0.5).start()
+    try:
+        await wait_for(lambda: s.keepalives >= 1, timeout=5)
+        await proxy.cut()
+        await asyncio.wait_for(s.lost.wait(), 5)
+        # the server still has the lease: we gave up first
+        assert await client.lease_ttl(s.lease_id) > 0
+    finally:
+        await proxy.restore()
+        await s.close()
+        await cut_client.close()
+
+
+def _req(ks: Keyspace, run: str, tick: int, lease: int = 0) -> ClaimRequest:
+    return ClaimRequest(
+        TickFence(ks.tick("j"), tick),
+        ks.lock("j"),
+        f'{{"run_id":"{run}"}}'.encode(),
+        lease,
+        run,
+        ks.run("j", run),
+        b"running",
+        b"skipped",
+    )
+
+
+async def test_concurrent_claims_of_one_tick_have_one_winner(client: EtcdClient, prefix: str) -> None:
+    ks = Keyspace(prefix)
+    for tick in (1000, 2000, 3000):
+        results = await asyncio.gather(*(claim(client, _req(ks, f"r{tick}-{i}", tick)) for i in range(20)))
+        won = [r for r in results if r.outcome is Outcome.WON]
+        assert len(won) == 1
+        assert all(r.outcome in (Outcome.TAKEN, Outcome.BUSY) for r in results if r is not won[0])
+        lock, _ = await client.get(ks.lock("j"))
+        assert lock is not None and lock.create_revision == won[0].token
+        assert await release(client, ks.lock("j"), won[0].token, ks.run("j", "x"), b"done")
+
+
+async def test_forbid_busy_records_one_skip_and_release_is_guarded(client: EtcdClient, prefix: str) -> None:
+    ks = Keyspace(prefix)
+    first = await claim(client, _req(ks, "a", 1000))
+    assert first.outcome is Outcome.WON
+    busy = await asyncio.gather(*(claim(client, _req(ks, f"b{i}", 2000)) for i in range(5)))
+    assert [b.recorded for b in busy].count(True) == 1
+    assert all(b.outcome in (Outcome.BUSY, Outcome.TAKEN) for b in busy)
+    # a stale release (wrong token) must not delete the current lock
+    assert not await release(client, ks.lock("j"), first.token + 1000, ks.run("j", "a"), b"x")
+    assert (await client.get(ks.lock("j")))[0] is not None
+    assert await release(client, ks.lock("j"), first.token, ks.run("j", "a"), b"done")
+    assert (await client.get(ks.lock("j")))[0] is None
+
+
+class LostReply(EtcdClient):
+    """A real client whose first transaction commits in etcd but whose reply is 'lost'."""
+
+    lose = 1
+
+    async def txn_once(self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        res = await super().txn_once(compare, success, failure)
+        if self.lose:
+            self.lose -= 1
+            raise EtcdAmbiguous("reply lost (injected after commit)")
+        return res
+
+
+async def test_committed_claim_with_lost_reply_is_reported_won(etcd_endpoints: list[str], prefix: str) -> None:
+    ks = Keyspace(prefix)
+    c = await LostReply.connect(EtcdConfig(endpoints=etcd_endpoints))
+    try:
+        result = await claim(c, _req(ks, "mine", 5000))
+        assert result.outcome is Outcome.WON
+        lock, _ = await c.get(ks.lock("j"))
+        assert lock is not None and lock.create_revision == result.token
+    finally:
+        await c.close()
+
+
+async def test_trigger_claim_consumes_request_once(client: EtcdClient, prefix: str) -> None:
+    ks = Keyspace(prefix)
+    key = ks.trigger("j", "req")
+    await client.put(key, b"{}")
+
+    def req(run: str) -> ClaimRequest:
+        return ClaimRequest(
+            TriggerFence(key), ks.run_lock("j", run), b"x", 0, run, ks.run("j", run), b"r", None
+        )
+
+    results = await asyncio.gather(*(claim(client, req(f"m{i}")) for i in range(5)))
+    assert [r.outcome for r in results].count(Outcome.WON) == 1
+    assert (await client.get(key))[0] is None

@@ -1,0 +1,183 @@
+"""Ship a run's output to etcd while it runs, bounded.
+
+Rules:
+
+- stdout and stderr are kept apart (each segment is tagged) and interleaved in
+  the order they were read, so a reader can show either stream or both.
+- Output is buffered and written as a chunk at least every ``flush_interval``
+  seconds while it flows, or as soon as ``chunk_size`` bytes are waiting. Chunks
+  go to ``output/<job>/<run>/<seq>``; the child is never blocked by etcd (the
+  pipes are drained by the executor whatever happens here).
+- The per-run cap ``limit`` keeps the *head* (the first half, shipped live) and
+  the *tail* (the last half, shipped when the run ends) and writes a marker
+  chunk saying how many bytes were omitted between them. Memory is bounded by
+  the cap, however much the child prints.
+- Bytes that are not UTF-8 are shown with backslash escapes, never dropped.
+- Optionally the full output is also appended to a local file
+  (``<log_dir>/<job>/<run-id>.log``); only the newest ``log_file_count`` files
+  per job are kept and each stops at ``log_file_max`` bytes.
+
+A chunk's value is JSON: ``{"seq": n, "segs": [[stream, unix_time, text], ...]}``;
+stream is ``"o"`` (stdout), ``"e"`` (stderr) or ``"m"`` (a marker from etcron).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from pathlib import Path
+
+import structlog
+
+from scheduler.etcd.client import EtcdClient, EtcdError
+from scheduler.keyspace import Keyspace
+from workers.executor import OutputSink
+
+log = structlog.get_logger("etcron.output")
+
+Segment = tuple[str, float, bytes]
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
+class EtcdOutput(OutputSink):
+    def __init__(
+        self,
+        client: EtcdClient,
+        ks: Keyspace,
+        job: str,
+        run_id: str,
+        *,
+        limit: int,
+        chunk_size: int = 64 * 1024,
+        flush_interval: float = 0.5,
+        tail: int = 4096,
+        log_file: Path | None = None,
+        log_file_max: int = 10 * 1024 * 1024,
+    ) -> None:
+        super().__init__(tail=tail)
+        self.client = client
+        self.ks = ks
+        self.job = job
+        self.run_id = run_id
+        self.head_budget = limit // 2
+        self.tail_budget = limit - self.head_budget
+        self.chunk_size = min(chunk_size, max(1024, limit // 2) if limit else chunk_size)
+        self.flush_interval = flush_interval
+        self.seq = 0
+        self.shipped = 0
+        self.omitted = 0
+        self.chunks = 0
+        self._pending: list[Segment] = []
+        self._pending_bytes = 0
+        self._ring: deque[Segment] = deque()
+        self._ring_bytes = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self._closed = False
+        self._file = None
+        self._file_left = log_file_max
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(log_file, "ab")  # noqa: SIM115 - closed in flush()
+
+    # called by the executor for every read; must never block
+    def write(self, stream: str, data: bytes) -> None:
+        super().write(stream, data)
+        if self._file is not None and self._file_left > 0:
+            piece = data[: self._file_left]
+            self._file.write(piece)
+            self._file_left -= len(piece)
+        tag = "o" if stream == "stdout" else "e"
+        now = time.time()
+        head_left = self.head_budget - self.shipped - self._pending_bytes
+        if head_left > 0:
+            first, data = data[:head_left], data[head_left:]
+            self._pending.append((tag, now, first))
+            self._pending_bytes += len(first)
+            if self._pending_bytes >= self.chunk_size or not data:
+                self._kick.set()
+        if data:
+            self._ring.append((tag, now, data))
+            self._ring_bytes += len(data)
+            while self._ring_bytes > self.tail_budget:
+                tag0, t0, first = self._ring[0]
+                cut = min(len(first), self._ring_bytes - self.tail_budget)
+                if cut == len(first):
+                    self._ring.popleft()
+                else:
+                    self._ring[0] = (tag0, t0, first[cut:])
+                self._ring_bytes -= cut
+                self.omitted += cut
+        if self._flusher is None and not self._closed:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval):
+                    await self._kick.wait()
+            self._kick.clear()
+            await self._ship_pending()
+
+    async def _ship_pending(self) -> None:
+        while self._pending:
+            segs, size = [], 0
+            while self._pending and size < self.chunk_size:
+                seg = self._pending.pop(0)
+                segs.append(seg)
+                size += len(seg[2])
+            self._pending_bytes -= size
+            self.shipped += size
+            await self._put(segs)
+
+    async def _put(self, segs: list[Segment]) -> None:
+        value = json.dumps(
+            {"seq": self.seq, "segs": [[s, round(t, 3), decode(d)] for s, t, d in segs]}
+        ).encode()
+        key = self.ks.output_chunk(self.job, self.run_id, self.seq)
+        self.seq += 1
+        self.chunks += 1
+        for delay in (0.1, 0.3, 1.0, 2.0, 0):
+            try:
+                await self.client.put(key, value)
+                return
+            except EtcdError as exc:
+                if not delay:
+                    log.warning("output chunk lost", job=self.job, run=self.run_id, error=str(exc))
+                    return
+                await asyncio.sleep(delay)
+
+    async def flush(self) -> None:
+        """End of run: ship what is pending, the omitted-bytes marker, then the tail."""
+        self._closed = True
+        self._kick.set()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self._ship_pending()
+        if self.omitted:
+            marker = f"\n[etcron: {self.omitted} bytes omitted (output limit)]\n".encode()
+            await self._put([("m", time.time(), marker)])
+        if self._ring:
+            self._pending, self._ring = list(self._ring), deque()
+            self._pending_bytes, self._ring_bytes = self._ring_bytes, 0
+            await self._ship_pending()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def prune_local_logs(job_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` run logs of a job directory (run ids sort by tick)."""
+    files = sorted(job_dir.glob("*.log"))
+    for old in files[: max(0, len(files) - keep)]:
+        with contextlib.suppress(OSError):
+            old.unlink()
