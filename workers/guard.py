@@ -62,16 +62,12 @@ def _revoke(etcd: dict[str, object], lease: int) -> None:
 
 
 def main() -> int:
-    stdin = sys.stdin.buffer
-    first = stdin.readline()
-    if not first:
-        return 0
-    etcd = json.loads(first)
+    fd = sys.stdin.fileno()
+    buf = b""
+    etcd: dict[str, object] | None = None
     pgids: set[int] = set()
     deadline = float("inf")
     lease = 0
-    buf = b""
-    fd = stdin.fileno()
     while True:
         timeout = None
         if pgids and deadline != float("inf"):
@@ -88,12 +84,15 @@ def main() -> int:
             if pgids:
                 _log(f"worker gone: killing process groups {sorted(pgids)}")
                 _kill(pgids)
-            if lease:
+            if lease and etcd is not None:
                 _revoke(etcd, lease)
             return 0
         buf += data
         *lines, buf = buf.split(b"\n")
         for line in lines:
+            if etcd is None:  # the first line: the etcd config, to revoke the lease
+                etcd = json.loads(line)
+                continue
             cmd, _, arg = line.decode().partition(" ")
             if cmd == "D":
                 deadline = float(arg)

@@ -101,6 +101,7 @@ class Session:
     async def _keepalive(self) -> None:
         stub = LeaseStub(self.client.raw._channel)
         interval = self.ttl / 3
+        failures = 0
         while not self.lost.is_set():
             queue: asyncio.Queue[float] = asyncio.Queue()
             sent_at: list[float] = []
@@ -112,6 +113,7 @@ class Session:
                 async with asyncio.timeout(interval):
                     resp = await stream.read()
                 await self._handle(resp, sent_at.pop(0))
+                failures = 0
                 while not self.lost.is_set():
                     await asyncio.sleep(interval)
                     sent_at.append(self.clock.monotonic())
@@ -120,7 +122,9 @@ class Session:
                         resp = await stream.read()
                     await self._handle(resp, sent_at.pop(0))
             except (TimeoutError, grpc.aio.AioRpcError, EtcdError) as exc:
-                log.info("keepalive failed, retrying", lease=f"{self.lease_id:x}", error=repr(exc))
+                failures += 1
+                if failures == 1:
+                    log.info("keepalive failed, retrying", lease=f"{self.lease_id:x}", error=str(exc)[:200])
                 await asyncio.sleep(min(0.2, interval))
             finally:
                 stream.cancel()

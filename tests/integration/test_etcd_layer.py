@@ -143,7 +143,7 @@ async def test_session_revoked_fires_lost(client: EtcdClient) -> None:
 
 async def test_session_cut_off_is_lost_before_server_expiry(proxy: TcpProxy, client: EtcdClient) -> None:
     cut_client = await EtcdClient.connect(EtcdConfig(endpoints=[proxy.address], request_timeout=1))
-    s = await Session(cut_client, ttl=3, margin=0.5).start()
+    s = await Session(cut_client, ttl=4, margin=1.5).start()
     try:
         await wait_for(lambda: s.keepalives >= 1, timeout=5)
         await proxy.cut()

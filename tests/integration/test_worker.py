@@ -89,7 +89,7 @@ async def test_lease_revoked_mid_run_kills_child_before_anyone_else_starts(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     pidfile = tmp_path / "pid"
-    job = ledger_job("long", ledger, schedule="* * * * * *", body=f"echo $$ > {pidfile}; sleep 30")
+    job = ledger_job("long", ledger, pre=f"echo $$ > {pidfile}", beats=30)
     configs = [make_config(etcd_endpoints, prefix, f"w{i}") for i in range(2)]
     async with workers(configs) as ws:
         await put_jobs(client, ks, job)
@@ -126,7 +126,7 @@ async def test_forbid_skips_tick_while_running_and_records_it(
 ) -> None:
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
-    job = ledger_job("slow", ledger, body="sleep 2.5")
+    job = ledger_job("slow", ledger, beats=2.5)
     async with workers([make_config(etcd_endpoints, prefix, "w1"), make_config(etcd_endpoints, prefix, "w2")]):
         await put_jobs(client, ks, job)
 
@@ -146,7 +146,7 @@ async def test_allow_runs_overlap_and_replace_kills_previous(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     allow = ledger_job("allow", ledger, body="sleep 2.5", concurrency="allow")
-    replace = ledger_job("replace", ledger, body="sleep 30", concurrency="replace")
+    replace = ledger_job("replace", ledger, beats=30, concurrency="replace")
     async with workers([make_config(etcd_endpoints, prefix, "w1"), make_config(etcd_endpoints, prefix, "w2")]):
         await put_jobs(client, ks, allow, replace)
 
@@ -258,7 +258,7 @@ async def test_worker_process_sigstop_longer_than_ttl_no_overlap(
 ) -> None:
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
-    job = ledger_job("pause", ledger, body="sleep 20")
+    job = ledger_job("pause", ledger, beats=20)
     proc = WorkerProcess(make_config(etcd_endpoints, prefix, "paused"), tmp_path / "paused.log")
     proc.start()
     try:

@@ -38,11 +38,23 @@ def make_config(endpoints: list[str], prefix: str, worker_id: str = "w1", **work
     )
 
 
-def ledger_job(name: str, ledger: Path, *, schedule: str = "* * * * * *", body: str = "", **kw: Any) -> JobSpec:
-    """A job that appends one ledger line at start (and ``end`` after ``body``)."""
+def ledger_job(
+    name: str,
+    ledger: Path,
+    *,
+    schedule: str = "* * * * * *",
+    body: str = "",
+    beats: float = 0,
+    pre: str = "",
+    **kw: Any,
+) -> JobSpec:
+    """A job that appends a ledger line at start, ``beat`` lines every 0.1 s for
+    ``beats`` seconds (proof it is alive), runs ``body``, then appends ``end``."""
     start = f'{LEDGER_LINE} start $(date +%s.%N)" >> {ledger}'
+    beat = f'{LEDGER_LINE} beat $(date +%s.%N)" >> {ledger}'
     end = f'{LEDGER_LINE} end $(date +%s.%N)" >> {ledger}'
-    script = f"{start}; {body + '; ' if body else ''}{end}"
+    loop = f"i=0; while [ $i -lt {int(beats * 10)} ]; do {beat}; sleep 0.1; i=$((i+1)); done; " if beats else ""
+    script = f"{start}; {pre + '; ' if pre else ''}{loop}{body + '; ' if body else ''}{end}"
     return JobSpec(name=name, schedule=schedule, shell=script, **kw)
 
 
@@ -77,14 +89,16 @@ def starts_by_tick(entries: list[Entry]) -> dict[tuple[str, str], list[Entry]]:
 
 
 def overlaps(entries: list[Entry]) -> list[tuple[str, str]]:
-    """Pairs of runs of the same job whose [start, end] intervals overlap (open runs end at +inf)."""
+    """Pairs of runs of the same job that were provably alive at the same time.
+
+    A run's span is [start, its last line (beat or end)]: a killed run wrote
+    nothing after it died, and every line proves it was alive when written.
+    """
     spans: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for e in entries:
-        span = spans[e.job].setdefault(e.run_id, [e.at, float("inf")])
-        if e.kind == "start":
-            span[0] = e.at
-        else:
-            span[1] = e.at
+        span = spans[e.job].setdefault(e.run_id, [e.at, e.at])
+        span[0] = min(span[0], e.at)
+        span[1] = max(span[1], e.at)
     bad = []
     for job, runs in spans.items():
         ordered = sorted(runs.items(), key=lambda kv: kv[1][0])

@@ -1,0 +1,196 @@
+"""Leader-elected housekeeping: retention, lost runs, compaction.
+
+Any number of masters run; one at a time is the *leader*: it holds
+``<prefix>/leader`` on its session lease (created with ``CreateRevision == 0``;
+the others wait for the key to vanish). Only the leader sweeps:
+
+- **Lost runs.** A record still ``running`` whose worker lease is gone (etcd
+  says the lease does not exist) is rewritten as ``lost``, guarded by its mod
+  revision so a worker's late final record is never overwritten.
+- **Retention.** Per job keep the newest ``keep_succeeded`` successful and
+  ``keep_failed`` other final runs (job fields, else the master config), and
+  none older than ``keep_for``. Records of deleted jobs go after ``keep_for``.
+  A run's record and its output are deleted together, in transactions of at
+  most ``BATCH`` operations (etcd's default limit is 128).
+- **Compaction.** Every ``compact_interval`` the leader compacts history older
+  than ``compact_keep_revisions`` revisions, so the database stops growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from scheduler.clock import Clock
+from scheduler.config import MasterConfig
+from scheduler.etcd.client import EtcdClient, EtcdError, cmp_created, cmp_mod, op_delete, op_put
+from scheduler.etcd.session import Session
+from scheduler.keyspace import Keyspace
+from scheduler.model import JobSpec
+from scheduler.runs import RunRecord, RunStatus
+
+log = structlog.get_logger("etcron.housekeeping")
+
+BATCH = 100
+
+
+@dataclass
+class SweepReport:
+    runs_seen: int = 0
+    deleted: int = 0
+    marked_lost: int = 0
+    malformed: int = 0
+
+
+class Housekeeper:
+    def __init__(
+        self,
+        client: EtcdClient,
+        ks: Keyspace,
+        config: MasterConfig,
+        *,
+        identity: str,
+        clock: Clock | None = None,
+    ) -> None:
+        self.client = client
+        self.ks = ks
+        self.config = config
+        self.identity = identity
+        self.clock = clock or Clock()
+        self.is_leader = asyncio.Event()
+        self._last_compact = 0.0
+
+    async def run(self) -> None:
+        """Campaign, and sweep while leader; forever (cancel to stop)."""
+        while True:
+            try:
+                session = await Session(self.client, ttl=10, margin=2).start()
+            except EtcdError as exc:
+                log.warning("housekeeping: no session", error=str(exc))
+                await asyncio.sleep(2)
+                continue
+            try:
+                await self._lead(session)
+            except EtcdError as exc:
+                log.warning("housekeeping: etcd error", error=str(exc))
+                await asyncio.sleep(1)
+            finally:
+                self.is_leader.clear()
+                await session.close()
+
+    async def _lead(self, session: Session) -> None:
+        while not session.lost.is_set():
+            res = await self.client.txn(
+                [cmp_created(self.ks.leader, 0)],
+                [op_put(self.ks.leader, self.identity.encode(), lease=session.lease_id)],
+            )
+            if not res.succeeded:
+                await asyncio.sleep(min(2.0, self.config.housekeeping_interval))
+                continue
+            self.is_leader.set()
+            log.info("housekeeping: leader", master=self.identity)
+            while not session.lost.is_set():
+                await self.sweep()
+                await self.maybe_compact()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.housekeeping_interval):
+                        await session.lost.wait()
+
+    async def maybe_compact(self) -> int | None:
+        now = self.clock.monotonic()
+        if self._last_compact and now - self._last_compact < self.config.compact_interval:
+            return None
+        self._last_compact = now
+        rev = await self.client.revision()
+        target = rev - self.config.compact_keep_revisions
+        if target <= 0:
+            return None
+        await self.client.compact(target)
+        log.info("compacted etcd history", revision=target)
+        return target
+
+    async def sweep(self) -> SweepReport:
+        report = SweepReport()
+        kvs, _ = await self.client.get_prefix(self.ks.runs)
+        jobs = await self._jobs()
+        by_job: dict[str, list[tuple[RunRecord, int]]] = defaultdict(list)
+        for kv in kvs:
+            job = kv.key[len(self.ks.runs) :].split("/", 1)[0]
+            try:
+                by_job[job].append((RunRecord.from_json(kv.value), kv.mod_revision))
+            except ValueError:
+                report.malformed += 1
+        deletes: list[tuple[str, str]] = []
+        for job, runs in by_job.items():
+            report.runs_seen += len(runs)
+            report.marked_lost += await self._mark_lost(runs)
+            deletes.extend((job, r.run_id) for r in self._expired(jobs.get(job), runs))
+        for i in range(0, len(deletes), BATCH // 2):
+            ops = []
+            for job, run_id in deletes[i : i + BATCH // 2]:
+                ops += [
+                    op_delete(self.ks.run(job, run_id)),
+                    op_delete(self.ks.run_output(job, run_id), prefix=True),
+                ]
+            await self.client.txn([], ops)
+        report.deleted = len(deletes)
+        if report.deleted or report.marked_lost:
+            log.info("housekeeping sweep", **report.__dict__)
+        return report
+
+    async def _jobs(self) -> dict[str, JobSpec]:
+        kvs, _ = await self.client.get_prefix(self.ks.jobs)
+        out = {}
+        for kv in kvs:
+            with contextlib.suppress(ValueError):
+                spec = JobSpec.from_json(kv.value)
+                out[spec.name] = spec
+        return out
+
+    async def _mark_lost(self, runs: list[tuple[RunRecord, int]]) -> int:
+        marked = 0
+        leases: dict[int, bool] = {}
+        for rec, mod in runs:
+            if rec.status is not RunStatus.RUNNING or not rec.lease:
+                continue
+            if rec.lease not in leases:
+                leases[rec.lease] = await self.client.lease_ttl(rec.lease) > 0
+            if leases[rec.lease]:
+                continue
+            lost = rec.model_copy(
+                update={
+                    "status": RunStatus.LOST,
+                    "end": self.clock.now(),
+                    "message": "the worker's lease ended while the run was active",
+                }
+            )
+            key = self.ks.run(rec.job, rec.run_id)
+            res = await self.client.txn([cmp_mod(key, mod)], [op_put(key, lost.to_json())])
+            marked += int(res.succeeded)
+        return marked
+
+    def _expired(self, job: JobSpec | None, runs: list[tuple[RunRecord, int]]) -> list[RunRecord]:
+        cfg = self.config
+        keep_ok = (
+            job.keep_succeeded if job and job.keep_succeeded is not None else cfg.keep_succeeded
+        )
+        keep_bad = job.keep_failed if job and job.keep_failed is not None else cfg.keep_failed
+        keep_for = job.keep_for if job and job.keep_for is not None else cfg.keep_for
+        horizon = self.clock.now() - timedelta(seconds=keep_for)
+        final = sorted((r for r, _ in runs if r.status.final), key=lambda r: r.run_id, reverse=True)
+        ok = [r for r in final if r.status.ok]
+        bad = [r for r in final if not r.status.ok]
+        doomed = ok[keep_ok:] + bad[keep_bad:]
+        doomed += [r for r in ok[:keep_ok] + bad[:keep_bad] if _ended(r) < horizon]
+        if job is None:  # a deleted job: nothing is kept past keep_for
+            doomed = [r for r in final if _ended(r) < horizon]
+        return doomed
+
+
+def _ended(rec: RunRecord) -> datetime:
+    return rec.end or rec.start or rec.tick or datetime.min.replace(tzinfo=UTC)

@@ -1,0 +1,414 @@
+"""The master's data access: jobs, plans, runs and requests in etcd.
+
+Rules this module keeps:
+
+- **Reads never crash on bad data.** A value under ``jobs/`` that is not a valid
+  job spec (or whose ``name`` differs from its key) is reported by
+  :meth:`JobStore.list_jobs` as ``(key name, error)`` and skipped; malformed run
+  records and worker registrations are logged and skipped.
+- **Writes are compare-and-swap on the key's mod revision** whenever the caller
+  says what it saw: ``expect_mod_revision=0`` means "must not exist", ``N`` means
+  "must still be at revision N". A mismatch raises :class:`ConflictError` and
+  writes nothing.
+- **read-modify-write** (:meth:`JobStore.update_job`, used by suspend/resume)
+  re-reads and retries on conflict, so two concurrent edits both land.
+- **apply** computes a :class:`Plan` against etcd, then writes every change
+  guarded by the mod revision seen by the plan. A plan of at most
+  :data:`BATCH` writes is written in one transaction (all or nothing). Larger
+  plans are written in batches of :data:`BATCH` (etcd's default
+  ``--max-txn-ops`` is 128): each batch is atomic, the whole apply is **not**;
+  a conflict in batch *k* leaves batches before *k* written. Re-running the
+  same apply converges.
+- Kill and manual-run requests are short-lived keys on their own lease
+  (:data:`KILL_TTL`, :data:`TRIGGER_TTL` seconds), written only if the job exists.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+
+from scheduler.etcd.client import (
+    GREATER,
+    EtcdClient,
+    KeyValue,
+    cmp_created,
+    cmp_mod,
+    op_delete,
+    op_get,
+    op_put,
+)
+from scheduler.keyspace import Keyspace
+from scheduler.model import JobSpec
+from scheduler.runs import RunRecord
+
+log = structlog.get_logger("etcron.store")
+
+BATCH = 100
+"""Most writes per transaction (etcd's default ``--max-txn-ops`` is 128)."""
+UPDATE_ATTEMPTS = 8
+"""How many times :meth:`JobStore.update_job` re-reads after a conflict."""
+KILL_TTL = 30
+TRIGGER_TTL = 60
+
+Action = Literal["create", "update", "unchanged", "delete"]
+
+
+class StoreError(Exception):
+    """Base class of the errors this module raises on purpose."""
+
+
+class ConflictError(StoreError):
+    """A compare-and-swap failed: someone changed the job since it was read."""
+
+    def __init__(self, message: str, jobs: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.jobs = list(jobs)
+
+
+class JobNotFound(StoreError, LookupError):
+    """The job does not exist in etcd."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"job {name!r} not found")
+        self.name = name
+
+
+class CorruptValue(StoreError, ValueError):
+    """A value in etcd is not what it should be (reported, never fatal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    action: Action
+    name: str
+    mod_revision: int
+    """The mod revision seen by the plan (0: absent); every write is guarded by it."""
+    spec: JobSpec | None = None
+    """The new spec (create/update/unchanged); None for delete."""
+
+
+@dataclass
+class Plan:
+    """What an apply does (or did): per job, create / update / unchanged / delete."""
+
+    changes: list[Change] = field(default_factory=list)
+    revision: int = 0
+    """The etcd revision the plan was computed at."""
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    """Values in etcd that are not valid job specs (name, error)."""
+    applied: bool = False
+    dry_run: bool = False
+    batches: int = 0
+    """Transactions written (0 when nothing changed or dry run)."""
+
+    def names(self, action: Action) -> list[str]:
+        return [c.name for c in self.changes if c.action == action]
+
+    @property
+    def writes(self) -> list[Change]:
+        return [c for c in self.changes if c.action != "unchanged"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "create": self.names("create"),
+            "update": self.names("update"),
+            "unchanged": self.names("unchanged"),
+            "delete": self.names("delete"),
+            "invalid_in_etcd": [{"name": n, "error": e} for n, e in self.invalid],
+            "revision": self.revision,
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+            "batches": self.batches,
+        }
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class JobStore:
+    """Master-side access to the keyspace; every method is one or a few etcd calls."""
+
+    def __init__(self, client: EtcdClient, keyspace: Keyspace) -> None:
+        self.client = client
+        self.ks = keyspace
+
+    # jobs -------------------------------------------------------------------
+
+    def _parse_job(self, kv: KeyValue) -> JobSpec:
+        name = Keyspace.tail(kv.key, self.ks.jobs)
+        spec = JobSpec.from_json(kv.value)  # ValueError when malformed
+        if spec.name != name:
+            raise ValueError(f"spec name {spec.name!r} does not match its key {name!r}")
+        return spec
+
+    async def _job_kvs(self) -> tuple[list[KeyValue], int]:
+        return await self.client.get_prefix(self.ks.jobs)
+
+    async def list_jobs(self) -> tuple[list[JobSpec], list[tuple[str, str]], int]:
+        """(valid jobs sorted by name, (name, error) for invalid values, revision)."""
+        kvs, rev = await self._job_kvs()
+        jobs: list[JobSpec] = []
+        bad: list[tuple[str, str]] = []
+        for kv in kvs:
+            try:
+                jobs.append(self._parse_job(kv))
+            except ValueError as exc:
+                name = Keyspace.tail(kv.key, self.ks.jobs)
+                log.warning("invalid job value in etcd", job=name, error=str(exc))
+                bad.append((name, str(exc)))
+        jobs.sort(key=lambda j: j.name)
+        return jobs, bad, rev
+
+    async def get_job(self, name: str) -> tuple[JobSpec, int] | None:
+        """The spec and its mod revision, or None. Raises CorruptValue for a bad value."""
+        kv, _ = await self.client.get(self.ks.job(name))
+        if kv is None:
+            return None
+        try:
+            return self._parse_job(kv), kv.mod_revision
+        except ValueError as exc:
+            raise CorruptValue(f"job {name!r} in etcd is invalid: {exc}") from exc
+
+    async def put_job(self, spec: JobSpec, *, expect_mod_revision: int | None = None) -> int:
+        """Write a job; returns the new mod revision. CAS when ``expect_mod_revision`` is set."""
+        key = self.ks.job(spec.name)
+        if expect_mod_revision is None:
+            return await self.client.put(key, spec.to_json())
+        res = await self.client.txn(
+            [cmp_mod(key, expect_mod_revision)], [op_put(key, spec.to_json())], [op_get(key)]
+        )
+        if not res.succeeded:
+            raise ConflictError(
+                _conflict_text(spec.name, expect_mod_revision, res.responses[0]), [spec.name]
+            )
+        return res.revision
+
+    async def delete_job(self, name: str, *, expect_mod_revision: int | None = None) -> bool:
+        """Delete a job; False when it did not exist. CAS when ``expect_mod_revision`` is set."""
+        key = self.ks.job(name)
+        if expect_mod_revision is None:
+            return await self.client.delete(key) > 0
+        res = await self.client.txn(
+            [cmp_mod(key, expect_mod_revision)], [op_delete(key)], [op_get(key)]
+        )
+        if not res.succeeded:
+            raise ConflictError(_conflict_text(name, expect_mod_revision, res.responses[0]), [name])
+        return expect_mod_revision != 0
+
+    async def update_job(self, name: str, fn: Callable[[JobSpec], JobSpec]) -> JobSpec:
+        """Read, apply ``fn``, write back guarded by the mod revision read; retry on conflict.
+
+        ``fn`` may be called several times and must be pure. Its result must keep
+        the job's name. Unchanged results are not written.
+        """
+        for _ in range(UPDATE_ATTEMPTS):
+            found = await self.get_job(name)
+            if found is None:
+                raise JobNotFound(name)
+            spec, mod = found
+            new = fn(spec)
+            if new.name != name:
+                raise ValueError(f"an update may not rename job {name!r} to {new.name!r}")
+            if new == spec:
+                return spec
+            try:
+                await self.put_job(new, expect_mod_revision=mod)
+            except ConflictError:
+                continue
+            return new
+        raise ConflictError(
+            f"job {name!r} changed concurrently {UPDATE_ATTEMPTS} times; try again", [name]
+        )
+
+    # plan & apply -------------------------------------------------------------
+
+    async def plan(self, specs: list[JobSpec], *, prune: bool) -> Plan:
+        """Compare ``specs`` with etcd. Raises ValueError on duplicate names."""
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise ValueError(f"job {spec.name!r} is defined more than once")
+            seen.add(spec.name)
+        kvs, rev = await self._job_kvs()
+        current: dict[str, tuple[JobSpec | None, int]] = {}
+        plan = Plan(revision=rev)
+        for kv in kvs:
+            name = Keyspace.tail(kv.key, self.ks.jobs)
+            try:
+                current[name] = (self._parse_job(kv), kv.mod_revision)
+            except ValueError as exc:
+                current[name] = (None, kv.mod_revision)
+                plan.invalid.append((name, str(exc)))
+        for spec in sorted(specs, key=lambda s: s.name):
+            old, mod = current.get(spec.name, (None, 0))
+            if spec.name not in current:
+                plan.changes.append(Change("create", spec.name, 0, spec))
+            elif old == spec:
+                plan.changes.append(Change("unchanged", spec.name, mod, spec))
+            else:
+                plan.changes.append(Change("update", spec.name, mod, spec))
+        if prune:
+            for name in sorted(current.keys() - seen):
+                plan.changes.append(Change("delete", name, current[name][1]))
+        return plan
+
+    async def apply(self, specs: list[JobSpec], *, prune: bool, dry_run: bool) -> Plan:
+        """Plan, then write the changes guarded by the plan's mod revisions.
+
+        One transaction when there are at most :data:`BATCH` writes; otherwise
+        batches of :data:`BATCH`, each atomic, the whole not (see the module doc).
+        Raises :class:`ConflictError` naming the jobs whose revision moved; the
+        failing batch writes nothing.
+        """
+        plan = await self.plan(specs, prune=prune)
+        plan.dry_run = dry_run
+        writes = plan.writes
+        if dry_run or not writes:
+            plan.applied = not dry_run
+            return plan
+        for start in range(0, len(writes), BATCH):
+            batch = writes[start : start + BATCH]
+            await self._write_batch(batch, done=plan.batches)
+            plan.batches += 1
+        plan.applied = True
+        log.info(
+            "applied jobs",
+            create=len(plan.names("create")),
+            update=len(plan.names("update")),
+            delete=len(plan.names("delete")),
+            batches=plan.batches,
+        )
+        return plan
+
+    async def _write_batch(self, batch: list[Change], *, done: int) -> None:
+        compares, ops, checks = [], [], []
+        for c in batch:
+            key = self.ks.job(c.name)
+            compares.append(cmp_mod(key, c.mod_revision))
+            checks.append(op_get(key))
+            if c.action == "delete":
+                ops.append(op_delete(key))
+            else:
+                assert c.spec is not None
+                ops.append(op_put(key, c.spec.to_json()))
+        res = await self.client.txn(compares, ops, checks)
+        if res.succeeded:
+            return
+        moved = []
+        for c, seen in zip(batch, res.responses, strict=True):
+            now = seen[0].mod_revision if seen else 0
+            if now != c.mod_revision:
+                moved.append(c.name)
+        partial = f"; {done} earlier batch(es) of {BATCH} were already written" if done else ""
+        raise ConflictError(
+            f"job(s) {', '.join(moved) or '?'} changed in etcd since the plan was made; "
+            f"nothing in this batch was written{partial}. Run apply again.",
+            moved,
+        )
+
+    # runs ---------------------------------------------------------------------
+
+    async def list_runs(self, job: str, limit: int = 20) -> list[RunRecord]:
+        """The newest ``limit`` run records of ``job`` (run ids sort by tick)."""
+        kvs, _ = await self.client.get_prefix(self.ks.job_runs(job))
+        out: list[RunRecord] = []
+        for kv in sorted(kvs, key=lambda k: k.key, reverse=True):
+            if len(out) >= limit:
+                break
+            try:
+                out.append(RunRecord.from_json(kv.value))
+            except ValueError as exc:
+                log.warning("invalid run record in etcd", key=kv.key, error=str(exc))
+        return out
+
+    async def get_run(self, job: str, run_id: str) -> RunRecord | None:
+        kv, _ = await self.client.get(self.ks.run(job, run_id))
+        if kv is None:
+            return None
+        try:
+            return RunRecord.from_json(kv.value)
+        except ValueError as exc:
+            raise CorruptValue(f"run {job}/{run_id} in etcd is invalid: {exc}") from exc
+
+    # requests -----------------------------------------------------------------
+
+    async def _put_if_job(self, job: str, key: str, value: dict[str, Any], ttl: int) -> None:
+        lease, _ = await self.client.grant(ttl)
+        job_key = self.ks.job(job)
+        res = await self.client.txn(
+            [cmp_created(job_key, 0, GREATER)], [op_put(key, json.dumps(value).encode(), lease)]
+        )
+        if not res.succeeded:
+            await self.client.revoke(lease)
+            raise JobNotFound(job)
+
+    async def request_kill(self, job: str) -> None:
+        """Ask the workers to stop every running run of ``job`` (key lives KILL_TTL s)."""
+        await self._put_if_job(job, self.ks.killer(job), {"requested_at": _now_iso()}, KILL_TTL)
+
+    async def request_run(self, job: str) -> str:
+        """Ask for one manual run of ``job`` now; returns the request id."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        request_id = f"{stamp}-{secrets.token_hex(4)}"
+        value = {"request_id": request_id, "requested_at": _now_iso()}
+        await self._put_if_job(job, self.ks.trigger(job, request_id), value, TRIGGER_TTL)
+        return request_id
+
+    # workers ------------------------------------------------------------------
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Live worker registrations, sorted by id, each with a ``skew`` in seconds.
+
+        ``skew`` is the value the worker reports itself (its clock minus the
+        median of its peers' clocks, measured as their registrations arrive),
+        when present. Otherwise it is estimated here as the worker's published
+        ``clock`` minus the median published clock; registrations are refreshed
+        every few seconds, so that fallback is only accurate to that interval.
+        """
+        kvs, _ = await self.client.get_prefix(self.ks.workers)
+        workers: list[dict[str, Any]] = []
+        for kv in kvs:
+            try:
+                data = json.loads(kv.value)
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                log.warning("invalid worker registration", key=kv.key, error=str(exc))
+                continue
+            data.setdefault("id", Keyspace.tail(kv.key, self.ks.workers))
+            workers.append(data)
+        clocks = [float(w["clock"]) for w in workers if _is_number(w.get("clock"))]
+        median = statistics.median(clocks) if clocks else None
+        for w in workers:
+            if _is_number(w.get("skew")):
+                w["skew"] = float(w["skew"])
+            elif median is not None and _is_number(w.get("clock")):
+                w["skew"] = round(float(w["clock"]) - median, 4)
+            else:
+                w["skew"] = None
+        workers.sort(key=lambda w: str(w["id"]))
+        return workers
+
+    async def revision(self) -> int:
+        return await self.client.revision()
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _conflict_text(name: str, expected: int, seen: list[KeyValue]) -> str:
+    if expected == 0:
+        return f"job {name!r} already exists (mod revision {seen[0].mod_revision if seen else 0})"
+    if not seen:
+        return f"job {name!r} was deleted (expected mod revision {expected})"
+    return f"job {name!r} is at mod revision {seen[0].mod_revision}, not {expected}"
