@@ -16,8 +16,9 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -111,10 +112,8 @@ class Worker:
         await self._register()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while self.runs:
-                    await asyncio.wait(
-                        [t for t in self._tasks if not t.done()] or [asyncio.sleep(0.05)]
-                    )
+                while self.runs and self._tasks:
+                    await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         for h in list(self.runs.values()):
             h.stop(StopReason.DRAIN)
         while self._tasks:
@@ -349,8 +348,8 @@ class Worker:
                     async with asyncio.timeout(sleep):
                         await self._wake.wait()
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

@@ -135,7 +135,7 @@ class EtcdClient:
         self._raw = Etcd3Client(
             [_resolve(e) for e in config.endpoints],
             tls_server_name=server_name if tls else None,
-            **tls,
+            **tls,  # type: ignore[arg-type]
         )
         self._token_task: asyncio.Task[None] | None = None
 

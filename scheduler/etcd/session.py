@@ -124,7 +124,11 @@ class Session:
             except (TimeoutError, grpc.aio.AioRpcError, EtcdError) as exc:
                 failures += 1
                 if failures == 1:
-                    log.info("keepalive failed, retrying", lease=f"{self.lease_id:x}", error=str(exc)[:200])
+                    log.info(
+                        "keepalive failed, retrying",
+                        lease=f"{self.lease_id:x}",
+                        error=str(exc)[:200],
+                    )
                 await asyncio.sleep(min(0.2, interval))
             finally:
                 stream.cancel()

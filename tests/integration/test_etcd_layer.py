@@ -10,7 +10,7 @@ import pytest
 from scheduler.config import EtcdConfig
 from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, TriggerFence, claim, release
 from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult
-from scheduler.etcd.listwatch import Batch, ListWatch, Snapshot, apply_batch
+from scheduler.etcd.listwatch import Batch, ListWatch, Snapshot
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from tests.support import wait_for
@@ -123,7 +123,9 @@ async def test_listwatch_relists_after_compaction(
         truth = await _truth(client, ks.jobs)
         await wait_for(lambda: state == truth and len(snaps) == 2, timeout=10)
         assert lw.stats.compactions == 1
-        assert ks.job("doomed") not in state, "a delete hidden by compaction is seen via the new snapshot"
+        assert ks.job("doomed") not in state, (
+            "a delete hidden by compaction is seen via the new snapshot"
+        )
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -141,7 +143,9 @@ async def test_session_revoked_fires_lost(client: EtcdClient) -> None:
         await s.close()
 
 
-async def test_session_cut_off_is_lost_before_server_expiry(proxy: TcpProxy, client: EtcdClient) -> None:
+async def test_session_cut_off_is_lost_before_server_expiry(
+    proxy: TcpProxy, client: EtcdClient
+) -> None:
     cut_client = await EtcdClient.connect(EtcdConfig(endpoints=[proxy.address], request_timeout=1))
     s = await Session(cut_client, ttl=4, margin=1.5).start()
     try:
@@ -169,10 +173,14 @@ def _req(ks: Keyspace, run: str, tick: int, lease: int = 0) -> ClaimRequest:
     )
 
 
-async def test_concurrent_claims_of_one_tick_have_one_winner(client: EtcdClient, prefix: str) -> None:
+async def test_concurrent_claims_of_one_tick_have_one_winner(
+    client: EtcdClient, prefix: str
+) -> None:
     ks = Keyspace(prefix)
     for tick in (1000, 2000, 3000):
-        results = await asyncio.gather(*(claim(client, _req(ks, f"r{tick}-{i}", tick)) for i in range(20)))
+        results = await asyncio.gather(
+            *(claim(client, _req(ks, f"r{tick}-{i}", tick)) for i in range(20))
+        )
         won = [r for r in results if r.outcome is Outcome.WON]
         assert len(won) == 1
         assert all(r.outcome in (Outcome.TAKEN, Outcome.BUSY) for r in results if r is not won[0])
@@ -181,7 +189,9 @@ async def test_concurrent_claims_of_one_tick_have_one_winner(client: EtcdClient,
         assert await release(client, ks.lock("j"), won[0].token, ks.run("j", "x"), b"done")
 
 
-async def test_forbid_busy_records_one_skip_and_release_is_guarded(client: EtcdClient, prefix: str) -> None:
+async def test_forbid_busy_records_one_skip_and_release_is_guarded(
+    client: EtcdClient, prefix: str
+) -> None:
     ks = Keyspace(prefix)
     first = await claim(client, _req(ks, "a", 1000))
     assert first.outcome is Outcome.WON
@@ -200,7 +210,9 @@ class LostReply(EtcdClient):
 
     lose = 1
 
-    async def txn_once(self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+    async def txn_once(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
         res = await super().txn_once(compare, success, failure)
         if self.lose:
             self.lose -= 1
@@ -208,7 +220,9 @@ class LostReply(EtcdClient):
         return res
 
 
-async def test_committed_claim_with_lost_reply_is_reported_won(etcd_endpoints: list[str], prefix: str) -> None:
+async def test_committed_claim_with_lost_reply_is_reported_won(
+    etcd_endpoints: list[str], prefix: str
+) -> None:
     ks = Keyspace(prefix)
     c = await LostReply.connect(EtcdConfig(endpoints=etcd_endpoints))
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -61,9 +62,13 @@ async def test_three_workers_run_each_tick_exactly_once(
         ticks = _ticks(ledger, job.name)
         # consecutive seconds between the first and the last tick: nothing missed
         secs = [int(t[17:19]) for t in ticks]
-        gaps = [(b - a) % 60 for a, b in zip(secs, secs[1:], strict=False)]
+        gaps = [(b - a) % 60 for a, b in itertools.pairwise(secs)]
         assert set(gaps) == {1}, f"{job.name}: ticks {ticks}"
-        tokens = [e.token for e in sorted(entries, key=lambda e: e.tick) if e.job == job.name and e.kind == "start"]
+        tokens = [
+            e.token
+            for e in sorted(entries, key=lambda e: e.tick)
+            if e.job == job.name and e.kind == "start"
+        ]
         assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
     assert len({e.worker for e in entries}) >= 2, "runs should spread over workers"
     assert sum(w.stats["seen_taken"] for w in ws) > 0, "losers should skip without a write"
@@ -127,7 +132,9 @@ async def test_forbid_skips_tick_while_running_and_records_it(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     job = ledger_job("slow", ledger, beats=2.5)
-    async with workers([make_config(etcd_endpoints, prefix, "w1"), make_config(etcd_endpoints, prefix, "w2")]):
+    async with workers(
+        [make_config(etcd_endpoints, prefix, "w1"), make_config(etcd_endpoints, prefix, "w2")]
+    ):
         await put_jobs(client, ks, job)
 
         async def skipped() -> bool:
@@ -147,14 +154,22 @@ async def test_allow_runs_overlap_and_replace_kills_previous(
     ledger = tmp_path / "ledger"
     allow = ledger_job("allow", ledger, body="sleep 2.5", concurrency="allow")
     replace = ledger_job("replace", ledger, beats=30, concurrency="replace")
-    async with workers([make_config(etcd_endpoints, prefix, "w1"), make_config(etcd_endpoints, prefix, "w2")]):
+    async with workers(
+        [make_config(etcd_endpoints, prefix, "w1"), make_config(etcd_endpoints, prefix, "w2")]
+    ):
         await put_jobs(client, ks, allow, replace)
 
         async def killed() -> bool:
             return any(r.status is RunStatus.KILLED for r in await runs_of(client, ks, "replace"))
 
         await wait_for(killed, timeout=20)
-        await wait_for(lambda: len([o for o in overlaps(read_ledger(ledger)) if o[0] in _run_ids(ledger, "allow")]) > 0, timeout=10)
+        await wait_for(
+            lambda: (
+                len([o for o in overlaps(read_ledger(ledger)) if o[0] in _run_ids(ledger, "allow")])
+                > 0
+            ),
+            timeout=10,
+        )
     replace_entries = [e for e in read_ledger(ledger) if e.job == "replace"]
     assert not overlaps(replace_entries), "replace never runs two at once"
 
@@ -176,7 +191,7 @@ async def test_timeout_retries_and_env(
         retry_backoff="0.1s",
     )
     hang = JobSpec(name="hang", schedule="@every 3600s", command=["sleep", "60"], timeout="0.5s")
-    async with workers([make_config(etcd_endpoints, prefix, "w1")]) as (w,):
+    async with workers([make_config(etcd_endpoints, prefix, "w1")]) as (_w,):
         await put_jobs(client, ks, flaky, hang)
         for name in ("flaky", "hang"):
             await client.put(ks.trigger(name, "req1"), b"{}")
@@ -233,20 +248,26 @@ async def test_worker_process_sigkill_next_tick_runs_elsewhere_without_ttl(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     job = ledger_job("k", ledger, body="sleep 0.5")
-    proc = WorkerProcess(make_config(etcd_endpoints, prefix, "victim", lease_ttl=30), tmp_path / "victim.log")
+    proc = WorkerProcess(
+        make_config(etcd_endpoints, prefix, "victim", lease_ttl=30), tmp_path / "victim.log"
+    )
     proc.start()
     try:
         await wait_for(lambda: _registered(client, ks, "victim"), timeout=20)
         async with workers([make_config(etcd_endpoints, prefix, "survivor", lease_ttl=30)]):
             await put_jobs(client, ks, job)
-            await wait_for(lambda: any(e.worker == "victim" for e in read_ledger(ledger)), timeout=20)
+            await wait_for(
+                lambda: any(e.worker == "victim" for e in read_ledger(ledger)), timeout=20
+            )
             proc.signal(signal.SIGKILL)
             proc.wait()
             killed_at = asyncio.get_running_loop().time()
             # the guard revokes the victim's lease: its registration and lock vanish at once
             await wait_for(lambda: _gone(client, ks, "victim"), timeout=5)
             n = len(read_ledger(ledger))
-            await wait_for(lambda: any(e.worker == "survivor" for e in read_ledger(ledger)[n:]), timeout=5)
+            await wait_for(
+                lambda: any(e.worker == "survivor" for e in read_ledger(ledger)[n:]), timeout=5
+            )
             assert asyncio.get_running_loop().time() - killed_at < 10, "well inside the 30 s TTL"
     finally:
         proc.close()
@@ -267,7 +288,9 @@ async def test_worker_process_sigstop_longer_than_ttl_no_overlap(
         await wait_for(lambda: any(e.worker == "paused" for e in read_ledger(ledger)), timeout=20)
         async with workers([make_config(etcd_endpoints, prefix, "other")]):
             proc.signal(signal.SIGSTOP)
-            await wait_for(lambda: any(e.worker == "other" for e in read_ledger(ledger)), timeout=15)
+            await wait_for(
+                lambda: any(e.worker == "other" for e in read_ledger(ledger)), timeout=15
+            )
             proc.signal(signal.SIGCONT)
             await wait_for(lambda: _registered(client, ks, "paused"), timeout=15)
     finally:

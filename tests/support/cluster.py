@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -53,7 +54,11 @@ def ledger_job(
     start = f'{LEDGER_LINE} start $(date +%s.%N)" >> {ledger}'
     beat = f'{LEDGER_LINE} beat $(date +%s.%N)" >> {ledger}'
     end = f'{LEDGER_LINE} end $(date +%s.%N)" >> {ledger}'
-    loop = f"i=0; while [ $i -lt {int(beats * 10)} ]; do {beat}; sleep 0.1; i=$((i+1)); done; " if beats else ""
+    loop = (
+        f"i=0; while [ $i -lt {int(beats * 10)} ]; do {beat}; sleep 0.1; i=$((i+1)); done; "
+        if beats
+        else ""
+    )
     script = f"{start}; {pre + '; ' if pre else ''}{loop}{body + '; ' if body else ''}{end}"
     return JobSpec(name=name, schedule=schedule, shell=script, **kw)
 
@@ -76,7 +81,11 @@ def read_ledger(path: Path) -> list[Entry]:
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) == 7:
-            out.append(Entry(parts[0], parts[1], parts[2], int(parts[3]), parts[4], parts[5], float(parts[6])))
+            out.append(
+                Entry(
+                    parts[0], parts[1], parts[2], int(parts[3]), parts[4], parts[5], float(parts[6])
+                )
+            )
     return out
 
 
@@ -100,9 +109,9 @@ def overlaps(entries: list[Entry]) -> list[tuple[str, str]]:
         span[0] = min(span[0], e.at)
         span[1] = max(span[1], e.at)
     bad = []
-    for job, runs in spans.items():
+    for _job, runs in spans.items():
         ordered = sorted(runs.items(), key=lambda kv: kv[1][0])
-        for (ra, a), (rb, b) in zip(ordered, ordered[1:], strict=False):
+        for (ra, a), (rb, b) in itertools.pairwise(ordered):
             if b[0] < a[1]:
                 bad.append((ra, rb))
     return bad
@@ -119,7 +128,9 @@ async def runs_of(client: EtcdClient, ks: Keyspace, job: str) -> list[RunRecord]
 
 
 @contextlib.asynccontextmanager
-async def workers(configs: list[Config], clocks: list[Clock] | None = None) -> AsyncIterator[list[Worker]]:
+async def workers(
+    configs: list[Config], clocks: list[Clock] | None = None
+) -> AsyncIterator[list[Worker]]:
     ws = [Worker(c, clock=(clocks[i] if clocks else None)) for i, c in enumerate(configs)]
     try:
         await asyncio.gather(*(w.start() for w in ws))
@@ -144,7 +155,9 @@ class WorkerProcess:
             "sys.exit(main(Config.model_validate_json(os.environ['ETCRON_WORKER_CONFIG_JSON'])))"
         )
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=out, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], stdout=out, stderr=out, env=env
+            )
 
     @property
     def pid(self) -> int:
