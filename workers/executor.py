@@ -139,7 +139,6 @@ class Child:
             self.on_exit(pgid)
             if self._stop_task is not None:
                 self._stop_task.cancel()
-        await self.sink.flush()
         if rc < 0:
             return Outcome(None, -rc, self.stopped)
         return Outcome(rc, None, self.stopped)

@@ -155,6 +155,8 @@ class EtcdOutput(OutputSink):
 
     async def flush(self) -> None:
         """End of run: ship what is pending, the omitted-bytes marker, then the tail."""
+        if self._closed:
+            return
         self._closed = True
         self._kick.set()
         if self._flusher is not None:

@@ -70,6 +70,7 @@ class Worker:
         self.skew = 0.0
         self.ready = asyncio.Event()
         self._loaded: set[str] = set()
+        self.triggers: set[str] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._session_ready = asyncio.Event()
@@ -283,6 +284,8 @@ class Worker:
             self.timer.schedule(name, tick_ms(nxt))
             if isinstance(item, Snapshot):
                 self._catch_up(spec, now_ms)
+            for key in [k for k in self.triggers if k.startswith(self.ks.triggers + name + "/")]:
+                self._start_manual(key)
         self._wake.set()
 
     def _catch_up(self, job: JobSpec, now_ms: int) -> None:
@@ -317,16 +320,27 @@ class Worker:
                     h.stop(StopReason.KILLED)
 
     def _on_triggers(self, item: Snapshot | Batch) -> None:
-        kvs = (
-            item.kvs.values()
-            if isinstance(item, Snapshot)
-            else [e.kv for e in item.events if e.kind is EventKind.PUT]
-        )
-        for kv in kvs:
-            name, _, request = kv.key[len(self.ks.triggers) :].partition("/")
-            job = self.table.jobs.get(name)
-            if job is not None and request:
-                self._spawn(self._manual(job, kv.key, request))
+        """Manual-run requests: remember them until consumed, so a request that
+        arrives before its job definition still runs once the job is known."""
+        if isinstance(item, Snapshot):
+            self.triggers = set(item.kvs)
+            fresh = set(item.kvs)
+        else:
+            fresh = set()
+            for ev in item.events:
+                if ev.kind is EventKind.PUT:
+                    self.triggers.add(ev.key)
+                    fresh.add(ev.key)
+                else:
+                    self.triggers.discard(ev.key)
+        for key in fresh:
+            self._start_manual(key)
+
+    def _start_manual(self, key: str) -> None:
+        name, _, request = key[len(self.ks.triggers) :].partition("/")
+        job = self.table.jobs.get(name)
+        if job is not None and request:
+            self._spawn(self._manual(job, key, request))
 
     # timer ----------------------------------------------------------------
 
