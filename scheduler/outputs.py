@@ -129,4 +129,3 @@ async def follow_runs(
                     if RunRecord.from_json(kv.value).status.value in ("skipped", "missed"):
                         continue
                 yield run_id
-
