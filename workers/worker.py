@@ -181,6 +181,9 @@ class Worker:
         if needed <= self._loaded and self._session_ready.is_set() and not self.ready.is_set():
             self.ready.set()
             self.log.info("ready", jobs=len(self.table.jobs), revision=self.table.revision)
+            now_ms = int(self.clock.time() * 1000)
+            for spec in self.table.jobs.values():
+                self._catch_up(spec, now_ms)
 
     # session --------------------------------------------------------------
 
@@ -282,7 +285,7 @@ class Worker:
                 continue
             nxt = spec.schedule_obj().next_after(from_ms(now_ms), spec.zone())
             self.timer.schedule(name, tick_ms(nxt))
-            if isinstance(item, Snapshot):
+            if isinstance(item, Snapshot) and self.ready.is_set():
                 self._catch_up(spec, now_ms)
             for key in [k for k in self.triggers if k.startswith(self.ks.triggers + name + "/")]:
                 self._start_manual(key)

@@ -1,0 +1,158 @@
+"""Time zones, DST and starting deadlines, driven by an injected worker clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from scheduler.clock import OffsetClock
+from scheduler.config import EtcdConfig
+from scheduler.etcd.client import EtcdClient
+from scheduler.keyspace import Keyspace
+from scheduler.runs import RunStatus
+from tests.support import wait_for
+from tests.support.cluster import ledger_job, make_config, put_jobs, read_ledger, runs_of, workers
+
+
+@pytest.fixture
+async def client(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
+    c = await EtcdClient.connect(EtcdConfig(endpoints=etcd_endpoints))
+    yield c
+    await c.close()
+
+
+def _clock_at(when: datetime) -> OffsetClock:
+    """A worker clock that reads ``when`` right now (then runs at normal speed)."""
+    return OffsetClock(when.timestamp() - time.time())
+
+
+@pytest.mark.parametrize(
+    ("zone", "schedule", "clock_at", "expected_tick"),
+    [
+        # spring forward: 02:30 does not exist in Berlin on 2026-03-29 -> fires once at the jump
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            datetime(2026, 3, 29, 0, 59, 58, tzinfo=UTC),
+            "2026-03-29T01:00:00.000Z",
+        ),
+        # every 15 min in the skipped hour: one fire at the jump, not four
+        (
+            "Europe/Berlin",
+            "*/15 2 * * *",
+            datetime(2026, 3, 29, 0, 59, 58, tzinfo=UTC),
+            "2026-03-29T01:00:00.000Z",
+        ),
+        # fall back: 02:30 exists twice in Berlin on 2026-10-25 -> the first one
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            datetime(2026, 10, 25, 0, 29, 58, tzinfo=UTC),
+            "2026-10-25T00:30:00.000Z",
+        ),
+        # New York spring forward 2026-03-08 02:00 -> 03:00 EDT (07:00Z)
+        (
+            "America/New_York",
+            "30 2 * * *",
+            datetime(2026, 3, 8, 6, 59, 58, tzinfo=UTC),
+            "2026-03-08T07:00:00.000Z",
+        ),
+        # Lord Howe: a 30-minute shift; 02:00 -> 02:30 on 2026-10-04 (15:30Z on the 3rd)
+        (
+            "Australia/Lord_Howe",
+            "15 2 * * *",
+            datetime(2026, 10, 3, 15, 29, 58, tzinfo=UTC),
+            "2026-10-03T15:30:00.000Z",
+        ),
+    ],
+)
+async def test_dst_fires_once_at_the_defined_instant(
+    client: EtcdClient,
+    etcd_endpoints: list[str],
+    prefix: str,
+    tmp_path: Path,
+    zone: str,
+    schedule: str,
+    clock_at: datetime,
+    expected_tick: str,
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    job = ledger_job("dst", ledger, schedule=schedule, timezone=zone)
+    async with workers([make_config(etcd_endpoints, prefix, "w1")], [_clock_at(clock_at)]) as (w,):
+        await put_jobs(client, ks, job)
+        await wait_for(lambda: read_ledger(ledger), timeout=10)
+        nxt = w.timer.next_fire_ms()
+    ticks = [e.tick for e in read_ledger(ledger) if e.kind == "start"]
+    assert ticks == [expected_tick]
+    assert (
+        nxt is not None and nxt / 1000 - datetime.fromisoformat(expected_tick).timestamp() > 3600
+    ), "the next fire is a later day, not another one in the same transition"
+
+
+async def test_latest_missed_tick_runs_once_after_full_outage(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    job = ledger_job("catch", ledger, schedule="*/2 * * * * *", starting_deadline="30s")
+    async with workers([make_config(etcd_endpoints, prefix, "first")]):
+        await put_jobs(client, ks, job)
+        await wait_for(lambda: len(read_ledger(ledger)) >= 2, timeout=10)
+    stopped = time.time()
+    await wait_for(lambda: time.time() > stopped + 5, timeout=10)  # the outage: no worker at all
+    before = {e.tick for e in read_ledger(ledger) if e.kind == "start"}
+    async with workers([make_config(etcd_endpoints, prefix, "second")]):
+        await wait_for(lambda: any(e.worker == "second" for e in read_ledger(ledger)), timeout=10)
+        restarted = time.time()
+    after = sorted({e.tick for e in read_ledger(ledger) if e.kind == "start"} - before)
+    in_outage = [t for t in after if datetime.fromisoformat(t).timestamp() < restarted - 0.1]
+    assert len(in_outage) == 1, f"only the latest missed tick runs late: {after}"
+
+
+async def test_tick_past_its_starting_deadline_is_recorded_missed(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    job = ledger_job("late", ledger, schedule="*/5 * * * * *", starting_deadline="0.5s")
+    async with workers([make_config(etcd_endpoints, prefix, "first")]):
+        await put_jobs(client, ks, job)
+        await wait_for(lambda: read_ledger(ledger), timeout=10)
+
+    # the outage spans the next tick; come back 1.5 s after it (past its 0.5 s deadline)
+    last = max(datetime.fromisoformat(e.tick).timestamp() for e in read_ledger(ledger))
+    await wait_for(lambda: time.time() > last + 6.5, timeout=10)
+    async with workers([make_config(etcd_endpoints, prefix, "second")]):
+
+        async def missed() -> bool:
+            return any(r.status is RunStatus.MISSED for r in await runs_of(client, ks, "late"))
+
+        await wait_for(missed, timeout=10)
+    assert not any(
+        e.worker == "second" and e.kind == "start" and _age(e.tick) > 4 for e in read_ledger(ledger)
+    )
+
+
+def _age(tick: str) -> float:
+    return time.time() - datetime.fromisoformat(tick).timestamp()
+
+
+async def test_suspended_job_does_not_run_and_resumes(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    job = ledger_job("pause", ledger, suspend=True)
+    async with workers([make_config(etcd_endpoints, prefix, "w")]) as (w,):
+        await put_jobs(client, ks, job)
+        await wait_for(lambda: "pause" in w.table.jobs, timeout=5)
+        t0 = time.time()
+        await wait_for(lambda: time.time() > t0 + 2.5, timeout=5)  # two ticks pass while suspended
+        assert read_ledger(ledger) == []
+        await put_jobs(client, ks, job.model_copy(update={"suspend": False}))
+        await wait_for(lambda: read_ledger(ledger), timeout=5)
