@@ -19,7 +19,7 @@ import sys
 from typing import Any, Literal
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 Level = Literal["debug", "info", "warning", "error"]
 Format = Literal["auto", "json", "console"]
@@ -42,7 +42,7 @@ def configure_logging(component: str, level: str = "info", fmt: str = "auto") ->
     if fmt not in ("auto", "json", "console"):
         raise ValueError(f"unknown log format {fmt!r} (expected auto, json or console)")
 
-    def add_component(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add_component(_: Any, __: str, event: EventDict) -> EventDict:
         event.setdefault("component", component)
         return event
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,22 @@ MAX_SLEEP = 30.0
 
 class WorkerIdInUse(Exception):
     pass
+
+
+def _use_pidfd_child_watcher() -> None:
+    """Python 3.11's default child watcher starts a thread per child; a pidfd
+    watcher costs nothing per child (it is the default from Python 3.12 on)."""
+    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
+        return
+    current = asyncio.get_child_watcher()
+    if isinstance(current, asyncio.PidfdChildWatcher):
+        return
+    try:
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+    except (OSError, RuntimeError):
+        return  # no pidfd_open (old kernel): keep the default
+    asyncio.set_child_watcher(watcher)
 
 
 class Worker:
@@ -132,6 +149,7 @@ class Worker:
     # main -----------------------------------------------------------------
 
     async def _run(self) -> None:
+        _use_pidfd_child_watcher()
         self.client = await EtcdClient.connect(self.config.etcd)
         await self.guard.start()
         try:
@@ -378,13 +396,15 @@ class Worker:
     # claiming -------------------------------------------------------------
 
     def _may_claim(self, job: JobSpec) -> bool:
+        """Eligible for this job now (capacity is checked apart: see ``_tick``)."""
         if self.draining or job.suspend or self.session is None:
             return False
         if self.cfg.stop_claiming_on_skew and abs(self.skew) > self.cfg.max_clock_skew:
             return False
-        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
-            return False
-        return len(self.runs) < self.cfg.capacity
+        return all(self.cfg.labels.get(k) == v for k, v in job.selector.items())
+
+    def _full(self) -> bool:
+        return len(self.runs) >= self.cfg.capacity
 
     def _deadline_ms(self, job: JobSpec) -> int:
         return int(1000 * (job.starting_deadline or self.cfg.default_starting_deadline))
@@ -393,7 +413,12 @@ class Worker:
         """Compete for (job, tick): wait for my turn, then claim unless it is visibly taken."""
         if not self._may_claim(job):
             return
-        turn = rank(self.id, self.peers.list(), job.name, fire_ms, job.selector)
+        peers = self.peers.list()
+        turn = rank(self.id, peers, job.name, fire_ms, job.selector)
+        if self._full():
+            # let every other worker have its turn first; if nobody took the
+            # tick, leave a trace instead of dropping it silently
+            turn = max(turn, len(peers)) + 1
         if turn:
             await asyncio.sleep(turn * self.cfg.handoff_delay)
         tick = from_ms(fire_ms)
@@ -412,6 +437,9 @@ class Worker:
             if now_ms - fire_ms > self._deadline_ms(job):
                 await self._record_missed(job, fire_ms)
                 return
+            if self._full():
+                await self._record_missed(job, fire_ms, "every eligible worker was at capacity")
+                return
             try:
                 await self._claim_and_run(job, TickFence(self.ks.tick(job.name), fire_ms), tick)
                 return
@@ -429,7 +457,12 @@ class Worker:
         with contextlib.suppress(EtcdUnavailable):
             await self._claim_and_run(job, TriggerFence(trigger_key), self.clock.now(), manual=True)
 
-    async def _record_missed(self, job: JobSpec, fire_ms: int) -> None:
+    async def _record_missed(
+        self,
+        job: JobSpec,
+        fire_ms: int,
+        why: str = "no worker could start this tick within its starting deadline",
+    ) -> None:
         assert self.client is not None
         tick = from_ms(fire_ms)
         rec = RunRecord(
@@ -438,7 +471,7 @@ class Worker:
             tick=tick,
             status=RunStatus.MISSED,
             worker=self.id,
-            message="no worker could start this tick within its starting deadline",
+            message=why,
         )
         req = ClaimRequest(
             TickFence(self.ks.tick(job.name), fire_ms),
@@ -454,7 +487,7 @@ class Worker:
             c = await claim(self.client, req)
             if c.outcome is Outcome.WON:
                 self.stats["missed"] += 1
-                self.log.warning("tick missed", job=job.name, tick=str(tick))
+                self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
 
     async def _claim_and_run(
         self, job: JobSpec, fence: TickFence | TriggerFence, tick: datetime, *, manual: bool = False

@@ -20,7 +20,7 @@ ctl user grant-role etcron-master etcron-master >/dev/null
 # workers: read job definitions and kill requests; write what a run needs
 ctl role add etcron-worker >/dev/null
 ctl role grant-permission etcron-worker --prefix=true read "$P/jobs/" >/dev/null
-ctl role grant-permission etcron-worker --prefix=true read "$P/killer/" >/dev/null
+ctl role grant-permission etcron-worker --prefix=true readwrite "$P/killer/" >/dev/null
 for d in lock ticks workers runs output trigger; do
   ctl role grant-permission etcron-worker --prefix=true readwrite "$P/$d/" >/dev/null
 done

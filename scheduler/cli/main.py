@@ -1,0 +1,388 @@
+"""``etcron``: the command line. Talks to a master over HTTP; some commands are offline.
+
+Rules:
+
+- Input is validated locally before anything is sent: ``apply`` with any invalid
+  job prints every problem (file, line, job, field) and exits 2, sending nothing.
+- Exit codes: 0 ok, 1 other failure (unknown job, conflict), 2 invalid input or
+  usage, 3 master unreachable or refusing (connection error, 401/403, 503).
+- Only this module installs SIGINT/SIGTERM handlers (``etcron master``: the
+  first signal stops gracefully, a second one cancels at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from scheduler import __version__
+from scheduler.cli import logs_cmd, render
+from scheduler.cli.client import (
+    EXIT_INVALID,
+    ApiClient,
+    CliError,
+    InvalidInput,
+    Unreachable,
+)
+from scheduler.cli.render import Format
+from scheduler.config import Config, ConfigError, load_config
+from scheduler.model import NAME_RE, JobSpec
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 other failure (unknown job, conflict); "
+    "2 invalid input or usage (nothing was sent); "
+    "3 master unreachable or refusing (connection error, 401/403, 503)."
+)
+
+app = typer.Typer(
+    name="etcron",
+    help="etcron: a distributed cron scheduler on etcd.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+get_app = typer.Typer(help="Show jobs.", no_args_is_help=True)
+delete_app = typer.Typer(help="Delete jobs.", no_args_is_help=True)
+app.add_typer(get_app, name="get")
+app.add_typer(delete_app, name="delete")
+
+OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]
+FileOpt = Annotated[Path, typer.Option("-f", "--file", help="a jobs YAML file")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", envvar="ETCRON_CONFIG", help="config file (YAML)")
+]
+
+
+class Globals:
+    def __init__(self, server: str, token: str | None, config: Path | None) -> None:
+        self.server = server
+        self.token = token
+        self.config = config
+
+    def client(self) -> ApiClient:
+        token = self.token
+        if token is None and self.config is not None:
+            try:
+                token = _load_config(self.config).master.resolved_token()
+            except OSError as exc:
+                raise InvalidInput(f"cannot read master.token_file: {exc}") from exc
+        return ApiClient(self.server, token)
+
+
+@app.callback()
+def _globals(
+    ctx: typer.Context,
+    server: Annotated[
+        str, typer.Option(envvar="ETCRON_SERVER", help="master URL")
+    ] = "http://127.0.0.1:8070",
+    token: Annotated[
+        str | None, typer.Option(envvar="ETCRON_TOKEN", help="API token", show_default=False)
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    ctx.obj = Globals(server, token, config)
+
+
+def _g(ctx: typer.Context) -> Globals:
+    obj = ctx.find_object(Globals)
+    assert obj is not None
+    return obj
+
+
+def _load_config(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise InvalidInput(f"invalid configuration:\n{exc}") from exc
+
+
+def _name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidInput(
+            f"{name!r} is not a valid job name (1-63 lowercase letters, digits and '-')"
+        )
+    return name
+
+
+def _load_jobs(path: Path) -> list[JobSpec]:
+    from scheduler.jobfile import JobFileError, load_jobs
+
+    try:
+        return load_jobs(path)
+    except JobFileError as exc:
+        n = len(exc.problems)
+        lines = "\n".join(f"  {p}" for p in exc.problems)
+        raise InvalidInput(f"{n} problem{'s' if n != 1 else ''} in {path}:\n{lines}") from exc
+
+
+def _wire(spec: JobSpec) -> dict[str, Any]:
+    data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
+    data["name"] = spec.name
+    return data
+
+
+# offline --------------------------------------------------------------------------
+
+
+@app.command()
+def validate(file: FileOpt) -> None:
+    """Check a jobs file offline: YAML, fields, schedules, time zones, names."""
+    jobs = _load_jobs(file)
+    render.out.print(f"{len(jobs)} jobs OK", markup=False)
+
+
+@app.command("next")
+def next_(
+    ctx: typer.Context,
+    job: Annotated[str | None, typer.Argument(help="a job on the server")] = None,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="a schedule, offline")] = None,
+    tz: Annotated[str, typer.Option("--tz", help="IANA time zone")] = "UTC",
+    count: Annotated[int, typer.Option("-n", min=1, max=1000, help="how many")] = 5,
+) -> None:
+    """The next fire times of a job (from the server) or of --schedule (offline)."""
+    from scheduler.schedule import Schedule, validate_timezone
+
+    if (job is None) == (schedule is None):
+        raise InvalidInput("give either a JOB name or --schedule EXPR")
+    if job is not None:
+        with _g(ctx).client() as api:
+            spec = api.get_job(_name(job))["spec"]
+        schedule, tz = spec["schedule"], spec.get("timezone", "UTC")
+    assert schedule is not None
+    try:
+        zone = validate_timezone(tz)
+        times = Schedule.parse(schedule).preview(datetime.now(UTC), zone, count)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    for t in times:
+        local = t.astimezone(zone)
+        render.out.print(f"{t.isoformat()}  ({local.isoformat()} {tz})", markup=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    render.out.print(f"etcron {__version__}", markup=False)
+
+
+# jobs -------------------------------------------------------------------------------
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    file: FileOpt,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show the plan, write nothing")
+    ] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="delete jobs not in the file")] = False,
+) -> None:
+    """Create and update the jobs of a file (validated locally first)."""
+    jobs = _load_jobs(file)
+    with _g(ctx).client() as api:
+        plan = api.apply([_wire(j) for j in jobs], prune=prune, dry_run=dry_run)
+    render.plan_lines(plan)
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    file: FileOpt,
+    prune: Annotated[bool, typer.Option("--prune", help="also show deletions")] = False,
+) -> None:
+    """What `apply` would change, field by field. Writes nothing; exit 0."""
+    jobs = {j.name: j for j in _load_jobs(file)}
+    details: dict[str, list[str]] = {}
+    with _g(ctx).client() as api:
+        plan = api.apply([_wire(j) for j in jobs.values()], prune=prune, dry_run=True)
+        for name in plan.get("update", []):
+            old = render.compact_spec(api.get_job(name)["spec"])
+            new = render.compact_spec(jobs[name].model_dump(mode="json"))
+            details[name] = [
+                f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+                for key in sorted(old.keys() | new.keys())
+                if old.get(key) != new.get(key)
+            ]
+    render.plan_lines(plan, details)
+
+
+@get_app.command("jobs")
+def get_jobs(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
+    """List jobs."""
+    with _g(ctx).client() as api:
+        data = api.list_jobs()
+    if output is Format.TABLE:
+        render.jobs_table(data["jobs"], data.get("invalid", []))
+    else:
+        jobs = [render.compact_spec(j) for j in data["jobs"]]
+        render.emit({"jobs": jobs}, output)
+
+
+@get_app.command("job")
+def get_job(ctx: typer.Context, name: str, output: OutputOpt = Format.TABLE) -> None:
+    """Show one job."""
+    with _g(ctx).client() as api:
+        data = api.get_job(_name(name))
+    if output is Format.TABLE:
+        render.job_detail(data["spec"], data.get("mod_revision"))
+    else:
+        render.emit(render.compact_spec(data["spec"]), output)
+
+
+@delete_app.command("job")
+def delete_job(ctx: typer.Context, name: str) -> None:
+    """Delete one job (its run history stays until housekeeping removes it)."""
+    with _g(ctx).client() as api:
+        api.delete_job(_name(name))
+    render.out.print(f"deleted {name}", markup=False)
+
+
+@app.command()
+def suspend(ctx: typer.Context, name: str) -> None:
+    """Stop scheduling a job (running runs continue)."""
+    with _g(ctx).client() as api:
+        api.suspend(_name(name))
+    render.out.print(f"suspended {name}", markup=False)
+
+
+@app.command()
+def resume(ctx: typer.Context, name: str) -> None:
+    """Schedule a suspended job again."""
+    with _g(ctx).client() as api:
+        api.resume(_name(name))
+    render.out.print(f"resumed {name}", markup=False)
+
+
+@app.command()
+def run(ctx: typer.Context, name: str) -> None:
+    """Ask for one run now (a worker picks it up within the request's 60 s)."""
+    with _g(ctx).client() as api:
+        data = api.run(_name(name))
+    render.out.print(f"run requested: {name} (request {data['request_id']})", markup=False)
+
+
+@app.command()
+def kill(ctx: typer.Context, name: str) -> None:
+    """Ask the workers to stop every running run of a job."""
+    with _g(ctx).client() as api:
+        api.kill(_name(name))
+    render.out.print(f"kill requested: {name}", markup=False)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    name: str,
+    limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=1000)] = 20,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """The newest runs of a job."""
+    with _g(ctx).client() as api:
+        data = api.runs(_name(name), limit)
+    if output is Format.TABLE:
+        render.runs_table(data["runs"])
+    else:
+        render.emit(data, output)
+
+
+@app.command()
+def workers(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
+    """Live workers, with their clock skew against the cluster median."""
+    with _g(ctx).client() as api:
+        data = api.workers()
+    if output is Format.TABLE:
+        render.workers_table(data["workers"])
+    else:
+        render.emit(data, output)
+
+
+logs_cmd.register(app, lambda ctx: _g(ctx).client())
+
+
+# daemons ------------------------------------------------------------------------------
+
+
+@app.command()
+def master(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Run a master: the HTTP API (and housekeeping). SIGTERM/SIGINT stop it gracefully."""
+    from scheduler.etcd.client import EtcdError
+    from scheduler.logconfig import configure_logging
+
+    cfg = _load_config(config or _g(ctx).config)
+    configure_logging("master", cfg.log.level, cfg.log.format)
+    try:
+        asyncio.run(_serve_master(cfg))
+    except EtcdError as exc:
+        raise Unreachable(f"etcd: {exc}") from exc
+
+
+async def _serve_master(cfg: Config) -> None:
+    from scheduler.master.server import leader_housekeeping, run_master
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    task = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            stop.set()
+        elif task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await run_master(cfg, stop=stop, housekeeping=leader_housekeeping)
+    except asyncio.CancelledError:
+        if signals < 2:
+            raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@app.command()
+def worker(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Run a worker daemon until SIGTERM (drains running jobs first)."""
+    from scheduler.logconfig import configure_logging
+
+    cfg = _load_config(config or _g(ctx).config)
+    configure_logging("worker", cfg.log.level, cfg.log.format)
+    import workers.daemon
+
+    raise typer.Exit(workers.daemon.main(cfg))
+
+
+# entry point ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the app and maps every failure to an exit code."""
+    code = 0
+    try:
+        # standalone mode: usage errors print the usage and exit 2, --help exits 0
+        app(args=argv, prog_name="etcron", standalone_mode=True)
+    except CliError as exc:
+        render.err.print(f"error: {exc}", markup=False)
+        render.problems(exc.problems)
+        code = exc.exit_code
+    except ConfigError as exc:  # e.g. the master's: no token, port busy
+        render.err.print(f"error: {exc}", markup=False)
+        code = EXIT_INVALID
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

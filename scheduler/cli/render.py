@@ -1,0 +1,186 @@
+"""CLI output: rich tables for people, JSON or YAML for scripts.
+
+Rules: data goes to stdout, errors and problems to stderr. ``-o json`` and
+``-o yaml`` print exactly what the API returned (job specs without their
+default fields, so the output can be applied again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.durations import format_duration
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    YAML = "yaml"
+
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_DEFAULTS: dict[str, Any] = {
+    "timezone": "UTC",
+    "env": {},
+    "concurrency": "forbid",
+    "retries": 0,
+    "retry_backoff": 10.0,
+    "selector": {},
+    "labels": {},
+    "suspend": False,
+    "description": "",
+}
+
+
+def compact_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec without null and default-valued fields (what a person would write)."""
+    return {k: v for k, v in spec.items() if v is not None and _DEFAULTS.get(k, ...) != v}
+
+
+def emit(data: Any, fmt: str) -> None:
+    """Print ``data`` as JSON or YAML (for table output, use the functions below)."""
+    if fmt == "yaml":
+        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip(), markup=False)
+    else:
+        out.print(json.dumps(data, indent=2, ensure_ascii=False), markup=False)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for i, c in enumerate(columns):  # only the last column wraps
+        last = i == len(columns) - 1
+        table.add_column(c, overflow="fold", no_wrap=not last, min_width=len(c))
+    return table
+
+
+def _labels(labels: Any) -> str:
+    if not isinstance(labels, dict) or not labels:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _command(spec: dict[str, Any]) -> str:
+    if spec.get("shell"):
+        return str(spec["shell"])
+    return " ".join(str(a) for a in spec.get("command") or [])
+
+
+def jobs_table(jobs: Iterable[dict[str, Any]], invalid: Iterable[dict[str, Any]] = ()) -> None:
+    table = _table("NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED", "COMMAND")
+    for j in jobs:
+        table.add_row(
+            j["name"],
+            j["schedule"],
+            j.get("timezone", "UTC"),
+            j.get("concurrency", "forbid"),
+            "yes" if j.get("suspend") else "no",
+            _command(j),
+        )
+    out.print(table)
+    for bad in invalid:
+        err.print(
+            f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
+        )
+
+
+def job_detail(spec: dict[str, Any], mod_revision: int | None = None) -> None:
+    table = _table("FIELD", "VALUE")
+    for key, value in compact_spec(spec).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        table.add_row(key, text)
+    if mod_revision is not None:
+        table.add_row("mod_revision", str(mod_revision))
+    out.print(table)
+
+
+def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None) -> None:
+    """One line per change (``+ create``, ``~ update``, ``- delete``), then a summary."""
+    marks = (("create", "+", "green"), ("update", "~", "yellow"), ("delete", "-", "red"))
+    for action, mark, colour in marks:
+        for name in plan.get(action, []):
+            out.print(f"[{colour}]{mark} {action:<9}[/]", name, markup=True)
+            for line in (details or {}).get(name, []):
+                out.print(f"    {line}", markup=False)
+    counts = ", ".join(
+        f"{len(plan.get(a, []))} {a}" for a in ("create", "update", "delete", "unchanged")
+    )
+    if plan.get("dry_run"):
+        verdict = "dry run, nothing written"
+    elif plan.get("applied"):
+        verdict = f"applied in {plan.get('batches', 0)} transaction(s)"
+    else:
+        verdict = "not applied"
+    out.print(f"{counts} ({verdict})", markup=False)
+    for bad in plan.get("invalid_in_etcd", []):
+        err.print(
+            f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
+        )
+
+
+def _when(value: Any) -> str:
+    if not value:
+        return "-"
+    try:
+        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration(run: dict[str, Any]) -> str:
+    try:
+        start = datetime.fromisoformat(str(run["start"]).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(run["end"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError, TypeError):
+        return "-"
+    return format_duration(max(0.0, (end - start).total_seconds()))
+
+
+def runs_table(runs: Iterable[dict[str, Any]]) -> None:
+    table = _table("RUN ID", "STATUS", "TICK", "WORKER", "DURATION", "EXIT", "TOKEN")
+    for r in runs:
+        exit_code = r.get("exit_code")
+        if exit_code is None and r.get("signal"):
+            exit_code = f"signal {r['signal']}"
+        table.add_row(
+            r["run_id"],
+            str(r.get("status", "?")),
+            _when(r.get("tick")),
+            str(r.get("worker") or "-"),
+            _duration(r),
+            "-" if exit_code is None else str(exit_code),
+            str(r.get("fencing_token") or "-"),
+        )
+    out.print(table)
+
+
+def workers_table(workers: Iterable[dict[str, Any]]) -> None:
+    table = _table("ID", "HOST", "LABELS", "CAPACITY", "RUNNING", "SKEW", "VERSION")
+    for w in workers:
+        skew = w.get("skew")
+        table.add_row(
+            str(w.get("id")),
+            str(w.get("host") or "-"),
+            _labels(w.get("labels")),
+            str(w.get("capacity", "-")),
+            str(w.get("running", "-")),
+            "-" if skew is None else f"{float(skew):+.3f}s",
+            str(w.get("version") or "-"),
+        )
+    out.print(table)
+
+
+def problems(items: Iterable[dict[str, Any]]) -> None:
+    for p in items:
+        where = ": ".join(str(p[k]) for k in ("job", "field") if p.get(k))
+        err.print(f"  {where + ': ' if where else ''}{p.get('message', '')}", markup=False)

@@ -1,0 +1,378 @@
+"""The master's JSON API, under ``/v1``.
+
+Rules:
+
+- Every route except ``GET /v1/health`` needs ``Authorization: Bearer <token>``;
+  the token is compared in constant time (:func:`hmac.compare_digest`). A
+  missing or wrong token is answered 401 before anything is read or written.
+- Job specs are validated here, all of them before any write: a bad spec is a
+  422 whose ``problems`` name the job and the field; nothing is written.
+- ``If-Match: <mod_revision>`` on PUT/DELETE makes the write a compare-and-swap
+  (``0`` = must not exist); a mismatch is 409. Responses carry the job's mod
+  revision in ``ETag``.
+- Unknown job: 404. etcd unreachable (or refusing the master's credentials): 503.
+  A value in etcd that is not a valid spec: 500 naming the job (PUT a valid
+  spec to repair it).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scheduler import __version__
+from scheduler.etcd.client import EtcdError
+from scheduler.master.logs_api import add_output_routes
+from scheduler.model import JobSpec, validation_messages
+from scheduler.runs import RunRecord
+from scheduler.store import ConflictError, CorruptValue, JobNotFound, JobStore
+
+MAX_JOBS_PER_APPLY = 10_000
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
+# (module level: annotations are resolved from module globals)
+
+
+# response and request models ---------------------------------------------------
+
+
+class Problem(BaseModel):
+    job: str | None = None
+    field: str | None = None
+    message: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    problems: list[Problem] = []
+
+
+class HealthOut(BaseModel):
+    status: str
+    etcd_revision: int | None = None
+    version: str = __version__
+    error: str | None = None
+
+
+class InvalidJobOut(BaseModel):
+    name: str
+    error: str
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobSpec]
+    invalid: list[InvalidJobOut]
+    revision: int
+
+
+class JobOut(BaseModel):
+    name: str
+    mod_revision: int
+    spec: JobSpec
+
+
+class DeletedOut(BaseModel):
+    deleted: str
+
+
+class ApplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[Any] = Field(description="job specs, as in a jobs file")
+    prune: bool = Field(False, description="delete jobs in etcd that are not in `jobs`")
+    dry_run: bool = Field(False, description="compute the plan, write nothing")
+
+
+class PlanOut(BaseModel):
+    create: list[str]
+    update: list[str]
+    unchanged: list[str]
+    delete: list[str]
+    invalid_in_etcd: list[InvalidJobOut]
+    revision: int
+    applied: bool
+    dry_run: bool
+    batches: int
+
+
+class RunRequestOut(BaseModel):
+    job: str
+    request_id: str
+
+
+class KillOut(BaseModel):
+    job: str
+    requested: bool = True
+
+
+class RunListOut(BaseModel):
+    job: str
+    runs: list[RunRecord]
+
+
+class WorkerOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    host: str | None = None
+    pid: int | None = None
+    labels: dict[str, Any] = {}
+    capacity: int | None = None
+    running: int | None = None
+    version: str | None = None
+    clock: float | None = None
+    skew: float | None = Field(None, description="seconds; see JobStore.list_workers")
+
+
+class WorkerListOut(BaseModel):
+    workers: list[WorkerOut]
+
+
+# helpers ---------------------------------------------------------------------
+
+
+class SpecError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{p.job}: {p.field}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+def _label(raw: Any, index: int | None) -> str:
+    if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"]:
+        return str(raw["name"])
+    return f"#{index + 1}" if index is not None else "?"
+
+
+def parse_specs(raws: list[Any]) -> list[JobSpec]:
+    """Validate every raw spec; raise :class:`SpecError` listing all problems."""
+    problems: list[Problem] = []
+    specs: list[JobSpec] = []
+    for i, raw in enumerate(raws):
+        job = _label(raw, i)
+        if not isinstance(raw, dict):
+            problems.append(Problem(job=job, message="a job must be a JSON object"))
+            continue
+        try:
+            specs.append(JobSpec.model_validate(raw))
+        except ValidationError as exc:
+            for field, msg in validation_messages(exc):
+                problems.append(Problem(job=job, field=field or None, message=msg))
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            problems.append(Problem(job=spec.name, field="name", message="defined more than once"))
+        seen.add(spec.name)
+    if problems:
+        raise SpecError(problems)
+    return specs
+
+
+def _if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise SpecError(
+            [Problem(field="If-Match", message=f"expected a mod revision number, got {value!r}")]
+        )
+    return int(text)
+
+
+def _error(status: int, detail: str, problems: list[Problem] | None = None) -> JSONResponse:
+    body = ErrorOut(detail=detail, problems=problems or [])
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SpecError)
+    async def _spec(_: Request, exc: SpecError) -> JSONResponse:
+        return _error(422, f"invalid input: {exc}", exc.problems)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            Problem(field=".".join(str(p) for p in e["loc"]), message=str(e["msg"]))
+            for e in exc.errors()
+        ]
+        return _error(422, "invalid request", problems)
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return _error(
+            409, str(exc), [Problem(job=j, message="changed concurrently") for j in exc.jobs]
+        )
+
+    @app.exception_handler(JobNotFound)
+    async def _missing(_: Request, exc: JobNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(_NotFound)
+    async def _not_found(_: Request, exc: _NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(CorruptValue)
+    async def _corrupt(_: Request, exc: CorruptValue) -> JSONResponse:
+        return _error(500, str(exc))
+
+    @app.exception_handler(EtcdError)
+    async def _etcd(_: Request, exc: EtcdError) -> JSONResponse:
+        return _error(503, f"etcd unavailable: {exc}")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or wrong bearer token"},
+    503: {"model": ErrorOut, "description": "etcd unavailable"},
+}
+
+
+# the app ---------------------------------------------------------------------
+
+
+def create_app(store: JobStore, *, token: str) -> FastAPI:
+    """The API for one store; ``token`` must be non-empty."""
+    if not token:
+        raise ValueError("the API needs a non-empty token")
+    expected = token.encode()
+
+    async def auth(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        given = creds.credentials.encode() if creds is not None else b""
+        if not hmac.compare_digest(given, expected):
+            raise _Unauthorized()
+
+    app = FastAPI(title="etcron master", version=__version__, docs_url="/docs")
+    _install_handlers(app)
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
+        resp = _error(401, "missing or wrong bearer token")
+        resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.get("/v1/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def health() -> Any:
+        """No auth. 200 when etcd answers, 503 otherwise."""
+        try:
+            rev = await store.revision()
+        except EtcdError as exc:
+            return JSONResponse(
+                HealthOut(status="unavailable", error=str(exc)).model_dump(), status_code=503
+            )
+        return HealthOut(status="ok", etcd_revision=rev)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERRORS)
+
+    @v1.get("/jobs", response_model=JobListOut)
+    async def list_jobs() -> JobListOut:
+        jobs, bad, rev = await store.list_jobs()
+        invalid = [InvalidJobOut(name=n, error=e) for n, e in bad]
+        return JobListOut(jobs=jobs, invalid=invalid, revision=rev)
+
+    @v1.get("/jobs/{name}", response_model=JobOut)
+    async def get_job(name: str, response: Response) -> JobOut:
+        found = await store.get_job(name)
+        if found is None:
+            raise JobNotFound(name)
+        response.headers["ETag"] = f'"{found[1]}"'
+        return JobOut(name=name, mod_revision=found[1], spec=found[0])
+
+    @v1.put("/jobs/{name}", response_model=JobOut, responses={409: {"model": ErrorOut}})
+    async def put_job(
+        name: str,
+        body: dict[str, Any],
+        response: Response,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> JobOut:
+        """Create or replace a job. The body is a job spec; its `name` may be omitted."""
+        expect = _if_match(if_match)
+        raw = {"name": name, **body}
+        if raw["name"] != name:
+            raise SpecError(
+                [Problem(job=name, field="name", message=f"body names {raw['name']!r}")]
+            )
+        (spec,) = parse_specs([raw])
+        rev = await store.put_job(spec, expect_mod_revision=expect)
+        response.headers["ETag"] = f'"{rev}"'
+        return JobOut(name=name, mod_revision=rev, spec=spec)
+
+    @v1.delete("/jobs/{name}", response_model=DeletedOut, responses={409: {"model": ErrorOut}})
+    async def delete_job(name: str, if_match: Annotated[str | None, Header()] = None) -> DeletedOut:
+        if not await store.delete_job(name, expect_mod_revision=_if_match(if_match)):
+            raise JobNotFound(name)
+        return DeletedOut(deleted=name)
+
+    @v1.post("/apply", response_model=PlanOut, responses={409: {"model": ErrorOut}})
+    async def apply(body: ApplyIn) -> PlanOut:
+        """Validate every job, then create/update (and with `prune`, delete) in etcd.
+
+        Up to 100 writes are one transaction; larger applies are written in
+        batches of 100 and are not atomic across batches.
+        """
+        if len(body.jobs) > MAX_JOBS_PER_APPLY:
+            raise SpecError([Problem(message=f"more than {MAX_JOBS_PER_APPLY} jobs")])
+        specs = parse_specs(body.jobs)
+        plan = await store.apply(specs, prune=body.prune, dry_run=body.dry_run)
+        return PlanOut.model_validate(plan.summary())
+
+    @v1.post("/jobs/{name}/suspend", response_model=JobSpec)
+    async def suspend(name: str) -> JobSpec:
+        return await store.update_job(name, lambda s: s.model_copy(update={"suspend": True}))
+
+    @v1.post("/jobs/{name}/resume", response_model=JobSpec)
+    async def resume(name: str) -> JobSpec:
+        return await store.update_job(name, lambda s: s.model_copy(update={"suspend": False}))
+
+    @v1.post("/jobs/{name}/run", response_model=RunRequestOut, status_code=202)
+    async def run(name: str) -> RunRequestOut:
+        """Ask the workers for one manual run now (the request expires after 60 s)."""
+        return RunRequestOut(job=name, request_id=await store.request_run(name))
+
+    @v1.post("/jobs/{name}/kill", response_model=KillOut, status_code=202)
+    async def kill(name: str) -> KillOut:
+        """Ask the workers to stop every running run of the job (request lives 30 s)."""
+        await store.request_kill(name)
+        return KillOut(job=name)
+
+    @v1.get("/jobs/{name}/runs", response_model=RunListOut)
+    async def runs(name: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> RunListOut:
+        """Newest first."""
+        records = await store.list_runs(name, limit)
+        if not records and await store.get_job(name) is None:
+            raise JobNotFound(name)
+        return RunListOut(job=name, runs=records)
+
+    @v1.get("/jobs/{name}/runs/{run_id}", response_model=RunRecord)
+    async def get_run(name: str, run_id: str) -> RunRecord:
+        rec = await store.get_run(name, run_id)
+        if rec is None:
+            raise _NotFound(f"run {run_id!r} of job {name!r} not found")
+        return rec
+
+    @v1.get("/workers", response_model=WorkerListOut)
+    async def workers() -> WorkerListOut:
+        out = []
+        for w in await store.list_workers():
+            try:
+                out.append(WorkerOut.model_validate(w))
+            except ValidationError:
+                continue  # a registration of an unexpected shape is not shown
+        return WorkerListOut(workers=out)
+
+    add_output_routes(v1, store)
+    app.include_router(v1)
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class _NotFound(Exception):
+    pass

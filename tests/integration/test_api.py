@@ -1,0 +1,293 @@
+"""The master API in-process (httpx ASGI transport) against a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler.config import Config, EtcdConfig, MasterConfig
+from scheduler.etcd.client import EtcdClient
+from scheduler.keyspace import Keyspace
+from scheduler.master.api import create_app
+from scheduler.master.server import MasterConfigError, run_master
+from scheduler.store import JobStore
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def spec(name: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "schedule": "*/5 * * * *", "shell": f"echo {name}", **kw}
+
+
+@pytest.fixture
+async def ec(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
+    c = await EtcdClient.connect(EtcdConfig(endpoints=etcd_endpoints))
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def ks(prefix: str) -> Keyspace:
+    return Keyspace(prefix)
+
+
+@pytest.fixture
+async def api(ec: EtcdClient, ks: Keyspace) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(JobStore(ec, ks), token=TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://master") as c:
+        yield c
+
+
+async def _keys(ec: EtcdClient, ks: Keyspace) -> dict[str, bytes]:
+    kvs, _ = await ec.get_prefix(ks.prefix + "/")
+    return {kv.key: kv.value for kv in kvs}
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+)
+async def test_auth_required_and_nothing_changes(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace, headers: dict[str, str]
+) -> None:
+    await ec.put(ks.job("a"), json.dumps(spec("a")).encode())
+    before = await _keys(ec, ks)
+    calls = [
+        ("GET", "/v1/jobs", None),
+        ("GET", "/v1/jobs/a", None),
+        ("PUT", "/v1/jobs/b", spec("b")),
+        ("DELETE", "/v1/jobs/a", None),
+        ("POST", "/v1/apply", {"jobs": [spec("c")], "prune": True}),
+        ("POST", "/v1/jobs/a/suspend", None),
+        ("POST", "/v1/jobs/a/run", None),
+        ("POST", "/v1/jobs/a/kill", None),
+        ("GET", "/v1/jobs/a/runs", None),
+        ("GET", "/v1/workers", None),
+    ]
+    for method, url, body in calls:
+        r = await api.request(method, url, json=body, headers=headers)
+        assert r.status_code == 401, (method, url, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert await _keys(ec, ks) == before
+
+
+async def test_health(api: httpx.AsyncClient) -> None:
+    r = await api.get("/v1/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["etcd_revision"] > 0
+
+
+async def test_crud_and_if_match(api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace) -> None:
+    r = await api.put("/v1/jobs/web", json=spec("web"), headers={**AUTH, "If-Match": "0"})
+    assert r.status_code == 200, r.text
+    rev = r.json()["mod_revision"]
+    assert r.headers["etag"] == f'"{rev}"'
+
+    r = await api.put("/v1/jobs/web", json=spec("web"), headers={**AUTH, "If-Match": "0"})
+    assert r.status_code == 409 and "already exists" in r.json()["detail"]
+
+    r = await api.get("/v1/jobs/web", headers=AUTH)
+    assert r.status_code == 200 and r.json()["spec"]["shell"] == "echo web"
+    assert r.json()["mod_revision"] == rev
+
+    r = await api.put(
+        "/v1/jobs/web", json=spec("web", shell="new"), headers={**AUTH, "If-Match": str(rev - 1)}
+    )
+    assert r.status_code == 409
+    r = await api.put(
+        "/v1/jobs/web",
+        json={"schedule": "@hourly", "shell": "new"},
+        headers={**AUTH, "If-Match": f'"{rev}"'},
+    )
+    assert r.status_code == 200, r.text
+    rev2 = r.json()["mod_revision"]
+
+    r = await api.get("/v1/jobs", headers=AUTH)
+    assert [j["name"] for j in r.json()["jobs"]] == ["web"]
+    assert r.json()["jobs"][0]["schedule"] == "@hourly"
+
+    r = await api.delete("/v1/jobs/web", headers={**AUTH, "If-Match": str(rev)})
+    assert r.status_code == 409
+    r = await api.delete("/v1/jobs/web", headers={**AUTH, "If-Match": str(rev2)})
+    assert r.status_code == 200 and r.json() == {"deleted": "web"}
+    assert (await api.get("/v1/jobs/web", headers=AUTH)).status_code == 404
+    assert (await api.delete("/v1/jobs/web", headers=AUTH)).status_code == 404
+    assert (await api.post("/v1/jobs/web/suspend", headers=AUTH)).status_code == 404
+
+
+async def test_put_validation_names_job_and_field(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    r = await api.put("/v1/jobs/bad", json=spec("bad", schedule="61 * * * *"), headers=AUTH)
+    assert r.status_code == 422
+    problems = r.json()["problems"]
+    assert problems[0]["job"] == "bad" and problems[0]["field"] == "schedule"
+
+    r = await api.put("/v1/jobs/bad", json=spec("other"), headers=AUTH)
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "name"
+
+    r = await api.put("/v1/jobs/bad", json={**spec("bad"), "colour": "red"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "colour"
+
+    r = await api.put("/v1/jobs/bad", json=spec("bad"), headers={**AUTH, "If-Match": "x"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "If-Match"
+    assert await _keys(ec, ks) == {}
+
+
+async def test_apply_with_one_invalid_job_writes_nothing(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    body = {"jobs": [spec("ok1"), spec("bad", timezone="Mars/Olympus"), spec("ok2")]}
+    r = await api.post("/v1/apply", json=body, headers=AUTH)
+    assert r.status_code == 422
+    (problem,) = r.json()["problems"]
+    assert problem["job"] == "bad" and problem["field"] == "timezone"
+    assert "Mars/Olympus" in problem["message"]
+
+    r = await api.post("/v1/apply", json={"jobs": [spec("d"), spec("d")]}, headers=AUTH)
+    assert r.status_code == 422 and "more than once" in r.text
+    assert await _keys(ec, ks) == {}
+
+
+async def test_apply_plan_dry_run_and_prune(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    body: dict[str, Any] = {"jobs": [spec("a"), spec("b")], "dry_run": True}
+    r = await api.post("/v1/apply", json=body, headers=AUTH)
+    assert r.status_code == 200 and r.json()["create"] == ["a", "b"] and not r.json()["applied"]
+    assert await _keys(ec, ks) == {}
+
+    body["dry_run"] = False
+    r = await api.post("/v1/apply", json=body, headers=AUTH)
+    assert r.json()["create"] == ["a", "b"] and r.json()["applied"]
+
+    r = await api.post(
+        "/v1/apply", json={"jobs": [spec("a", shell="x")], "prune": True}, headers=AUTH
+    )
+    assert r.json()["update"] == ["a"] and r.json()["delete"] == ["b"]
+    r = await api.get("/v1/jobs", headers=AUTH)
+    assert [j["name"] for j in r.json()["jobs"]] == ["a"]
+
+
+async def test_suspend_resume(api: httpx.AsyncClient) -> None:
+    await api.put("/v1/jobs/s", json=spec("s"), headers=AUTH)
+    r = await api.post("/v1/jobs/s/suspend", headers=AUTH)
+    assert r.status_code == 200 and r.json()["suspend"] is True
+    assert (await api.get("/v1/jobs/s", headers=AUTH)).json()["spec"]["suspend"] is True
+    r = await api.post("/v1/jobs/s/resume", headers=AUTH)
+    assert r.status_code == 200 and r.json()["suspend"] is False
+    assert (await api.get("/v1/jobs/s", headers=AUTH)).json()["spec"]["suspend"] is False
+
+
+async def test_run_and_kill_write_request_keys(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    await api.put("/v1/jobs/r", json=spec("r"), headers=AUTH)
+    r = await api.post("/v1/jobs/r/run", headers=AUTH)
+    assert r.status_code == 202
+    request_id = r.json()["request_id"]
+    kv, _ = await ec.get(ks.trigger("r", request_id))
+    assert kv is not None and kv.lease
+
+    r = await api.post("/v1/jobs/r/kill", headers=AUTH)
+    assert r.status_code == 202
+    kv, _ = await ec.get(ks.killer("r"))
+    assert kv is not None and kv.lease
+
+    assert (await api.post("/v1/jobs/nope/run", headers=AUTH)).status_code == 404
+    assert (await api.post("/v1/jobs/nope/kill", headers=AUTH)).status_code == 404
+
+
+async def test_runs_workers_and_bad_values(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    await api.put("/v1/jobs/h", json=spec("h"), headers=AUTH)
+    rec = {"job": "h", "run_id": "20260101T000000Z-abc123", "tick": "2026-01-01T00:00:00Z",
+           "status": "succeeded", "exit_code": 0}  # fmt: skip
+    await ec.put(ks.run("h", rec["run_id"]), json.dumps(rec).encode())
+    r = await api.get("/v1/jobs/h/runs", params={"limit": 5}, headers=AUTH)
+    assert r.status_code == 200 and [x["run_id"] for x in r.json()["runs"]] == [rec["run_id"]]
+    r = await api.get(f"/v1/jobs/h/runs/{rec['run_id']}", headers=AUTH)
+    assert r.status_code == 200 and r.json()["exit_code"] == 0
+    assert (await api.get("/v1/jobs/h/runs/nope", headers=AUTH)).status_code == 404
+    assert (await api.get("/v1/jobs/nope/runs", headers=AUTH)).status_code == 404
+    assert (await api.get("/v1/jobs/h/runs?limit=0", headers=AUTH)).status_code == 422
+
+    worker = {"id": "w1", "host": "h1", "pid": 5, "labels": {"zone": "a"}, "capacity": 3,
+              "running": 1, "version": "0.1", "clock": 1.0, "skew": 0.01}  # fmt: skip
+    await ec.put(ks.worker("w1"), json.dumps(worker).encode())
+    r = await api.get("/v1/workers", headers=AUTH)
+    assert r.status_code == 200 and r.json()["workers"][0]["labels"] == {"zone": "a"}
+
+    await ec.put(ks.job("corrupt"), b"\xff not json")
+    r = await api.get("/v1/jobs", headers=AUTH)
+    assert r.status_code == 200 and r.json()["invalid"][0]["name"] == "corrupt"
+    r = await api.get("/v1/jobs/corrupt", headers=AUTH)
+    assert r.status_code == 500 and "corrupt" in r.json()["detail"]
+
+
+async def test_etcd_unreachable_is_503(etcd_endpoints: list[str], ks: Keyspace) -> None:
+    client = await EtcdClient.connect(EtcdConfig(endpoints=etcd_endpoints, request_timeout=0.5))
+    app = create_app(JobStore(client, ks), token=TOKEN)
+    await client.close()  # every later call fails like an unreachable cluster
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://master"
+    ) as api:
+        r = await api.get("/v1/health")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        r = await api.get("/v1/jobs", headers=AUTH)
+        assert r.status_code == 503 and "etcd" in r.json()["detail"]
+
+
+async def test_openapi_lists_routes(api: httpx.AsyncClient) -> None:
+    r = await api.get("/openapi.json")
+    paths = r.json()["paths"]
+    assert "/v1/jobs/{name}" in paths and "/v1/apply" in paths
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_run_master_serves_refuses_and_stops(etcd_endpoints: list[str], prefix: str) -> None:
+    port = _free_port()
+    cfg = Config(
+        etcd=EtcdConfig(endpoints=etcd_endpoints, prefix=prefix),
+        master=MasterConfig(listen=f"127.0.0.1:{port}", token=TOKEN),
+    )
+    with pytest.raises(MasterConfigError, match="token"):
+        await run_master(
+            cfg.model_copy(update={"master": MasterConfig(listen=f"127.0.0.1:{port}")})
+        )
+
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_master(cfg, ready=ready, stop=stop))
+    async with asyncio.timeout(20):
+        await ready.wait()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        assert (await http.get("/v1/health")).status_code == 200
+        assert (await http.get("/v1/jobs")).status_code == 401
+        assert (await http.get("/v1/jobs", headers=AUTH)).status_code == 200
+    with pytest.raises(MasterConfigError, match="cannot listen"):
+        await run_master(cfg)  # the port is taken
+    stop.set()
+    async with asyncio.timeout(20):
+        await task
+
+    task = asyncio.create_task(run_master(cfg, ready=(ready := asyncio.Event())))
+    async with asyncio.timeout(20):
+        await ready.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(20):
+            await task
