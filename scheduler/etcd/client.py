@@ -86,16 +86,32 @@ class TxnResult:
     """For each op of the branch that ran: the keys a Range op returned ([] for writes)."""
 
 
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
 def _map_error(exc: BaseException, what: str) -> EtcdError:
+    """Unavailable: worth retrying. Auth: fix credentials. Anything else: a request bug."""
     if isinstance(exc, (etcd3aio.EtcdUnauthenticatedError, etcd3aio.EtcdPermissionDeniedError)):
         return EtcdAuthError(f"{what}: {exc}")
     if isinstance(exc, grpc.aio.AioRpcError):
-        code = exc.code()
+        code, details = exc.code(), exc.details() or ""
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return EtcdAuthError(f"{what}: {exc.details()}")
+            return EtcdAuthError(f"{what}: {details}")
+        if "authentication failed" in details or "invalid auth token" in details:
+            return EtcdAuthError(f"{what}: {details}")
         if code == grpc.StatusCode.OUT_OF_RANGE:
             return EtcdCompacted(0)
-        return EtcdUnavailable(f"{what}: {code.name} {exc.details() or ''}".strip())
+        if code in _RETRYABLE:
+            return EtcdUnavailable(f"{what}: {code.name} {details}".strip())
+        return EtcdError(f"{what}: {code.name} {details}".strip())
     if isinstance(exc, (TimeoutError, etcd3aio.EtcdError)):
         return EtcdUnavailable(f"{what}: {exc or type(exc).__name__}")
     return EtcdError(f"{what}: {exc}")
@@ -207,8 +223,13 @@ class EtcdClient:
     # reads ----------------------------------------------------------------
 
     async def revision(self, *, timeout: float | None = None) -> int:
+        """The cluster's current revision (read under ``<prefix>/jobs/``, which every
+        etcron role may read, so it works with etcd auth on)."""
+        jobs = f"{self.config.prefix}/jobs/"
         try:
-            resp = await self._kv().get(b"\x00", count_only=True, timeout=timeout or self.timeout)
+            resp = await self._kv().get(
+                jobs, prefix_range_end(jobs), count_only=True, timeout=timeout or self.timeout
+            )
         except Exception as exc:
             raise _map_error(exc, "read revision") from exc
         return int(resp.header.revision)

@@ -1,0 +1,175 @@
+"""TLS with client certificates and etcd users with one role each, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from scheduler.config import Config, EtcdConfig, WorkerConfig
+from scheduler.devtools.etcd_process import find_etcd_binary, reserve_ports
+from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdUnavailable
+from scheduler.keyspace import Keyspace
+from scheduler.model import JobSpec
+from scheduler.runs import RunStatus
+from tests.support import wait_for
+from tests.support.cluster import put_jobs, runs_of, workers
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "/cron"
+WORKER_PW = "worker-secret"
+MASTER_PW = "master-secret"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        ["bash", str(ROOT / "deploy/etcd/make-certs.sh"), str(d)], check=True, capture_output=True
+    )
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    d = tmp_path_factory.mktemp("tls-etcd")
+    cport, pport = reserve_ports(2)
+    url = f"https://127.0.0.1:{cport}"
+    log = open(d / "etcd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            find_etcd_binary(), "--name", "s", "--data-dir", str(d / "data"),
+            "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+            "--initial-cluster", f"s=http://127.0.0.1:{pport}",
+            "--cert-file", str(certs / "server.crt"), "--key-file", str(certs / "server.key"),
+            "--trusted-ca-file", str(certs / "ca.crt"), "--client-cert-auth",
+        ],
+        stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield f"127.0.0.1:{cport}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def _cfg(
+    endpoint: str, certs: Path, who: str, *, user: str | None = None, password: str | None = None
+) -> EtcdConfig:
+    return EtcdConfig(
+        endpoints=[endpoint],
+        prefix=PREFIX,
+        ca_file=certs / "ca.crt",
+        cert_file=certs / f"{who}.crt",
+        key_file=certs / f"{who}.key",
+        username=user,
+        password=password,
+        connect_timeout=3,
+        request_timeout=3,
+    )
+
+
+async def _connect(cfg: EtcdConfig) -> EtcdClient:
+    for _ in range(100):  # etcd may still be starting
+        try:
+            return await EtcdClient.connect(cfg)
+        except EtcdUnavailable:
+            await asyncio.sleep(0.1)
+    return await EtcdClient.connect(cfg)
+
+
+@pytest.fixture(scope="module")
+async def secured(tls_etcd: str, certs: Path) -> AsyncIterator[str]:
+    """Users and roles as deploy/etcd/setup-auth.sh creates them, then auth on."""
+    admin = await _connect(_cfg(tls_etcd, certs, "master"))
+    auth = admin.raw.auth
+    assert auth is not None
+    await auth.user_add("root", "root-secret")
+    await auth.role_add("root")
+    await auth.user_grant_role("root", "root")
+    await auth.role_add("etcron-master")
+    await auth.role_grant_permission("etcron-master", PREFIX + "/", PREFIX + "0", perm_type=2)
+    await auth.user_add("etcron-master", MASTER_PW)
+    await auth.user_grant_role("etcron-master", "etcron-master")
+    await auth.role_add("etcron-worker")
+    await auth.role_grant_permission(
+        "etcron-worker", f"{PREFIX}/jobs/", f"{PREFIX}/jobs0", perm_type=0
+    )
+    for d in ("lock", "ticks", "workers", "runs", "output", "trigger", "killer"):
+        await auth.role_grant_permission(
+            "etcron-worker", f"{PREFIX}/{d}/", f"{PREFIX}/{d}0", perm_type=2
+        )
+    await auth.user_add("etcron-worker", WORKER_PW)
+    await auth.user_grant_role("etcron-worker", "etcron-worker")
+    await auth.auth_enable()
+    await admin.close()
+    yield tls_etcd
+
+
+async def test_tls_requires_a_client_certificate(tls_etcd: str, certs: Path) -> None:
+    ok = await _connect(_cfg(tls_etcd, certs, "worker"))
+    await ok.close()
+    no_cert = EtcdConfig(
+        endpoints=[tls_etcd], ca_file=certs / "ca.crt", connect_timeout=2, request_timeout=2
+    )
+    with pytest.raises((EtcdUnavailable, EtcdAuthError)):
+        await EtcdClient.connect(no_cert)
+
+
+async def test_roles_limit_what_each_user_may_write(secured: str, certs: Path) -> None:
+    ks = Keyspace(PREFIX)
+    master = await _connect(
+        _cfg(secured, certs, "master", user="etcron-master", password=MASTER_PW)
+    )
+    worker = await _connect(
+        _cfg(secured, certs, "worker", user="etcron-worker", password=WORKER_PW)
+    )
+    try:
+        await master.put(
+            ks.job("probe"), JobSpec(name="probe", schedule="@daily", shell="true").to_json()
+        )
+        await worker.put(ks.lock("probe"), b"x")
+        with pytest.raises(EtcdAuthError):
+            await worker.put(ks.job("probe"), b"worker may not define jobs")
+        with pytest.raises(EtcdAuthError):
+            await EtcdClient.connect(
+                _cfg(secured, certs, "worker", user="etcron-worker", password="wrong")
+            )
+    finally:
+        await master.close()
+        await worker.close()
+
+
+async def test_worker_runs_jobs_over_tls_as_its_own_user(
+    secured: str, certs: Path, tmp_path: Path
+) -> None:
+    ks = Keyspace(PREFIX)
+    master = await _connect(
+        _cfg(secured, certs, "master", user="etcron-master", password=MASTER_PW)
+    )
+    out = tmp_path / "ran"
+    try:
+        await put_jobs(
+            master, ks, JobSpec(name="secure", schedule="@every 3600s", shell=f"echo ok > {out}")
+        )
+        await master.put(ks.trigger("secure", "r1"), b"{}")
+        cfg = Config(
+            etcd=_cfg(secured, certs, "worker", user="etcron-worker", password=WORKER_PW),
+            worker=WorkerConfig(id="tls-worker", lease_ttl=3, lease_margin=0.5),
+        )
+        async with workers([cfg]):
+
+            async def done() -> bool:
+                recs = await runs_of(master, ks, "secure")
+                return bool(recs) and recs[0].status is RunStatus.SUCCEEDED
+
+            await wait_for(done, timeout=20)
+        assert out.read_text() == "ok\n"
+    finally:
+        await master.close()
