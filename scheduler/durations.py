@@ -1,35 +1,55 @@
-"""Durations ("30s", "5m", "1h30m", "500ms") and sizes ("1MiB", "512KiB")."""
+"""Durations ("30s", "5m", "1h30m", "500ms") and sizes ("1MiB", "512KiB", "10MB").
+
+Durations
+    A number is seconds (``30``, ``1.5``). A string is either a bare number of
+    seconds (``"30"``) or one or more ``<number><unit>`` parts written without
+    spaces, largest first or not, e.g. ``"1h30m"``, ``"1.5s"``, ``"500ms"``.
+    Units: ``ms``, ``s``, ``m`` (minutes), ``h``, ``d`` (24 h), ``w`` (7 d).
+    Negative, empty, non-finite and unparseable values raise :class:`ValueError`.
+
+Sizes
+    An integer is bytes. A string is ``<number>[unit]``: ``B``; decimal ``KB``,
+    ``MB``, ``GB`` (1000-based, also ``K``, ``M``, ``G``); binary ``KiB``,
+    ``MiB``, ``GiB`` (1024-based). Case-insensitive; the result is rounded down
+    to whole bytes.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
+__all__ = ["format_duration", "parse_duration", "parse_size"]
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d|w)")
 _SIZES = {
-    "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
 }  # fmt: skip
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 _EXPECTED = "expected a duration like 30s, 5m, 2h, 1h30m or 500ms"
+_EXPECTED_SIZE = "expected a size like 100, 512KiB, 1MiB or 10MB"
 
 
 def parse_duration(value: str | int | float) -> float:
-    """Seconds from a number of seconds or a string of number+unit parts."""
-    if isinstance(value, bool):
+    """Seconds from a number of seconds or a string like ``"1h30m"``.
+
+    >>> parse_duration("1h30m"), parse_duration("500ms"), parse_duration(5)
+    (5400.0, 0.5, 5.0)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{_EXPECTED} (got {value!r})")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{_EXPECTED}, not negative (got {value!r})")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{_EXPECTED}, not negative or infinite (got {value!r})")
         return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{_EXPECTED} (got {value!r})")
     text = value.strip().lower()
-    try:
-        number = float(text)
-    except ValueError:
-        number = -1.0
-    if number >= 0 and text:
-        return number
+    if text.startswith("-"):
+        raise ValueError(f"{_EXPECTED}, not negative (got {value!r})")
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
     pos, total = 0, 0.0
     for m in _PART.finditer(text):
         if m.start() != pos:
@@ -42,25 +62,48 @@ def parse_duration(value: str | int | float) -> float:
 
 
 def format_duration(seconds: float) -> str:
+    """The shortest-ish string that :func:`parse_duration` reads back.
+
+    >>> format_duration(90), format_duration(0.5), format_duration(5400), format_duration(0)
+    ('1m30s', '500ms', '1h30m', '0s')
+    """
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a finite duration >= 0 (got {seconds!r})")
+    if seconds == 0:
+        return "0s"
     if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    out, rest = "", round(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        return f"{_trim(seconds * 1000)}ms"
+    out = ""
+    rest = round(seconds, 3)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if rest >= size:
-            out += f"{rest // size}{unit}"
-            rest %= size
-    return out or "0s"
+            count = int(rest // size)
+            out += f"{count}{unit}"
+            rest = round(rest - count * size, 3)
+    if rest:
+        out += f"{_trim(rest)}s"
+    return out
+
+
+def _trim(number: float) -> str:
+    """``1.5`` -> ``"1.5"``, ``2.0`` -> ``"2"`` (at most 3 decimals)."""
+    text = f"{number:.3f}".rstrip("0").rstrip(".")
+    return text or "0"
 
 
 def parse_size(value: str | int) -> int:
-    """Bytes from an integer or a string like 100, 64KiB, 1MiB, 10MB."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size like 512KiB or 1MiB (got {value!r})")
+    """Bytes from an integer or a string like ``"100"``, ``"512KiB"``, ``"1MiB"``, ``"10MB"``.
+
+    >>> parse_size("1MiB"), parse_size("10MB"), parse_size(100)
+    (1048576, 10000000, 100)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{_EXPECTED_SIZE} (got {value!r})")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"expected a size >= 0 (got {value})")
+            raise ValueError(f"{_EXPECTED_SIZE}, not negative (got {value})")
         return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _SIZES:
-        raise ValueError(f"expected a size like 512KiB or 1MiB (got {value!r})")
-    return int(float(m.group(1)) * _SIZES[m.group(2).lower()])
+    m = _SIZE_RE.fullmatch(value.strip().lower())
+    if not m or m.group(2) not in _SIZES:
+        raise ValueError(f"{_EXPECTED_SIZE} (got {value!r})")
+    return int(float(m.group(1)) * _SIZES[m.group(2)])
