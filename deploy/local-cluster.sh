@@ -15,15 +15,18 @@ ETCRON=$ROOT/.venv/bin/etcron
 ETCD_PORT=${ETCD_PORT:-23790}
 API_PORT=${API_PORT:-28070}
 SECONDS_TO_SHOW=${DEMO_SECONDS:-0}
+export COLUMNS=${COLUMNS:-160}
 
 [ -x "$ETCRON" ] || bash scripts/bootstrap
 rm -rf "$RUN" && mkdir -p "$RUN"
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  echo; echo "== stopping the local cluster"
-  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo; echo "== stopping the local cluster (workers drain first, etcd last)"
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+    wait "${pids[$i]}" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT INT TERM
 

@@ -127,7 +127,9 @@ class Worker:
         self.draining = True
         self._wake.set()
         self.log.info("draining", running=len(self.runs), grace=grace)
-        await self._register()
+        with contextlib.suppress(EtcdError):
+            async with asyncio.timeout(2):
+                await self._register()  # tell peers: rank me last from now on
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 while self.runs and self._tasks:
