@@ -368,9 +368,10 @@ class Worker:
     # timer ----------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
+        ahead = int(self.cfg.claim_ahead * 1000)
         while True:
             now_ms = int(self.clock.time() * 1000)
-            for name, fire in self.timer.pop_due(now_ms):
+            for name, fire in self.timer.pop_due(now_ms + ahead):
                 job = self.table.jobs.get(name)
                 if job is None:
                     continue
@@ -378,7 +379,9 @@ class Worker:
                 self.timer.schedule(name, tick_ms(nxt))
                 self._spawn(self._tick(job, fire))
             nxt_ms = self.timer.next_fire_ms()
-            sleep = MAX_SLEEP if nxt_ms is None else min(MAX_SLEEP, (nxt_ms - now_ms) / 1000)
+            sleep = (
+                MAX_SLEEP if nxt_ms is None else min(MAX_SLEEP, (nxt_ms - ahead - now_ms) / 1000)
+            )
             self._wake.clear()
             if sleep > 0:
                 with contextlib.suppress(TimeoutError):
@@ -421,8 +424,8 @@ class Worker:
             # let every other worker have its turn first; if nobody took the
             # tick, leave a trace instead of dropping it silently
             turn = max(turn, len(peers)) + 1
-        if turn:
-            await asyncio.sleep(turn * self.cfg.handoff_delay)
+        ahead = int(self.cfg.claim_ahead * 1000)
+        await self._sleep_until(fire_ms - ahead + int(turn * self.cfg.handoff_delay * 1000))
         tick = from_ms(fire_ms)
         delay = 0.1
         while True:
@@ -443,8 +446,14 @@ class Worker:
                 await self._record_missed(job, fire_ms, "every eligible worker was at capacity")
                 return
             try:
-                await self._claim_and_run(job, TickFence(self.ks.tick(job.name), fire_ms), tick)
-                return
+                early = now_ms < fire_ms
+                busy = await self._claim_and_run(
+                    job, TickFence(self.ks.tick(job.name), fire_ms), tick, early=early
+                )
+                if not (busy and early):
+                    return
+                await self._sleep_until(fire_ms)  # the run may end before the tick: ask again then
+                continue
             except EtcdUnavailable as exc:
                 self.log.warning("claim failed, retrying", job=job.name, error=str(exc))
                 await asyncio.sleep(delay)
@@ -491,15 +500,31 @@ class Worker:
                 self.stats["missed"] += 1
                 self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
 
+    async def _sleep_until(self, at_ms: int) -> None:
+        delay = at_ms / 1000 - self.clock.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     async def _claim_and_run(
-        self, job: JobSpec, fence: TickFence | TriggerFence, tick: datetime, *, manual: bool = False
-    ) -> None:
+        self,
+        job: JobSpec,
+        fence: TickFence | TriggerFence,
+        tick: datetime,
+        *,
+        manual: bool = False,
+        early: bool = False,
+    ) -> bool:
+        """Claim and, if won, run (a scheduled tick starts at the tick itself).
+
+        Returns True when the job was busy (``forbid``) and no skip was recorded
+        because the claim was early: the caller asks again at the tick.
+        """
         session, client = self.session, self.client
         if session is None or client is None or session.remaining() <= 0:
             raise EtcdUnavailable("no live session")
         run_id = new_run_id(tick, manual=manual)
         rec = started_record(
-            job, run_id, tick, self.id, session.lease_id, self.clock.now(), manual=manual
+            job, run_id, tick, self.id, session.lease_id, max(self.clock.now(), tick), manual=manual
         )
         skipped = rec.model_copy(update={"status": RunStatus.SKIPPED, "start": None})
         skipped.message = "previous run still active (concurrency: forbid)"
@@ -520,29 +545,32 @@ class Worker:
             run_id,
             self.ks.run(job.name, run_id),
             rec.to_json(),
-            skipped.to_json() if policy is Concurrency.FORBID else None,
+            skipped.to_json() if policy is Concurrency.FORBID and not early else None,
         )
         self.stats["claims"] += 1
         result = await claim(client, req)
         self.stats["txns"] += result.txns
         if result.outcome is Outcome.TAKEN:
             self.stats["taken"] += 1
-            return
+            return False
         if result.outcome is Outcome.BUSY:
             self.stats["busy"] += 1
             if result.recorded:
                 self.log.info(
                     "tick skipped: previous run still active", job=job.name, tick=str(tick)
                 )
-            return
+            return not result.recorded
+        if not manual:
+            await self._sleep_until(tick_ms(tick))
         token = result.token
         if policy is Concurrency.REPLACE:
             token = await self._replace(job, lock_key, lock_value, session)
             if not token:
-                return
+                return False
         rec.fencing_token = token
         self.stats["won"] += 1
         await self._execute(RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token))
+        return False
 
     async def _replace(self, job: JobSpec, lock_key: str, value: bytes, session: Session) -> int:
         """``replace``: ask the running one to die, then take the lock once it is free."""
