@@ -24,6 +24,17 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _signed_duration(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return -parse_duration(value.strip()[1:])
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return parse_duration(value)
+
+
+SignedDuration = Annotated[float, BeforeValidator(_signed_duration)]
+
+
 def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
@@ -57,7 +68,7 @@ class EtcdConfig(_Section):
     username: str | None = None
     password: str | None = None
     password_file: Path | None = None
-    request_timeout: Duration = 5.0
+    request_timeout: Duration = 2.0
     connect_timeout: Duration = 10.0
 
     def resolved_password(self) -> str | None:
@@ -96,7 +107,7 @@ class WorkerConfig(_Section):
     default_starting_deadline: Duration = 30.0
     max_clock_skew: Duration = 0.5
     stop_claiming_on_skew: bool = False
-    clock_offset: Duration = 0.0
+    clock_offset: SignedDuration = 0.0
     allow_run_as: bool = False
     output_limit: Size = 1024 * 1024
     output_flush_interval: Duration = 0.5

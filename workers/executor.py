@@ -27,6 +27,37 @@ log = structlog.get_logger("etcron.executor")
 PIPE_GRACE = 1.0
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The exit status as soon as the process exits.
+
+    Python 3.11's ``Process.wait()`` returns only once the child's pipes are
+    closed too, so a job that forks a daemon (which keeps stdout open) would
+    look alive forever. A pidfd tells us when the process itself is gone.
+    """
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return await proc.wait()
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(pidfd, _resolve, gone)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    for _ in range(400):  # the child watcher reaps it in the same loop turn or the next
+        if proc.returncode is not None:
+            return proc.returncode
+        await asyncio.sleep(0.005)
+    return await proc.wait()
+
+
 class StopReason(enum.Enum):
     TIMEOUT = "timeout"
     KILLED = "killed"
@@ -124,16 +155,20 @@ class Child:
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    rc = await self.proc.wait()
+                    rc = await _exited(self.proc)
             except TimeoutError:
                 self.stop(StopReason.TIMEOUT)
-                rc = await self.proc.wait()
+                rc = await _exited(self.proc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PIPE_GRACE):
                     await asyncio.gather(*readers)
         finally:
             for r in readers:
                 r.cancel()
+            # a daemon the job left behind may hold the pipes open: let go of them
+            transport = getattr(self.proc, "_transport", None)
+            if transport is not None:
+                transport.close()
             if self.stopped:
                 self._killpg(signal.SIGKILL)
             self.on_exit(pgid)

@@ -88,6 +88,8 @@ class Worker:
         self.ready = asyncio.Event()
         self._loaded: set[str] = set()
         self.triggers: set[str] = set()
+        self._old_leases: set[int] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._session_ready = asyncio.Event()
@@ -174,7 +176,7 @@ class Worker:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for t in self._tasks:
+        for t in self._tasks | self._background:
             t.cancel()
         session, self.session = self.session, None
         if session is not None:
@@ -225,6 +227,7 @@ class Worker:
                 await session.start()
                 self.guard.lease(session.lease_id)
                 self.session = session
+                self._old_leases.add(session.lease_id)
                 await self._register(create=True)
             except EtcdUnavailable as exc:
                 self.log.warning("no session, retrying", error=str(exc))
@@ -238,10 +241,23 @@ class Worker:
             self.session = None
             self._session_ready.clear()
             await session.close(revoke=False)
+            task = asyncio.create_task(self._revoke_later(session.lease_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             lost = list(self.runs.values())
             for h in lost:
                 h.stop(StopReason.LOST, now=True)
             self.log.error("lease lost: stopped claiming, killed running jobs", runs=len(lost))
+
+    async def _revoke_later(self, lease_id: int) -> None:
+        """A lost session's lease may still live in etcd (a partition, a quorum
+        loss): once etcd answers, revoke it, so its stale locks go at once."""
+        assert self.client is not None
+        for delay in (0.5, 1, 2, 4, 8, 8, 8):
+            await asyncio.sleep(delay)
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke(lease_id)
+                return
 
     def _registration(self) -> bytes:
         return json.dumps(
@@ -273,7 +289,11 @@ class Worker:
             )
             if not res.succeeded:
                 kv, _ = await client.get(key)
-                if kv is not None and kv.lease != session.lease_id:
+                if kv is not None and kv.lease in self._old_leases - {session.lease_id}:
+                    # our own registration from a session we gave up (etcd renews
+                    # every lease when it regains quorum): end that lease for good
+                    await client.revoke(kv.lease)
+                elif kv is not None and kv.lease != session.lease_id:
                     raise WorkerIdInUse(
                         f"worker id {self.id!r} is registered by another live worker"
                     )
