@@ -89,6 +89,7 @@ class Worker:
         self._loaded: set[str] = set()
         self.triggers: set[str] = set()
         self._old_leases: set[int] = set()
+        self._claiming = 0  # claims in flight count against capacity
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -429,7 +430,7 @@ class Worker:
         return all(self.cfg.labels.get(k) == v for k, v in job.selector.items())
 
     def _full(self) -> bool:
-        return len(self.runs) >= self.cfg.capacity
+        return len(self.runs) + self._claiming >= self.cfg.capacity
 
     def _deadline_ms(self, job: JobSpec) -> int:
         return int(1000 * (job.starting_deadline or self.cfg.default_starting_deadline))
@@ -568,7 +569,11 @@ class Worker:
             skipped.to_json() if policy is Concurrency.FORBID and not early else None,
         )
         self.stats["claims"] += 1
-        result = await claim(client, req)
+        self._claiming += 1
+        try:
+            result = await claim(client, req)
+        finally:
+            self._claiming -= 1
         self.stats["txns"] += result.txns
         if result.outcome is Outcome.TAKEN:
             self.stats["taken"] += 1

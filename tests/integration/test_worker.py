@@ -329,3 +329,41 @@ async def test_sigterm_drains_records_and_revokes(
     assert rec.status is RunStatus.SUCCEEDED
     assert (await client.get(ks.lock("drain")))[0] is None
     assert (await client.get(ks.worker("drainer")))[0] is None, "lease revoked"
+
+
+async def test_malformed_definition_is_skipped_and_others_keep_running(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    async with workers([make_config(etcd_endpoints, prefix, "w1")]) as (w,):
+        await client.put(ks.job("broken"), b"{not json")
+        await client.put(
+            ks.job("wrong"), b'{"name": "wrong", "schedule": "61 * * * *", "shell": "x"}'
+        )
+        await put_jobs(client, ks, ledger_job("fine", ledger))
+        await wait_for(lambda: len(_ticks(ledger, "fine")) >= 2, timeout=10)
+        assert set(w.table.bad) == {"broken", "wrong"}
+        assert set(w.table.jobs) == {"fine"}
+
+
+async def test_capacity_limits_concurrent_runs_and_records_what_it_drops(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    jobs = [ledger_job(f"busy{i}", ledger, beats=30) for i in range(2)]
+    async with workers([make_config(etcd_endpoints, prefix, "solo", capacity=1)]) as (w,):
+        await put_jobs(client, ks, *jobs)
+
+        async def dropped() -> bool:
+            for job in jobs:
+                recs = await runs_of(client, ks, job.name)
+                if any(r.status is RunStatus.MISSED and "capacity" in r.message for r in recs):
+                    return True
+            return False
+
+        await wait_for(dropped, timeout=15)
+        assert len(w.runs) == 1
+    started = {e.run_id for e in read_ledger(ledger) if e.kind == "start"}
+    assert len(started) == 1, "one run at a time on a worker with capacity 1"
