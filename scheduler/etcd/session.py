@@ -85,7 +85,10 @@ class Session:
         if not self.lost.is_set():
             self.lost_reason = reason
             self.lost.set()
-            log.warning("session lost", lease=f"{self.lease_id:x}", reason=reason)
+            if reason == "closed":
+                log.info("session closed", lease=f"{self.lease_id:x}")
+            else:
+                log.warning("session lost", lease=f"{self.lease_id:x}", reason=reason)
 
     async def _watchdog(self) -> None:
         while not self.lost.is_set():
