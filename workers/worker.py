@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -422,8 +423,9 @@ class Worker:
     # claiming -------------------------------------------------------------
 
     def _may_claim(self, job: JobSpec) -> bool:
-        """Eligible for this job now (capacity is checked apart: see ``_tick``)."""
-        if self.draining or job.suspend or self.session is None:
+        """Eligible for this job now (capacity and the session are checked apart:
+        see ``_tick``; a tick waits through an etcd outage until its deadline)."""
+        if self.draining or job.suspend:
             return False
         if self.cfg.stop_claiming_on_skew and abs(self.skew) > self.cfg.max_clock_skew:
             return False
@@ -481,7 +483,12 @@ class Worker:
                 delay = min(delay * 2, 1.0)
 
     async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
-        turn = rank(self.id, self.peers.list(), job.name, hash(request) & 0xFFFF, job.selector)
+        """A manual run (even of a suspended job) on an eligible worker."""
+        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
+            return
+        turn = rank(
+            self.id, self.peers.list(), job.name, zlib.crc32(request.encode()), job.selector
+        )
         if turn:
             await asyncio.sleep(turn * self.cfg.handoff_delay)
         if self.draining or self.session is None:

@@ -73,6 +73,9 @@ async def quorum_loss(o: Opts) -> Result:
         await rig.put_jobs(rig.job("tick"), catchup, nocatch)
         t0 = await rig.warm("tick")
         victims = [m for i, m in enumerate(rig.cluster.members) if i != 0]
+        # start the outage 1.5 s after a */10 tick, so no */10 claim is in flight
+        # (a claim committed just before the outage may start its run at the tick)
+        await asyncio.sleep((1.5 - time.time() % 10) % 10)
         f = rig.fault(f"stop 2 of 3 etcd members {outage:.0f}s+", settle=ttl + 4)
         await asyncio.gather(*(asyncio.to_thread(m.stop) for m in victims))
         await asyncio.sleep(outage)
@@ -96,7 +99,12 @@ async def quorum_loss(o: Opts) -> Result:
         e.run_id
         for e in lines
         if e.is_start
-        and (e.run_id not in records[e.job] or records[e.job][e.run_id].fencing_token != e.token)
+        and e.at < t1 - 0.5  # started before the records were read
+        and (
+            e.run_id not in records[e.job]
+            # a run still going when the records were read has no token in its record yet
+            or records[e.job][e.run_id].fencing_token not in (0, e.token)
+        )
     ]
     in_outage = [e for e in lines if e.is_start and f.start + 1 < e.at < restore]
 
