@@ -47,7 +47,8 @@ CFG
 echo "== starting etcd on 127.0.0.1:$ETCD_PORT"
 "$PY" -m scheduler.devtools.etcd_process --data-dir "$RUN/etcd" --port "$ETCD_PORT" > "$RUN/etcd.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && break; sleep 0.2; done
+up() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$1" >/dev/null 2>&1; }
+for _ in $(seq 100); do up "http://127.0.0.1:$ETCD_PORT/health" && break; sleep 0.2; done
 
 export ETCRON_CONFIG=$RUN/config.yaml ETCRON_SERVER=http://127.0.0.1:$API_PORT ETCRON_TOKEN=$TOKEN
 echo "== starting the master on $ETCRON_SERVER"
@@ -58,7 +59,7 @@ for w in worker-a worker-b; do
   ETCRON_WORKER__ID=$w "$ETCRON" worker > "$RUN/$w.log" 2>&1 &
   pids+=($!)
 done
-for _ in $(seq 100); do curl -sf "$ETCRON_SERVER/v1/health" >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 100); do up "$ETCRON_SERVER/v1/health" && break; sleep 0.2; done
 
 echo "== applying examples/jobs.yaml"
 "$ETCRON" apply -f examples/jobs.yaml
