@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 import structlog
 
-from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
 from scheduler.keyspace import decode_tick
 from scheduler.model import JobSpec
@@ -134,7 +133,3 @@ class PeerView:
 
     def list(self) -> list[Peer]:
         return list(self.peers.values())
-
-    @staticmethod
-    def kv_worker(kv: KeyValue) -> str:
-        return kv.key.rsplit("/", 1)[-1]

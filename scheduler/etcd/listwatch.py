@@ -201,12 +201,3 @@ class ListWatch:
         finally:
             done.set()
             stream.cancel()
-
-
-def apply_batch(state: dict[str, KeyValue], batch: Batch) -> None:
-    """Apply a batch to a key → value map (a helper for simple consumers)."""
-    for ev in batch.events:
-        if ev.kind is EventKind.PUT:
-            state[ev.key] = ev.kv
-        else:
-            state.pop(ev.key, None)
