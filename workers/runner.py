@@ -34,7 +34,6 @@ from workers.executor import Child, OutputSink, StopReason
 log = structlog.get_logger("etcron.run")
 
 MIN_LEASE_LEFT = 0.5
-START_SLACK = 0.005
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
 
 
@@ -47,8 +46,6 @@ class RunHandle:
     lock_key: str
     record_key: str
     token: int
-    start_at: float | None = None
-    """Wall-clock instant (worker clock) the first attempt should start at."""
     child: Child | None = None
     stop_reason: StopReason | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -151,7 +148,7 @@ class Runner:
                 error = "session lease not proven alive: not started"
                 break
             child = Child(
-                self._argv(h, attempt),
+                argv_of(job),
                 env=child_env(job, rec, self.worker_id),
                 cwd=job.workdir,
                 user=user,
@@ -191,22 +188,6 @@ class Runner:
                 setattr(rec, f"output_{name}", getattr(sink, name))
         await self.finish(h)
         return rec
-
-    def _argv(self, h: RunHandle, attempt: int) -> list[str]:
-        """The command, started at ``h.start_at`` when that is still ahead.
-
-        A run claimed ahead of its tick is spawned at once behind a tiny
-        ``sleep`` that ``exec``s the real command at the tick: the fork, pipes
-        and bookkeeping happen before the tick, so runs that share a tick do
-        not queue behind each other's spawning. Same pid and process group.
-        """
-        argv = argv_of(h.job)
-        if attempt > 1 or h.start_at is None:
-            return argv
-        wait = h.start_at - self.now().timestamp()
-        if wait < START_SLACK:
-            return argv
-        return ["/bin/sh", "-c", 'sleep "$0" && exec "$@"', f"{wait:.3f}", *argv]
 
     def _sink(self, h: RunHandle) -> OutputSink:
         if self.sink_factory is not None:

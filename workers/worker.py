@@ -592,6 +592,8 @@ class Worker:
                     "tick skipped: previous run still active", job=job.name, tick=str(tick)
                 )
             return not result.recorded
+        if not manual:
+            await self._sleep_until(tick_ms(tick))
         token = result.token
         if policy is Concurrency.REPLACE:
             token = await self._replace(job, lock_key, lock_value, session)
@@ -599,9 +601,7 @@ class Worker:
                 return False
         rec.fencing_token = token
         self.stats["won"] += 1
-        handle = RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token)
-        handle.start_at = None if manual else tick.timestamp()
-        await self._execute(handle)
+        await self._execute(RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token))
         return False
 
     async def _replace(self, job: JobSpec, lock_key: str, value: bytes, session: Session) -> int:
