@@ -97,7 +97,7 @@ class MasterConfig(_Section):
 class WorkerConfig(_Section):
     id: str = Field(default_factory=socket.gethostname)
     labels: Annotated[dict[str, str], BeforeValidator(_split_labels)] = {}
-    capacity: int = 16
+    capacity: int = 128
     lease_ttl: int = 6
     lease_margin: Duration = 1.0
     drain_grace: Duration = 30.0
