@@ -30,6 +30,9 @@ from pydantic import ValidationError
 
 from scheduler.model import JobSpec, validation_messages
 
+# libyaml's parser when installed (about 4x faster here); nodes and marks are the same
+_COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 __all__ = ["MAX_FILE_BYTES", "JobFileError", "Problem", "load_jobs", "load_jobs_text"]
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -146,7 +149,7 @@ class _Loader:
         before = len(self.problems)
         jobs = 0
         try:
-            for doc in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            for doc in yaml.compose_all(text, Loader=_COMPOSER):
                 jobs += self._document(doc, file)
         except yaml.MarkedYAMLError as exc:
             line = _mark_line(exc, None)

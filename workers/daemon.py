@@ -38,7 +38,7 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await worker.start()
+        await worker.start(timeout=None)  # a large job table or a slow etcd may take a while
         await worker.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -103,7 +103,7 @@ class Worker:
 
     # lifecycle ------------------------------------------------------------
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, timeout: float | None = 30.0) -> None:
         """Connect, take a session, load the tables; return when claiming can begin."""
         self._main = asyncio.create_task(self._run(), name=f"worker-{self.id}")
         ready = asyncio.create_task(self.ready.wait())
