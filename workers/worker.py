@@ -47,6 +47,17 @@ log = structlog.get_logger("etcron.worker")
 MAX_SLEEP = 30.0
 
 
+def _skip_record(rec: RunRecord) -> bytes:
+    """The record a ``forbid`` tick gets when its previous run is still active."""
+    return rec.model_copy(
+        update={
+            "status": RunStatus.SKIPPED,
+            "start": None,
+            "message": "previous run still active (concurrency: forbid)",
+        }
+    ).to_json()
+
+
 class WorkerIdInUse(Exception):
     pass
 
@@ -554,8 +565,6 @@ class Worker:
         rec = started_record(
             job, run_id, tick, self.id, session.lease_id, max(self.clock.now(), tick), manual=manual
         )
-        skipped = rec.model_copy(update={"status": RunStatus.SKIPPED, "start": None})
-        skipped.message = "previous run still active (concurrency: forbid)"
         policy = job.concurrency
         lock_key = (
             self.ks.run_lock(job.name, run_id)
@@ -573,7 +582,7 @@ class Worker:
             run_id,
             self.ks.run(job.name, run_id),
             rec.to_json(),
-            skipped.to_json() if policy is Concurrency.FORBID and not early else None,
+            _skip_record(rec) if policy is Concurrency.FORBID and not early else None,
         )
         self.stats["claims"] += 1
         self._claiming += 1

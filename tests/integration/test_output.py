@@ -28,6 +28,15 @@ async def client(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
     await c.close()
 
 
+async def _final_run(client: EtcdClient, ks: Keyspace, job: str, timeout: float) -> RunRecord:
+    async def done() -> RunRecord | None:
+        recs = await runs_of(client, ks, job)
+        return recs[0] if recs and recs[0].status.final else None
+
+    rec: RunRecord = await wait_for(done, timeout=timeout)
+    return rec
+
+
 async def _first_run(client: EtcdClient, ks: Keyspace, job: str) -> RunRecord:
     async def find() -> RunRecord | None:
         recs = await runs_of(client, ks, job)
@@ -89,11 +98,7 @@ async def test_output_cap_keeps_head_and_tail_with_marker(
         await put_jobs(client, ks, job)
         await client.put(ks.trigger("loud", "r"), b"{}")
 
-        async def done() -> RunRecord | None:
-            recs = await runs_of(client, ks, "loud")
-            return recs[0] if recs and recs[0].status.final else None
-
-        rec: RunRecord = await wait_for(done, timeout=20)
+        rec = await _final_run(client, ks, "loud", timeout=20)
     segs = await read_output(client, ks, "loud", rec.run_id)
     text = "".join(s.text for s in segs)
     assert text.startswith("FIRST\n") and text.rstrip().endswith("LAST")
@@ -114,11 +119,7 @@ async def test_binary_output_is_shown_not_crashed_on(
         await put_jobs(client, ks, job)
         await client.put(ks.trigger("binary", "r"), b"{}")
 
-        async def done() -> RunRecord | None:
-            recs = await runs_of(client, ks, "binary")
-            return recs[0] if recs and recs[0].status.final else None
-
-        rec: RunRecord = await wait_for(done, timeout=15)
+        rec = await _final_run(client, ks, "binary", timeout=15)
     text = "".join(s.text for s in await read_output(client, ks, "binary", rec.run_id))
     assert text == "ok\\xff\\xfe\x00end\n"
     assert rec.status is RunStatus.SUCCEEDED
