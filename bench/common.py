@@ -120,11 +120,34 @@ def ledger_printf(ledger: Path, kind: str | None = None) -> str:
     )
 
 
-def tick_job(name: str, ledger: Path) -> JobSpec:
-    """W1's job: every second, append one start line to the ledger."""
-    return JobSpec(
-        name=name, schedule="* * * * * *", command=["/bin/sh", "-c", ledger_printf(ledger)]
-    )
+BODY_SOURCE = REPO / "bench" / "body" / "ledger_append.c"
+
+
+def build_body(base: Path, body: str) -> Path | None:
+    """The compiled ledger writer for ``body == "c"`` (static if the C library
+    allows, else dynamic), or None for the shell body or when no compiler works."""
+    if body != "c":
+        return None
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("bench: no C compiler, using the shell job body", file=sys.stderr)
+        return None
+    out = base / "ledger_append"
+    for extra in (["-static"], []):
+        done = subprocess.run(
+            [cc, "-O2", *extra, "-o", str(out), str(BODY_SOURCE)], capture_output=True, check=False
+        )
+        if done.returncode == 0:
+            return out
+    print("bench: cannot compile the C body, using the shell body", file=sys.stderr)
+    return None
+
+
+def tick_job(name: str, ledger: Path, body: Path | None = None) -> JobSpec:
+    """W1's job: every second, append one start line to the ledger, with the
+    compiled writer ``body`` or, without one, a shell ``printf``."""
+    command = [str(body), str(ledger)] if body else ["/bin/sh", "-c", ledger_printf(ledger)]
+    return JobSpec(name=name, schedule="* * * * * *", command=command)
 
 
 def sleep_job(name: str, ledger: Path, sleep: float = 0.3) -> JobSpec:

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.analyze import analyze, table
 from bench.common import (
+    build_body,
     cleanup,
     connect,
     etcd_server,
@@ -53,18 +54,20 @@ async def run_one(
     keep: bool,
     profile: bool,
     pidfd: bool,
+    body: str,
     worker_cfg: dict[str, Any],
 ) -> dict[str, Any]:
     base = workdir(f"w1-n{n}")
     ledger = base / "ledger"
     ledger.touch()
     names = job_names(n)
+    program = build_body(base, body)
     meta: dict[str, Any] = {"n": n, "workers": workers, "job_names": names, "dir": str(base)}
     with etcd_server(base) as etcd:
         client = await connect(etcd.endpoint)
         ws = []
         try:
-            await put_jobs(client, [tick_job(name, ledger) for name in names])
+            await put_jobs(client, [tick_job(name, ledger, program) for name in names])
             ws = start_workers(
                 workers, etcd.endpoint, base, profile_first=profile, pidfd=pidfd, **worker_cfg
             )
@@ -88,6 +91,7 @@ async def run_one(
             await client.close()
     write_json(base / "meta.json", meta)
     result = {"n": n, **analyze(ledger, meta)}
+    result["body"] = "c" if program else "sh"
     result["startup_s"] = meta["startup_s"]
     result["worker_exit_codes"] = meta["exit_codes"]
     result["worker_log_warnings"] = log_counts(ws)
@@ -115,6 +119,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             keep=args.keep,
             profile=args.profile,
             pidfd=args.pidfd_watcher,
+            body=args.body,
             worker_cfg=dict(args.worker_set),
         )
         results.append(r)
@@ -132,6 +137,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup": args.warmup,
             "worker_config": dict(args.worker_set),
             "pidfd_watcher_experiment": args.pidfd_watcher,
+            "body": args.body,
         },
         "results": results,
     }
@@ -147,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the ledger, logs and etcd data")
+    ap.add_argument(
+        "--body",
+        choices=("c", "sh"),
+        default="c",
+        help="job body: c = a compiled ledger writer (bench/body), sh = /bin/sh + printf + date",
+    )
     ap.add_argument("--profile", action="store_true", help="run worker w1 under cProfile")
     ap.add_argument(
         "--pidfd-watcher",

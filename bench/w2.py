@@ -32,6 +32,7 @@ from bench.analyze import fires, max_gap, overlaps, read_ledger, unfinished
 from bench.common import (
     KS,
     WorkerProc,
+    build_body,
     cleanup,
     connect,
     etcd_server,
@@ -95,7 +96,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with etcd_server(base) as etcd:
         client = await connect(etcd.endpoint)
         try:
-            await put_jobs(client, [tick_job(n, ledger1) for n in names])
+            program = build_body(base, args.body)
+            out["params"]["body"] = "c" if program else "sh"
+            await put_jobs(client, [tick_job(n, ledger1, program) for n in names])
             ws = start_workers(3, etcd.endpoint, base, **cfg)
             await wait_ready(client, ws)
             await asyncio.sleep(args.warmup)
@@ -198,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--after-pause", type=float, default=8.0, help="seconds after SIGCONT")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--body", choices=("c", "sh"), default="c", help="W1 job body (see bench.w1)")
     ap.add_argument(
         "--set",
         dest="worker_set",

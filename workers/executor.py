@@ -3,8 +3,12 @@
 - ``command`` runs as argv without a shell; ``shell`` runs under ``/bin/sh -c``.
 - The child gets its own session (so its own process group): a timeout, a kill
   request or a lost lease signals the whole group, grandchildren included.
-- stdout and stderr are read concurrently into an :class:`OutputSink`; the child
-  never blocks on a full pipe, whatever it prints.
+- stdout and stderr are read as they become readable (straight from the event
+  loop, no stream objects) into an :class:`OutputSink`; the child never blocks
+  on a full pipe, whatever it prints.
+- Starting is synchronous (:meth:`Child.start`, see :mod:`workers.spawn`) so a
+  batch due at one instant starts back to back; the exit is watched through a
+  pidfd and the child reaped by us, not by an asyncio child watcher.
 - Stopping is two-stage: SIGTERM to the group, ``kill_grace`` seconds, then SIGKILL.
 - A job that forks a daemon and exits is finished when its main process exits;
   the pipes are read for a short grace more, then abandoned.
@@ -20,9 +24,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import structlog
-
-log = structlog.get_logger("etcron.executor")
+from workers.spawn import Spawned, spawn
 
 PIPE_GRACE = 1.0
 
@@ -30,32 +32,6 @@ PIPE_GRACE = 1.0
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-async def _exited(proc: asyncio.subprocess.Process) -> int:
-    """The exit status as soon as the process exits.
-
-    Python 3.11's ``Process.wait()`` returns only once the child's pipes are
-    closed too, so a job that forks a daemon (which keeps stdout open) would
-    look alive forever. A pidfd tells us when the process itself is gone.
-    """
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        return await proc.wait()
-    loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(pidfd, _resolve, gone)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    for _ in range(400):  # the child watcher reaps it in the same loop turn or the next
-        if proc.returncode is not None:
-            return proc.returncode
-        await asyncio.sleep(0.005)
-    return await proc.wait()
 
 
 class StopReason(enum.Enum):
@@ -115,77 +91,129 @@ class Child:
         on_exit: Callable[[int], None] = lambda pgid: None,
     ) -> None:
         self.argv = argv
-        self.env = dict(env)
+        self.env = env
         self.cwd = cwd
         self.user = user
         self.sink = sink
         self.kill_grace = kill_grace
         self.on_start = on_start
         self.on_exit = on_exit
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Spawned | None = None
+        self.returncode: int | None = None
         self.stopped: StopReason | None = None
         self._stop_task: asyncio.Task[None] | None = None
+        self._pipes: dict[int, str] = {}
+        self._pipes_closed: asyncio.Future[None] | None = None
+        self._failed: Outcome | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was tried (the process runs, or it could not start)."""
+        return self.proc is not None or self._failed is not None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    async def run(self, timeout: float | None) -> Outcome:
+    def start(self) -> bool:
+        """Start the process now (synchronously); False if it could not be started.
+
+        Separate from :meth:`run` so that a batch of children due at the same
+        instant can be started back to back, before any of them is awaited.
+        """
+        if self.proc is not None:
+            return True
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-                user=self.user,
-            )
+            self.proc = spawn(self.argv, self.env, cwd=self.cwd, user=self.user)
         except (OSError, ValueError, KeyError) as exc:
             msg = f"cannot start {self.argv[0]!r}: {exc}"
             self.sink.write("stderr", (msg + "\n").encode())
-            return Outcome(127 if isinstance(exc, FileNotFoundError) else 126, None, None, msg)
-        pgid = self.proc.pid
-        self.on_start(pgid)
-        readers = [
-            asyncio.create_task(self._pump("stdout", self.proc.stdout)),
-            asyncio.create_task(self._pump("stderr", self.proc.stderr)),
-        ]
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            self._failed = Outcome(code, None, None, msg)
+            return False
+        self.on_start(self.proc.pid)
+        return True
+
+    async def run(self, timeout: float | None) -> Outcome:
+        if not self.start():
+            assert self._failed is not None
+            return self._failed
+        proc = self.proc
+        assert proc is not None
+        loop = asyncio.get_running_loop()
+        self._pipes_closed = loop.create_future()
+        self._pipes = {proc.stdout: "stdout", proc.stderr: "stderr"}
+        for fd in self._pipes:
+            loop.add_reader(fd, self._read, fd)
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    rc = await _exited(self.proc)
+                    rc = await self._exited()
             except TimeoutError:
                 self.stop(StopReason.TIMEOUT)
-                rc = await _exited(self.proc)
+                rc = await self._exited()
+            # a daemon the job left behind may hold the pipes open: read a while, then let go
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PIPE_GRACE):
-                    await asyncio.gather(*readers)
+                    await asyncio.shield(self._pipes_closed)
         finally:
-            for r in readers:
-                r.cancel()
-            # a daemon the job left behind may hold the pipes open: let go of them
-            transport = getattr(self.proc, "_transport", None)
-            if transport is not None:
-                transport.close()
+            for fd in list(self._pipes):
+                self._close_pipe(fd)
             if self.stopped:
                 self._killpg(signal.SIGKILL)
-            self.on_exit(pgid)
+            self.on_exit(proc.pid)
             if self._stop_task is not None:
                 self._stop_task.cancel()
         if rc < 0:
             return Outcome(None, -rc, self.stopped)
         return Outcome(rc, None, self.stopped)
 
-    async def _pump(self, name: str, stream: asyncio.StreamReader | None) -> None:
-        if stream is None:
+    async def _exited(self) -> int:
+        """Wait for the child to exit and reap it; the exit status.
+
+        The end of the pipes says nothing (a daemon may keep them open), so the
+        process itself is watched through a pidfd; a kernel without pidfds gets
+        a thread per child blocked in ``waitpid``.
+        """
+        if self.returncode is not None:
+            return self.returncode
+        proc = self.proc
+        assert proc is not None
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.returncode = await asyncio.to_thread(proc.reap)
+            return self.returncode
+        loop.add_reader(pidfd, _resolve, gone)
+        try:
+            await gone
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.returncode = proc.reap()
+        return self.returncode
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
             return
-        while True:
-            data = await stream.read(65536)
-            if not data:
-                return
-            self.sink.write(name, data)
+        except OSError:
+            data = b""
+        if data:
+            self.sink.write(self._pipes[fd], data)
+        else:
+            self._close_pipe(fd)
+
+    def _close_pipe(self, fd: int) -> None:
+        if self._pipes.pop(fd, None) is None:
+            return
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        if not self._pipes and self._pipes_closed is not None:
+            _resolve(self._pipes_closed)
 
     def _killpg(self, sig: int) -> None:
         if self.proc is None:

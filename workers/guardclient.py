@@ -20,6 +20,7 @@ class Guard:
         self._pgids: set[int] = set()
         self._lease = 0
         self._deadline = 0.0
+        self._out: list[str] = []
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -37,10 +38,17 @@ class Guard:
             self._send(f"A {pgid}")
 
     def _send(self, line: str) -> None:
+        """Queue a line; the lines of one event-loop turn go in one write."""
+        self._out.append(line)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        lines, self._out = self._out, []
         if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
             return
         try:
-            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
         except (BrokenPipeError, ConnectionResetError):
             log.error("guard process is gone")
 
@@ -65,6 +73,7 @@ class Guard:
         if self.proc is None:
             return
         self._send("Q")
+        self._flush()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         with contextlib.suppress(TimeoutError):

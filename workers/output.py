@@ -160,9 +160,8 @@ class EtcdOutput(OutputSink):
         self._closed = True
         self._kick.set()
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # let it finish: cancelling it could drop a chunk it has taken but not put
+            await self._flusher
             self._flusher = None
         await self._ship_pending()
         if self.omitted:

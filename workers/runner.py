@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
 from scheduler.etcd.claim import release
-from scheduler.etcd.client import EtcdClient, EtcdError
+from scheduler.etcd.client import EtcdError, TxnSender
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
 from workers.executor import Child, OutputSink, StopReason
@@ -99,7 +100,7 @@ class Runner:
 
     def __init__(
         self,
-        client: EtcdClient,
+        client: TxnSender,
         worker_id: str,
         *,
         kill_grace: float,
@@ -109,6 +110,7 @@ class Runner:
         guard_add: Callable[[int], None],
         guard_remove: Callable[[int], None],
         sink_factory: Callable[[RunHandle], OutputSink] | None = None,
+        launch: Callable[[int, Callable[[], None]], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -119,6 +121,7 @@ class Runner:
         self.guard_add = guard_add
         self.guard_remove = guard_remove
         self.sink_factory = sink_factory
+        self.launch = launch
 
     def _user(self, job: JobSpec) -> tuple[str | None, str]:
         if job.user is None:
@@ -131,8 +134,17 @@ class Runner:
             return None, f"run-as user {job.user!r} does not exist on this host"
         return job.user, ""
 
-    async def execute(self, h: RunHandle) -> RunRecord:
-        """Run ``h`` to the end (all attempts) and release its claim; return the final record."""
+    def _start(self, h: RunHandle, child: Child) -> None:
+        """Start ``child`` unless the run was stopped or the lease is not proven (rule 2)."""
+        if h.stop_reason is None and self.lease_left() >= MIN_LEASE_LEFT:
+            child.start()
+
+    async def execute(self, h: RunHandle, start_at_ms: int | None = None) -> RunRecord:
+        """Run ``h`` to the end (all attempts) and release its claim; return the final record.
+
+        With ``start_at_ms`` the first attempt is prepared now and started by
+        the launcher at that instant (the tick); later attempts start at once.
+        """
         job, rec = h.job, h.record
         user, error = self._user(job)
         exit_code: int | None = None
@@ -160,6 +172,17 @@ class Runner:
             h.child = child
             if h.stop_reason is not None:
                 break
+            if attempt == 1 and start_at_ms is not None and self.launch is not None:
+                await self.launch(start_at_ms, functools.partial(self._start, h, child))
+                if h.stop_reason is not None and not child.started:
+                    error = "stopped before it started"
+                    break
+                if not child.started:
+                    h.stop_reason = StopReason.LOST
+                    error = "session lease not proven alive: not started"
+                    break
+            if attempt == 1:
+                log.debug("run started", job=job.name, run=rec.run_id, token=h.token)
             outcome = await child.run(job.timeout)
             if h.stop_reason is None and outcome.stopped is StopReason.TIMEOUT:
                 h.stop_reason = StopReason.TIMEOUT

@@ -27,6 +27,7 @@ import structlog
 from scheduler import __version__
 from scheduler.clock import Clock, OffsetClock
 from scheduler.config import Config
+from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, TriggerFence, acquire, claim
 from scheduler.etcd.client import EtcdClient, EtcdError, EtcdUnavailable, cmp_created, op_put
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
@@ -36,9 +37,11 @@ from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
 from workers.executor import OutputSink, StopReason
 from workers.guardclient import Guard
+from workers.launch import Launcher
 from workers.output import EtcdOutput, prune_local_logs
 from workers.peers import rank
 from workers.runner import RunHandle, Runner, started_record
+from workers.spawn import seal_inherited_fds
 from workers.state import JobTable, PeerView, TickView
 from workers.timer import Timer
 
@@ -91,9 +94,12 @@ class Worker:
         self.ticks = TickView(self.ks.ticks)
         self.peers = PeerView(self.ks.workers)
         self.timer = Timer()
+        self.launcher = Launcher(self.clock)
+        self._runner: Runner | None = None
         self.runs: dict[str, RunHandle] = {}
         self.session: Session | None = None
         self.client: EtcdClient | None = None
+        self.batcher: TxnBatcher | None = None
         self.guard = Guard(config.etcd)
         self.draining = False
         self.skew = 0.0
@@ -167,7 +173,9 @@ class Worker:
 
     async def _run(self) -> None:
         _use_pidfd_child_watcher()
+        seal_inherited_fds()
         self.client = await EtcdClient.connect(self.config.etcd)
+        self.batcher = TxnBatcher(self.client)
         await self.guard.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -195,6 +203,9 @@ class Worker:
         if session is not None:
             await session.close(revoke=True)
         await self.guard.close()
+        if self.batcher is not None:
+            self.stats["etcd_requests"] = self.batcher.sent
+            await self.batcher.close()
         if self.client is not None:
             await self.client.close()
         self.log.info("stopped", stats=self.stats)
@@ -534,7 +545,7 @@ class Worker:
             None,
         )
         with contextlib.suppress(EtcdUnavailable):
-            c = await claim(self.client, req)
+            c = await claim(self.batcher or self.client, req)
             if c.outcome is Outcome.WON:
                 self.stats["missed"] += 1
                 self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
@@ -558,7 +569,7 @@ class Worker:
         Returns True when the job was busy (``forbid``) and no skip was recorded
         because the claim was early: the caller asks again at the tick.
         """
-        session, client = self.session, self.client
+        session, client = self.session, self.batcher
         if session is None or client is None or session.remaining() <= 0:
             raise EtcdUnavailable("no live session")
         run_id = new_run_id(tick, manual=manual)
@@ -601,16 +612,18 @@ class Worker:
                     "tick skipped: previous run still active", job=job.name, tick=str(tick)
                 )
             return not result.recorded
-        if not manual:
-            await self._sleep_until(tick_ms(tick))
         token = result.token
+        start_at = None if manual else tick_ms(tick)
         if policy is Concurrency.REPLACE:
+            if start_at is not None:
+                await self._sleep_until(start_at)
             token = await self._replace(job, lock_key, lock_value, session)
             if not token:
                 return False
         rec.fencing_token = token
         self.stats["won"] += 1
-        await self._execute(RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token))
+        handle = RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token)
+        await self._execute(handle, start_at)
         return False
 
     async def _replace(self, job: JobSpec, lock_key: str, value: bytes, session: Session) -> int:
@@ -635,24 +648,26 @@ class Worker:
         self.log.error("replace: the previous run did not stop in time", job=job.name)
         return 0
 
-    async def _execute(self, h: RunHandle) -> None:
-        assert self.client is not None
+    async def _execute(self, h: RunHandle, start_at_ms: int | None) -> None:
+        """Run a won claim: prepared now, started at ``start_at_ms`` (None: at once)."""
+        assert self.batcher is not None
+        if self._runner is None or self._runner.client is not self.batcher:
+            self._runner = Runner(
+                self.batcher,
+                self.id,
+                kill_grace=self.cfg.kill_grace,
+                allow_run_as=self.cfg.allow_run_as,
+                lease_left=self.lease_left,
+                now=self.clock.now,
+                guard_add=self.guard.add,
+                guard_remove=self.guard.remove,
+                sink_factory=self._output_sink,
+                launch=self.launcher.at,
+            )
         self.runs[h.run_id] = h
         self.stats["started"] += 1
-        runner = Runner(
-            self.client,
-            self.id,
-            kill_grace=self.cfg.kill_grace,
-            allow_run_as=self.cfg.allow_run_as,
-            lease_left=self.lease_left,
-            now=self.clock.now,
-            guard_add=self.guard.add,
-            guard_remove=self.guard.remove,
-            sink_factory=self._output_sink,
-        )
-        self.log.info("run started", job=h.job.name, run=h.run_id, token=h.token)
         try:
-            await runner.execute(h)
+            await self._runner.execute(h, start_at_ms)
         finally:
             self.runs.pop(h.run_id, None)
             if self.cfg.log_dir is not None:

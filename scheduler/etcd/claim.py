@@ -44,6 +44,7 @@ from scheduler.etcd.client import (
     EtcdUnavailable,
     KeyValue,
     Op,
+    TxnSender,
     cmp_created,
     cmp_value,
     op_delete,
@@ -161,7 +162,7 @@ def _holds(lock: list[KeyValue], run_id: str) -> bool:
 
 
 async def claim(
-    client: EtcdClient,
+    client: TxnSender,
     req: ClaimRequest,
     *,
     deadline: float = 5.0,
@@ -223,13 +224,16 @@ async def claim(
 
 
 async def release(
-    client: EtcdClient, lock_key: str, token: int, record_key: str, record_value: bytes
+    client: TxnSender, lock_key: str, token: int, record_key: str, record_value: bytes
 ) -> bool:
     """Write the final run record and delete the lock if it is still ours.
 
     Returns True when the lock was ours (created at ``token``) and is now gone.
+    Sent once: on :class:`EtcdAmbiguous` the caller sends it again, which is
+    safe (the record is the same; a lock no longer created at ``token`` is
+    someone else's and stays).
     """
-    res = await client.txn(
+    res = await client.txn_once(
         [cmp_created(lock_key, token)],
         [op_delete(lock_key), op_put(record_key, record_value)],
         [op_put(record_key, record_value)],

@@ -20,11 +20,12 @@ import contextlib
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import etcd3aio
 import grpc
 from etcd3aio import Etcd3Client, prefix_range_end
+from etcd3aio._protobuf import RequestOp, TxnRequest
 from etcd3aio.kv import KVService
 
 from scheduler.config import EtcdConfig
@@ -84,6 +85,25 @@ class TxnResult:
     revision: int
     responses: list[list[KeyValue]]
     """For each op of the branch that ran: the keys a Range op returned ([] for writes)."""
+
+
+def _txn_result(resp: Any, revision: int) -> TxnResult:
+    responses: list[list[KeyValue]] = []
+    for r in resp.responses:
+        if r.WhichOneof("response") == "response_range":
+            responses.append([KeyValue.from_pb(kv) for kv in r.response_range.kvs])
+        else:
+            responses.append([])
+    return TxnResult(bool(resp.succeeded), revision, responses)
+
+
+class TxnSender(Protocol):
+    """What claims and releases are sent through: an :class:`EtcdClient`, or a
+    ``scheduler.etcd.batch.TxnBatcher`` that shares requests between callers."""
+
+    async def txn_once(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult: ...
 
 
 _RETRYABLE = {
@@ -330,13 +350,32 @@ class EtcdClient:
             if attempts == 1 and isinstance(err, EtcdUnavailable):
                 raise EtcdAmbiguous(str(err)) from exc
             raise err from exc
-        responses: list[list[KeyValue]] = []
-        for r in resp.responses:
-            if r.WhichOneof("response") == "response_range":
-                responses.append([KeyValue.from_pb(kv) for kv in r.response_range.kvs])
-            else:
-                responses.append([])
-        return TxnResult(bool(resp.succeeded), int(resp.header.revision), responses)
+        return _txn_result(resp, int(resp.header.revision))
+
+    async def txn_many(
+        self, txns: Sequence[tuple[Sequence[Cmp], Sequence[Op], Sequence[Op]]]
+    ) -> list[TxnResult]:
+        """Send independent transactions exactly once, as one etcd transaction.
+
+        Each ``(compare, success, failure)`` becomes a nested transaction of an
+        unconditional outer one: each is decided by its own compares, all apply
+        at one revision (every result's ``revision``), and none may write a key
+        another one writes (etcd refuses the whole request). Lost replies raise
+        :class:`EtcdAmbiguous`, as for :meth:`txn_once`.
+        """
+        nested = [
+            RequestOp(request_txn=TxnRequest(compare=list(c), success=list(s), failure=list(f)))
+            for c, s, f in txns
+        ]
+        try:
+            resp = await self._kv().txn([], nested, [], timeout=self.timeout, max_attempts=1)
+        except Exception as exc:
+            err = _map_error(exc, "txn")
+            if isinstance(err, EtcdUnavailable):
+                raise EtcdAmbiguous(str(err)) from exc
+            raise err from exc
+        revision = int(resp.header.revision)
+        return [_txn_result(r.response_txn, revision) for r in resp.responses]
 
     async def compact(self, revision: int) -> None:
         try:

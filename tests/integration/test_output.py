@@ -121,7 +121,7 @@ async def test_binary_output_is_shown_not_crashed_on(
 
         rec = await _final_run(client, ks, "binary", timeout=15)
     text = "".join(s.text for s in await read_output(client, ks, "binary", rec.run_id))
-    assert text == "ok\\xff\\xfe\x00end\n"
+    assert text == "ok\\xff\\xfe\x00end\n", rec
     assert rec.status is RunStatus.SUCCEEDED
 
 

@@ -1,0 +1,133 @@
+"""Group commit for exactly-once transactions: many callers, one etcd request.
+
+A worker claims every run due in a second at about the same instant and
+releases them as they end. Sent one by one, each costs a gRPC round trip in the
+worker and a raft entry and a disk sync in etcd. :class:`TxnBatcher` has the
+same contract as :meth:`EtcdClient.txn_once` for each caller and sends what
+callers submit together as nested transactions of one request.
+
+Rules:
+
+- Each caller's transaction is decided by its own compares, exactly as if it
+  were sent alone; callers never see each other's outcome.
+- All transactions of a batch commit at one revision, which is every result's
+  ``revision`` (so a claim's fencing token is still its lock's create revision).
+- One batch is in flight at a time. What is submitted while it flies forms the
+  next batch: nothing waits when the worker is idle (the first request goes out
+  on the next turn of the event loop), and under load round trips are shared.
+- etcd refuses a request that writes one key twice, so a transaction that
+  writes a key already written in the forming batch waits for the next one.
+  A batch holds at most ``max_batch`` transactions (etcd's ``--max-txn-ops``,
+  128 by default, bounds the ops of each level).
+- A lost reply raises :class:`EtcdAmbiguous` to every caller of that batch, as
+  ``txn_once`` does; each caller resolves it by re-sending its own transaction
+  (``scheduler.etcd.claim``). Any other error is raised to every caller.
+- A caller cancelled before its batch is sent is left out of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from scheduler.etcd.client import Cmp, EtcdClient, Op, TxnResult
+
+
+def _written(ops: Sequence[Op]) -> set[bytes]:
+    keys: set[bytes] = set()
+    for op in ops:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            keys.add(op.request_put.key)
+        elif kind == "request_delete_range":
+            keys.add(op.request_delete_range.key)
+    return keys
+
+
+@dataclass
+class _Pending:
+    compare: Sequence[Cmp]
+    success: Sequence[Op]
+    failure: Sequence[Op]
+    future: asyncio.Future[TxnResult]
+    keys: set[bytes] = field(default_factory=set)
+
+
+class TxnBatcher:
+    def __init__(self, client: EtcdClient, max_batch: int = 64) -> None:
+        self.client = client
+        self.max_batch = max_batch
+        self.sent = 0
+        """Requests sent to etcd (batches)."""
+        self.txns = 0
+        """Transactions carried by them."""
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def txn_once(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        loop = asyncio.get_running_loop()
+        pending = _Pending(compare, success, failure, loop.create_future())
+        pending.keys = _written(success) | _written(failure)
+        self._queue.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await pending.future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch = self._take()
+            if batch:
+                await self._send(batch)
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        written: set[bytes] = set()
+        rest: list[_Pending] = []
+        for p in self._queue:
+            if p.future.done():  # cancelled by its caller
+                continue
+            if len(batch) >= self.max_batch or p.keys & written:
+                rest.append(p)
+                continue
+            batch.append(p)
+            written |= p.keys
+        self._queue = rest
+        return batch
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        self.sent += 1
+        self.txns += len(batch)
+        try:
+            if len(batch) == 1:
+                p = batch[0]
+                results = [await self.client.txn_once(p.compare, p.success, p.failure)]
+            else:
+                results = await self.client.txn_many(
+                    [(p.compare, p.success, p.failure) for p in batch]
+                )
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for p in batch:
+                p.future.cancel()
+            raise
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)
+
+    async def close(self) -> None:
+        """Stop sending; callers still waiting are cancelled."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for p in self._queue:
+            p.future.cancel()
+        self._queue.clear()

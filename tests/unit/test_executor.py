@@ -1,0 +1,173 @@
+"""The executor and the spawner: real child processes, no etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from scheduler.clock import Clock
+from tests.support import wait_for
+from workers.executor import Child, OutputSink, StopReason
+from workers.launch import Launcher
+from workers.spawn import executable, seal_inherited_fds
+
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def child(argv: list[str], sink: OutputSink | None = None, **kw: object) -> Child:
+    opts: dict[str, object] = {"env": ENV, "cwd": None, "user": None, "kill_grace": 0.5}
+    opts.update(kw)
+    return Child(argv, sink=sink or OutputSink(), **opts)  # type: ignore[arg-type]
+
+
+class Streams(OutputSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_stream: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def write(self, stream: str, data: bytes) -> None:
+        super().write(stream, data)
+        self.by_stream[stream] += data
+
+
+async def test_exit_code_and_both_streams_apart() -> None:
+    sink = Streams()
+    out = await child(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], sink).run(5)
+    assert (out.exit_code, out.signal, out.stopped) == (3, None, None)
+    assert sink.by_stream == {"stdout": bytearray(b"out\n"), "stderr": bytearray(b"err\n")}
+
+
+async def test_large_output_never_blocks_the_child() -> None:
+    sink = OutputSink()
+    out = await child(["/bin/sh", "-c", "head -c 3000000 /dev/zero"], sink).run(10)
+    assert out.ok
+    assert sink.total == 3_000_000
+
+
+async def test_environment_is_exactly_what_was_given() -> None:
+    sink = Streams()
+    env = {"PATH": "/usr/bin:/bin", "ETCRON_JOB": "j1"}
+    out = await child(["env"], sink, env=env).run(5)
+    assert out.ok
+    assert sorted(sink.by_stream["stdout"].decode().splitlines()) == [
+        "ETCRON_JOB=j1",
+        "PATH=/usr/bin:/bin",
+    ]
+
+
+async def test_only_stdio_is_inherited_and_signals_are_reset(tmp_path: Path) -> None:
+    leak = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+    os.set_inheritable(leak, True)  # as a shell or service manager may pass one
+    try:
+        assert seal_inherited_fds() >= 1  # what the worker does at start
+        sink = Streams()
+        script = "ls /proc/$$/fd; grep -E '^Sig(Blk|Ign)' /proc/$$/status; ps -o sid=,pgid= -p $$"
+        out = await child(["/bin/sh", "-c", script], sink).run(10)
+    finally:
+        os.close(leak)
+    assert out.ok, sink.tail
+    lines = sink.by_stream["stdout"].decode().split("\n")
+    fds = sorted(int(x) for x in lines[: lines.index(next(x for x in lines if "Sig" in x))])
+    assert fds == [0, 1, 2] or fds == [0, 1, 2, 10]  # dash may keep one fd for itself
+    status = dict(line.split(":\t") for line in lines if line.startswith("Sig"))
+    assert int(status["SigBlk"], 16) == 0
+    assert int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)) == 0
+    sid, pgid = lines[-2].split()
+    assert sid == pgid  # its own session, so its own group
+
+
+async def test_stdin_is_devnull() -> None:
+    sink = Streams()
+    out = await child(["/bin/sh", "-c", "cat; echo done"], sink).run(5)
+    assert out.ok and sink.by_stream["stdout"] == b"done\n"
+
+
+async def test_missing_program_and_not_executable(tmp_path: Path) -> None:
+    sink = Streams()
+    out = await child(["no-such-program-etcron"], sink).run(5)
+    assert out.exit_code == 127 and "cannot start" in out.error
+    assert b"no-such-program-etcron" in sink.by_stream["stderr"]
+    script = tmp_path / "x.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    out = await child([str(script)]).run(5)
+    assert out.exit_code == 126
+
+
+def test_bare_names_are_found_in_the_childs_path(tmp_path: Path) -> None:
+    prog = tmp_path / "myjob"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o755)
+    assert executable("myjob", {"PATH": f"/nonexistent:{tmp_path}"}) == str(prog)
+    assert executable("./rel", {}) == "./rel"
+    with pytest.raises(FileNotFoundError):
+        executable("myjob", {"PATH": "/usr/bin"})
+
+
+async def test_workdir_uses_the_fallback_spawner(tmp_path: Path) -> None:
+    sink = Streams()
+    out = await child(["pwd"], sink, cwd=str(tmp_path)).run(5)
+    assert out.ok
+    assert sink.by_stream["stdout"].decode().strip() == str(tmp_path)
+    out = await child(["pwd"], cwd=str(tmp_path / "missing")).run(5)
+    assert out.exit_code == 127
+
+
+async def test_timeout_terms_then_kills_the_whole_group() -> None:
+    sink = Streams()
+    # the shell ignores TERM; its grandchild sleeps: both must be gone
+    c = child(["/bin/sh", "-c", "trap '' TERM; sleep 30 & echo $!; wait"], sink, kill_grace=0.2)
+    out = await c.run(0.3)
+    assert out.stopped is StopReason.TIMEOUT and out.signal == signal.SIGKILL
+    grandchild = int(sink.by_stream["stdout"].decode().split()[0])
+    await wait_for(lambda: _dead(grandchild), 5)
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for its new parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_a_daemon_holding_stdout_does_not_hold_the_run() -> None:
+    c = child(["/bin/sh", "-c", "sleep 30 & exit 0"])
+    out = await asyncio.wait_for(c.run(None), 10)
+    assert out.ok
+    assert c.pid is not None
+    os.killpg(c.pid, signal.SIGKILL)
+
+
+async def test_stop_before_start_and_stop_now() -> None:
+    c = child(["/bin/sh", "-c", "sleep 30"])
+    run = asyncio.create_task(c.run(None))
+    await wait_for(lambda: c.pid is not None, 5)
+    c.stop(StopReason.KILLED, now=True)
+    out = await asyncio.wait_for(run, 5)
+    assert out.stopped is StopReason.KILLED and out.signal == signal.SIGKILL
+
+
+async def test_launcher_starts_a_batch_at_the_instant_and_drops_cancelled() -> None:
+    clock = Clock()
+    launcher = Launcher(clock)
+    at_ms = int((clock.time() + 0.2) * 1000)
+    started: list[tuple[str, float]] = []
+
+    def start(name: str) -> None:
+        started.append((name, clock.time()))
+
+    first = asyncio.create_task(launcher.at(at_ms, lambda: start("a")))
+    dropped = asyncio.create_task(launcher.at(at_ms, lambda: start("dropped")))
+    second = asyncio.create_task(launcher.at(at_ms, lambda: start("b")))
+    await asyncio.sleep(0)
+    dropped.cancel()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [n for n, _ in started] == ["a", "b"]
+    assert all(t >= at_ms / 1000 for _, t in started)
+    await launcher.at(at_ms, lambda: start("late"))  # a passed instant starts at once
+    assert started[-1][0] == "late"
