@@ -38,8 +38,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The worker process: exactly what `etcron worker` does (JSON logs on stderr, the
 # daemon's signal handling), with the config passed as JSON in the environment.
 # ETCRON_BENCH_PROFILE=<file> runs it under cProfile and dumps the stats on exit.
-# ETCRON_BENCH_PIDFD=1 (an experiment, not the shipped worker) swaps asyncio's
-# default ThreadedChildWatcher (one thread per child) for PidfdChildWatcher.
 _WORKER_CODE = """
 import os, sys
 from scheduler.config import Config
@@ -47,9 +45,6 @@ from scheduler.logconfig import configure_logging
 from workers.daemon import main
 cfg = Config.model_validate_json(os.environ["ETCRON_BENCH_CONFIG"])
 configure_logging("worker", cfg.log.level, cfg.log.format)
-if os.environ.get("ETCRON_BENCH_PIDFD"):
-    import asyncio
-    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 prof = os.environ.get("ETCRON_BENCH_PROFILE")
 if prof:
     import cProfile
@@ -239,7 +234,6 @@ class WorkerProc:
         log: Path,
         *,
         profile: Path | None = None,
-        pidfd: bool = False,
         **cfg: Any,
     ) -> None:
         cfg.setdefault("lease_ttl", 6)
@@ -251,7 +245,6 @@ class WorkerProc:
         )
         self.log = log
         self.profile = profile
-        self.pidfd = pidfd
         self.proc: subprocess.Popen[bytes] | None = None
         self.guard: int | None = None
 
@@ -261,8 +254,6 @@ class WorkerProc:
         env["PYTHONPATH"] = str(REPO)
         if self.profile is not None:
             env["ETCRON_BENCH_PROFILE"] = str(self.profile)
-        if self.pidfd:
-            env["ETCRON_BENCH_PIDFD"] = "1"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_CODE],
@@ -330,14 +321,13 @@ def start_workers(
     base: Path,
     *,
     profile_first: bool = False,
-    pidfd: bool = False,
     **cfg: Any,
 ) -> list[WorkerProc]:
     ws = []
     for i in range(n):
         prof = base / f"w{i + 1}.prof" if profile_first and i == 0 else None
         log = base / f"w{i + 1}.log"
-        w = WorkerProc(f"w{i + 1}", endpoint, log, profile=prof, pidfd=pidfd, **cfg)
+        w = WorkerProc(f"w{i + 1}", endpoint, log, profile=prof, **cfg)
         w.start()
         ws.append(w)
     return ws
@@ -398,6 +388,30 @@ def log_counts(ws: Sequence[WorkerProc]) -> dict[str, int]:
                 key = f"{ev['level']}: {ev.get('event')}"
                 counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def worker_stats(ws: Sequence[WorkerProc]) -> dict[str, Any]:
+    """The workers' own counters (their "stopped" log line), summed, with per-run
+    ratios: etcd requests sent (a group commit carries many transactions) and
+    claim transactions, each per run started. Whole lifetime, warm-up included."""
+    total: dict[str, int] = {}
+    for w in ws:
+        try:
+            text = w.log.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if '"stopped"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                for k, v in json.loads(line).get("stats", {}).items():
+                    total[k] = total.get(k, 0) + int(v)
+    started = total.get("started", 0)
+    out: dict[str, Any] = {"totals": total}
+    if started:
+        out["etcd_requests_per_run"] = round(total.get("etcd_requests", 0) / started, 3)
+        out["claim_txns_per_run"] = round(total.get("txns", 0) / started, 3)
+    return out
 
 
 @dataclass

@@ -38,6 +38,7 @@ from bench.common import (
     tick_job,
     wait_ready,
     workdir,
+    worker_stats,
     write_json,
 )
 
@@ -53,7 +54,6 @@ async def run_one(
     warmup: float,
     keep: bool,
     profile: bool,
-    pidfd: bool,
     body: str,
     worker_cfg: dict[str, Any],
 ) -> dict[str, Any]:
@@ -68,9 +68,7 @@ async def run_one(
         ws = []
         try:
             await put_jobs(client, [tick_job(name, ledger, program) for name in names])
-            ws = start_workers(
-                workers, etcd.endpoint, base, profile_first=profile, pidfd=pidfd, **worker_cfg
-            )
+            ws = start_workers(workers, etcd.endpoint, base, profile_first=profile, **worker_cfg)
             meta["startup_s"] = round(await wait_ready(client, ws), 2)
             await asyncio.sleep(warmup)
             meta["t0"] = time.time()
@@ -95,6 +93,7 @@ async def run_one(
     result["startup_s"] = meta["startup_s"]
     result["worker_exit_codes"] = meta["exit_codes"]
     result["worker_log_warnings"] = log_counts(ws)
+    result["worker_stats"] = worker_stats(ws)
     if keep or profile:
         result["dir"] = str(base)
     else:
@@ -118,7 +117,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             warmup=args.warmup,
             keep=args.keep,
             profile=args.profile,
-            pidfd=args.pidfd_watcher,
             body=args.body,
             worker_cfg=dict(args.worker_set),
         )
@@ -136,7 +134,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration": args.duration,
             "warmup": args.warmup,
             "worker_config": dict(args.worker_set),
-            "pidfd_watcher_experiment": args.pidfd_watcher,
             "body": args.body,
         },
         "results": results,
@@ -160,11 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="job body: c = a compiled ledger writer (bench/body), sh = /bin/sh + printf + date",
     )
     ap.add_argument("--profile", action="store_true", help="run worker w1 under cProfile")
-    ap.add_argument(
-        "--pidfd-watcher",
-        action="store_true",
-        help="experiment: run the workers with asyncio's PidfdChildWatcher",
-    )
     ap.add_argument(
         "--set",
         dest="worker_set",

@@ -103,7 +103,7 @@ class WorkerConfig(_Section):
     drain_grace: Duration = 30.0
     kill_grace: Duration = 5.0
     handoff_delay: Duration = 0.2
-    claim_ahead: Duration = 0.1
+    claim_ahead: Duration = 0.25
     default_starting_deadline: Duration = 30.0
     max_clock_skew: Duration = 0.5
     stop_claiming_on_skew: bool = False

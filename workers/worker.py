@@ -421,7 +421,7 @@ class Worker:
                     continue
                 nxt = job.schedule_obj().next_after(from_ms(max(fire, now_ms)), job.zone())
                 self.timer.schedule(name, tick_ms(nxt))
-                self._spawn(self._tick(job, fire))
+                self._due(job, fire)
             nxt_ms = self.timer.next_fire_ms()
             sleep = (
                 MAX_SLEEP if nxt_ms is None else min(MAX_SLEEP, (nxt_ms - ahead - now_ms) / 1000)
@@ -459,8 +459,12 @@ class Worker:
     def _deadline_ms(self, job: JobSpec) -> int:
         return int(1000 * (job.starting_deadline or self.cfg.default_starting_deadline))
 
-    async def _tick(self, job: JobSpec, fire_ms: int) -> None:
-        """Compete for (job, tick): wait for my turn, then claim unless it is visibly taken."""
+    def _due(self, job: JobSpec, fire_ms: int) -> None:
+        """(job, tick) is due: compete now if it is my turn, else check back at my turn.
+
+        Waiting for a turn costs a timer, not a task: most turns end by seeing
+        the tick taken by the worker ranked first.
+        """
         if not self._may_claim(job):
             return
         peers = self.peers.list()
@@ -470,7 +474,24 @@ class Worker:
             # tick, leave a trace instead of dropping it silently
             turn = max(turn, len(peers)) + 1
         ahead = int(self.cfg.claim_ahead * 1000)
-        await self._sleep_until(fire_ms - ahead + int(turn * self.cfg.handoff_delay * 1000))
+        at_ms = fire_ms - ahead + int(turn * self.cfg.handoff_delay * 1000)
+        delay = at_ms / 1000 - self.clock.time()
+        if delay <= 0:
+            self._spawn(self._tick(job, fire_ms))
+        else:
+            asyncio.get_running_loop().call_later(delay, self._turn, job.name, fire_ms)
+
+    def _turn(self, name: str, fire_ms: int) -> None:
+        job = self.table.jobs.get(name)
+        if job is None or self._stop.is_set():
+            return
+        if self.ticks.taken(name, fire_ms):
+            self.stats["seen_taken"] += 1
+            return
+        self._spawn(self._tick(job, fire_ms))
+
+    async def _tick(self, job: JobSpec, fire_ms: int) -> None:
+        """Compete for (job, tick) now, unless it is visibly taken."""
         tick = from_ms(fire_ms)
         delay = 0.1
         while True:
@@ -513,10 +534,19 @@ class Worker:
         )
         if turn:
             await asyncio.sleep(turn * self.cfg.handoff_delay)
-        if self.draining or self.session is None:
-            return
-        with contextlib.suppress(EtcdUnavailable):
-            await self._claim_and_run(job, TriggerFence(trigger_key), self.clock.now(), manual=True)
+        # until the request is consumed (by us or another worker): a request seen
+        # before our session exists, or while etcd is unreachable, is not dropped
+        while not self.draining and trigger_key in self.triggers:
+            await self._session_ready.wait()
+            if self.draining:
+                return
+            try:
+                await self._claim_and_run(
+                    job, TriggerFence(trigger_key), self.clock.now(), manual=True
+                )
+                return
+            except EtcdUnavailable:
+                await asyncio.sleep(0.5)
 
     async def _record_missed(
         self,
