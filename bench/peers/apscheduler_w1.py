@@ -39,12 +39,13 @@ from bench.peers.common import (
     analyze,
     cleanup,
     host_info,
-    ledger_line,
     meta_for,
+    run_body,
     stop_pid,
     tick_iso,
     tidy,
     tree_cpu,
+    use_body,
     workdir,
     write_json,
 )
@@ -90,7 +91,7 @@ def serve(n: int, ledger: str) -> None:
             f.add_done_callback(callback)
 
     def body(job: str, tick: str = "-") -> None:
-        ledger_line(ledger, job, tick, "aps")
+        run_body(ledger, job, tick, "aps")
 
     sched = BlockingScheduler(executors={"default": TickExecutor()}, timezone="UTC")
     for i in range(n):
@@ -192,11 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--body", choices=("py", "c"), default="py", help="job body (c: a subprocess)")
     ap.add_argument("--serve", nargs=2, metavar=("N", "LEDGER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         serve(int(args.serve[0]), args.serve[1])
         return 0
+    body = use_body(args.body)
     host = host_info()
     results = []
     for n in [int(x) for x in args.jobs.split(",") if x]:
@@ -208,7 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workload": "W1",
         "peer": "apscheduler3",
         "host": host,
-        "params": {"jobs": args.jobs, "duration": args.duration, "warmup": args.warmup},
+        "params": {
+            "jobs": args.jobs,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "body": body,
+        },
         "results": results,
     }
     write_json(args.out, out)

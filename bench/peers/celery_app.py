@@ -25,7 +25,7 @@ from typing import Any
 from celery import Celery
 from redbeat import RedBeatScheduler
 
-from bench.peers.common import ledger_line, tick_iso
+from bench.peers.common import run_body, tick_iso
 
 REDIS_URL = os.environ.get("PEERS_REDIS_URL", "redis://127.0.0.1:6379/0")
 LEDGER = os.environ.get("PEERS_LEDGER", "/dev/null")
@@ -45,8 +45,8 @@ if os.environ.get("PEERS_BEAT_MAX_LOOP_INTERVAL"):
 
 @app.task(name="ledger", bind=True, ignore_result=True)
 def ledger(self: Any, job: str, tick: str) -> None:
-    """The cheapest body: one O_APPEND write of ``job tick time pid worker``."""
-    ledger_line(LEDGER, job, tick, (self.request.hostname or "?").split("@")[0])
+    """One O_APPEND write of ``job tick time pid worker`` (or the compiled writer)."""
+    run_body(LEDGER, job, tick, (self.request.hostname or "?").split("@")[0])
 
 
 def scheduled_for(entry: Any) -> datetime:

@@ -51,6 +51,7 @@ from bench.peers.common import (
     stop_pid,
     tidy,
     tree_cpu,
+    use_body,
     workdir,
     write_json,
 )
@@ -377,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--w2", action="store_true", help="run W2 (failover) at N=100 instead")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--body", choices=("py", "c"), default="py", help="job body (c: a subprocess)")
     args = ap.parse_args(argv)
+    body = use_body(args.body)
     host = host_info()
     if args.w2:
         out = {
@@ -400,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peer": "celery+redbeat",
         "host": host,
         "params": {
+            "body": body,
             "jobs": args.jobs,
             "duration": args.duration,
             "warmup": args.warmup,

@@ -47,6 +47,42 @@ def ledger_line(ledger: str, job: str, tick: str, worker: str) -> None:
     os.write(fd, f"{job} {tick} {time.time():.9f} {os.getpid()} {worker}\n".encode())
 
 
+BODY_SOURCE = REPO / "bench" / "body" / "ledger_append.c"
+
+
+def run_body(ledger: str, job: str, tick: str, worker: str) -> None:
+    """One run of the job: the Python function (:func:`ledger_line`), or, when
+    ``PEERS_BODY`` names the compiled ledger writer, that program as a child
+    process with etcron's variables, as etcron runs it (``--body c``)."""
+    program = os.environ.get("PEERS_BODY")
+    if not program:
+        ledger_line(ledger, job, tick, worker)
+        return
+    env = {"ETCRON_JOB": job, "ETCRON_TICK": tick, "ETCRON_WORKER": worker}
+    subprocess.run([program, ledger], env=env, stdin=subprocess.DEVNULL, check=False)
+
+
+def use_body(body: str) -> str:
+    """``c``: compile the ledger writer (as bench.common.build_body does) and
+    export it as ``PEERS_BODY`` to this process and the schedulers it starts."""
+    if body != "c":
+        os.environ.pop("PEERS_BODY", None)
+        return "py"
+    out = workdir("peer-body") / "ledger_append"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    for extra in (["-static"], []):
+        if (
+            cc
+            and subprocess.run(
+                [cc, "-O2", *extra, "-o", str(out), str(BODY_SOURCE)], capture_output=True
+            ).returncode
+            == 0
+        ):
+            os.environ["PEERS_BODY"] = str(out)
+            return "c"
+    raise SystemExit("--body c needs a C compiler (cc)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

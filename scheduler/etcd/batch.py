@@ -18,7 +18,9 @@ Rules:
 - etcd refuses a request that writes one key twice, so a transaction that
   writes a key already written in the forming batch waits for the next one.
   A batch holds at most ``max_batch`` transactions (etcd's ``--max-txn-ops``,
-  128 by default, bounds the ops of each level).
+  128 by default, bounds the ops of each level) and about ``max_bytes`` of
+  operations (etcd's ``--max-request-bytes`` is 1.5 MiB by default; a single
+  larger transaction still goes, alone).
 - A lost reply raises :class:`EtcdAmbiguous` to every caller of that batch, as
   ``txn_once`` does; each caller resolves it by re-sending its own transaction
   (``scheduler.etcd.claim``). Any other error is raised to every caller.
@@ -53,12 +55,16 @@ class _Pending:
     failure: Sequence[Op]
     future: asyncio.Future[TxnResult]
     keys: set[bytes] = field(default_factory=set)
+    size: int = 0
 
 
 class TxnBatcher:
-    def __init__(self, client: EtcdClient, max_batch: int = 64) -> None:
+    def __init__(
+        self, client: EtcdClient, max_batch: int = 64, max_bytes: int = 1024 * 1024
+    ) -> None:
         self.client = client
         self.max_batch = max_batch
+        self.max_bytes = max_bytes
         self.sent = 0
         """Requests sent to etcd (batches)."""
         self.txns = 0
@@ -72,6 +78,7 @@ class TxnBatcher:
         loop = asyncio.get_running_loop()
         pending = _Pending(compare, success, failure, loop.create_future())
         pending.keys = _written(success) | _written(failure)
+        pending.size = sum(op.ByteSize() for op in (*success, *failure))
         self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -86,15 +93,18 @@ class TxnBatcher:
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
         written: set[bytes] = set()
+        size = 0
         rest: list[_Pending] = []
         for p in self._queue:
             if p.future.done():  # cancelled by its caller
                 continue
-            if len(batch) >= self.max_batch or p.keys & written:
+            full = len(batch) >= self.max_batch or (batch and size + p.size > self.max_bytes)
+            if full or p.keys & written:
                 rest.append(p)
                 continue
             batch.append(p)
             written |= p.keys
+            size += p.size
         self._queue = rest
         return batch
 

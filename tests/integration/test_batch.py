@@ -10,7 +10,7 @@ import pytest
 from scheduler.config import EtcdConfig
 from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim, release
-from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult
+from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult, op_put
 from scheduler.keyspace import Keyspace
 
 
@@ -143,4 +143,17 @@ async def test_a_cancelled_caller_is_left_out(client: EtcdClient, prefix: str) -
     await asyncio.wait_for(batcher.txn_once([], [], []), 5)
     assert batcher.txns == 1
     assert (await client.get(ks.lock("gone")))[0] is None
+    await batcher.close()
+
+
+async def test_large_transactions_are_split_by_size(client: EtcdClient, prefix: str) -> None:
+    ks = Keyspace(prefix)
+    batcher = TxnBatcher(client, max_bytes=300_000)
+    big = b"x" * 100_000
+    results = await asyncio.gather(
+        *(batcher.txn_once([], [op_put(ks.run("big", f"r{i}"), big)]) for i in range(7))
+    )
+    assert all(r.succeeded for r in results)
+    assert batcher.sent == 4  # at most two ~100 kB transactions fit in 300 kB
+    assert batcher.txns == 7
     await batcher.close()
