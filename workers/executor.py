@@ -121,8 +121,8 @@ class Child:
         Separate from :meth:`run` so that a batch of children due at the same
         instant can be started back to back, before any of them is awaited.
         """
-        if self.proc is not None:
-            return True
+        if self.proc is not None or self._failed is not None:
+            return self.proc is not None
         try:
             self.proc = spawn(self.argv, self.env, cwd=self.cwd, user=self.user)
         except (OSError, ValueError, KeyError) as exc:

@@ -88,9 +88,11 @@ async def test_stdin_is_devnull() -> None:
 
 async def test_missing_program_and_not_executable(tmp_path: Path) -> None:
     sink = Streams()
-    out = await child(["no-such-program-etcron"], sink).run(5)
+    c = child(["no-such-program-etcron"], sink)
+    assert not c.start() and c.started  # tried once (as the launcher does), then run
+    out = await c.run(5)
     assert out.exit_code == 127 and "cannot start" in out.error
-    assert b"no-such-program-etcron" in sink.by_stream["stderr"]
+    assert sink.by_stream["stderr"].count(b"cannot start") == 1
     script = tmp_path / "x.sh"
     script.write_text("#!/bin/sh\necho hi\n")
     out = await child([str(script)]).run(5)
