@@ -26,6 +26,7 @@ SERIES = [
     ("APScheduler 3, Python function", ["peers-apscheduler-w1.json"]),
     ("Celery + RedBeat, body c", ["peers-celery-w1-subprocess.json"]),
     ("Celery + RedBeat, Python function", ["peers-celery-w1.json"]),
+    ("APScheduler 4, 3 schedulers on PostgreSQL, Python function", ["peers-apscheduler4-w1.json"]),
 ]
 
 
