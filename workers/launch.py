@@ -9,7 +9,9 @@ child of a burst waits for the other execs and nothing else.
 Rules:
 
 - ``at(when_ms, start)`` returns once ``start()`` has been called, at
-  ``when_ms`` on the worker's clock (at once if that has passed).
+  ``when_ms`` on the worker's clock (at once if that has passed), not later:
+  the timer is set ``EARLY`` and the last moment is waited out in the callback
+  (event-loop timers can be a millisecond late).
 - Each ``start`` is called at most once; an exception from one is logged and
   does not stop the others.
 - A caller cancelled before its instant is dropped and its ``start`` is never
@@ -19,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -28,6 +31,9 @@ from scheduler.clock import Clock
 log = structlog.get_logger("etcron.launch")
 
 Start = Callable[[], None]
+
+EARLY = 0.002
+"""Seconds before the instant at which the batch's timer is set (see ``_fire``)."""
 
 
 class Launcher:
@@ -44,12 +50,18 @@ class Launcher:
         batch = self._due.get(when_ms)
         if batch is None:
             batch = self._due[when_ms] = []
-            loop.call_later(delay, self._fire, when_ms)
+            loop.call_later(max(0.0, delay - EARLY), self._fire, when_ms)
         done: asyncio.Future[None] = loop.create_future()
         batch.append((start, done))
         await done
 
     def _fire(self, when_ms: int) -> None:
+        # the event loop's timers wake up to a millisecond late (epoll's
+        # resolution): wake a little early and wait out the rest here
+        deadline = when_ms / 1000
+        give_up = time.monotonic() + 2 * EARLY  # an injected clock may not move
+        while self.clock.time() < deadline and time.monotonic() < give_up:
+            pass
         for start, done in self._due.pop(when_ms, []):
             if done.done():  # the caller was cancelled
                 continue
