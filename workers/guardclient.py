@@ -17,12 +17,15 @@ class Guard:
     def __init__(self, etcd: EtcdConfig) -> None:
         self.etcd = etcd
         self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
         self._pgids: set[int] = set()
         self._lease = 0
         self._deadline = 0.0
         self._out: list[str] = []
+        self._closing = False
 
     async def start(self) -> None:
+        """Start the guard process and hand it everything it must know (so a restart is whole)."""
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -36,6 +39,39 @@ class Guard:
             self._send(f"D {self._deadline}")
         for pgid in self._pgids:
             self._send(f"A {pgid}")
+
+    async def supervise(self, backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+        """Restart the guard whenever it exits while the worker runs.
+
+        Until it is back the worker's own lease deadline still stops its children;
+        what is missing is the cover for the worker itself dying or pausing. The
+        delay doubles while restarts keep failing fast and resets after a guard
+        has lived for a minute.
+        """
+        loop = asyncio.get_running_loop()
+        delay = backoff
+        while not self._closing:
+            proc = self.proc
+            if proc is None:
+                return
+            started = loop.time()
+            code = await proc.wait()
+            if self._closing:
+                return
+            if loop.time() - started > 60:
+                delay = backoff
+            log.error("guard process exited; restarting it", returncode=code, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+            if self._closing:
+                return
+            try:
+                await self.start()
+            except OSError as exc:
+                log.error("guard process could not start", error=str(exc))
+                continue
+            self.restarts += 1
+            log.warning("guard process restarted", pid=self.proc.pid if self.proc else None)
 
     def _send(self, line: str) -> None:
         """Queue a line; the lines of one event-loop turn go in one write."""
@@ -70,6 +106,7 @@ class Guard:
 
     async def close(self) -> None:
         """Clean exit: the worker has stopped its children and revoked its lease itself."""
+        self._closing = True
         if self.proc is None:
             return
         self._send("Q")

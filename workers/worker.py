@@ -188,6 +188,7 @@ class Worker:
                     self._follow(self.ks.triggers, self._on_triggers),
                     self._timer_loop(),
                     self._register_loop(),
+                    self.guard.supervise(),
                 ]
                 tasks = [tg.create_task(c) for c in loops]
                 await self._stop.wait()

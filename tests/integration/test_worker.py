@@ -367,3 +367,51 @@ async def test_capacity_limits_concurrent_runs_and_records_what_it_drops(
         assert len(w.runs) == 1
     started = {e.run_id for e in read_ledger(ledger) if e.kind == "start"}
     assert len(started) == 1, "one run at a time on a worker with capacity 1"
+
+
+def _guard_pids(worker_pid: int) -> set[int]:
+    """The worker's guard processes (its children running ``-m workers.guard``)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if ppid == worker_pid and b"workers.guard" in cmd:
+            pids.add(int(entry))
+    return pids
+
+
+async def test_a_guard_that_dies_is_restarted_and_still_guards(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    pidfile = tmp_path / "pid"
+    job = ledger_job("held", ledger, pre=f"echo $$ > {pidfile}", beats=60)
+    proc = WorkerProcess(
+        make_config(etcd_endpoints, prefix, "guarded", lease_ttl=30), tmp_path / "guarded.log"
+    )
+    proc.start()
+    try:
+        await wait_for(lambda: _registered(client, ks, "guarded"), timeout=20)
+        await put_jobs(client, ks, job)
+        await wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=20)
+        child = int(pidfile.read_text())
+        (first,) = _guard_pids(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: _guard_pids(proc.pid) - {first}, timeout=10)
+        # the new guard was told the lease and the running child: a dead worker is still
+        # cleaned up at once, well inside the 30 s TTL
+        proc.signal(signal.SIGKILL)
+        proc.wait()
+        await wait_for(lambda: not _alive(child), timeout=5)
+        await wait_for(lambda: _gone(client, ks, "guarded"), timeout=5)
+    finally:
+        proc.close()
+    assert b"guard process restarted" in (tmp_path / "guarded.log").read_bytes()
