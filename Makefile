@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-fast demo bench chaos clean
+.PHONY: venv lint test test-fast demo bench bench-peers chaos clean
 
 venv:
 	@bash scripts/bootstrap
@@ -36,6 +36,9 @@ demo: venv
 bench: venv
 	@if [ -f bench/__main__.py ]; then $(PY) -m bench; \
 	else echo "no benchmark entry point yet (bench/__main__.py)"; fi
+
+bench-peers: venv
+	bash bench/side_by_side.sh
 
 chaos: venv
 	@if [ -f tests/chaos.py ] || [ -f tests/chaos/__main__.py ]; then $(PY) -m tests.chaos; \

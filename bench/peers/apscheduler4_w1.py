@@ -1,10 +1,7 @@
 """W1 for APScheduler 4 (distributed): 3 schedulers on one PostgreSQL, N schedules every second.
 
-Run with its own venv (never the project's ``.venv`` nor ``bench/.peers-venv``):
-
-    python3 -m venv bench/.peers4-venv
-    bench/.peers4-venv/bin/pip install 'apscheduler==4.0.0a6' asyncpg sniffio \\
-        'sqlalchemy[asyncio]>=2.0.24,<2.1' 'anyio==4.9.0'
+Run with its own venv (never the project's ``.venv`` nor ``bench/.peers-venv``),
+which ``bench/peers/setup.sh`` creates from ``bench/peers/requirements-aps4.txt``.
 
 (4.0.0a6's SQLAlchemy store imports ``sniffio`` without declaring it; with the
 newest anyio (4.16.0) its asyncpg event broker fails on every notification,
@@ -14,7 +11,7 @@ jobs: anyio is pinned to 4.9.0, SQLAlchemy to 2.0, both of 4.0.0a6's time.)
     bench/.peers4-venv/bin/python -m bench.peers.apscheduler4_w1 --jobs 10,100 --duration 30 --warmup 5 \\
         [--out bench/results/peers-apscheduler4-w1.json]
 
-Per N: a private PostgreSQL 15 cluster (``initdb`` into a fresh temp dir, as the
+Per N: a private PostgreSQL cluster (Debian's newest under /usr/lib/postgresql) (``initdb`` into a fresh temp dir, as the
 ``postgres`` OS user when run as root, trust auth, 127.0.0.1 on a free port,
 every other setting as shipped, fsync included); N tasks ``j0000``... (one per
 schedule, ``max_running_jobs=1`` as shipped, like APScheduler 3's
@@ -78,7 +75,20 @@ from bench.peers.common import (
 
 SETTLE = 2.0
 SCHEDULERS = 3
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _pg_bin() -> Path:
+    """The newest Debian PostgreSQL's bin dir (``/usr/lib/postgresql/<major>/bin``)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not found:
+        raise SystemExit("PostgreSQL not found under /usr/lib/postgresql; run bench/peers/setup.sh")
+    return found[-1].parent
+
+
+PG_BIN = _pg_bin()
 MODULE = "bench.peers.apscheduler4_w1"
 
 

@@ -1,6 +1,6 @@
 """W1 for APScheduler 3: one process, N cron jobs every second, the same ledger.
 
-Run with the peers venv (``bench/.peers-venv``, set up as in ``docs/benchmarks.md``):
+Run with the peers venv (``bench/.peers-venv``, created by ``bench/peers/setup.sh``):
 
     bench/.peers-venv/bin/python -m bench.peers.apscheduler_w1 --jobs 10,100 --duration 30 --warmup 5 \\
         [--out bench/results/peers-apscheduler-w1.json]

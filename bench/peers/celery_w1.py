@@ -1,6 +1,6 @@
 """W1 (and W2) for Celery 5 + RedBeat: one beat, 3 Celery worker processes, N per-second entries.
 
-Run with the peers venv (``bench/.peers-venv``, set up as in ``docs/benchmarks.md``):
+Run with the peers venv (``bench/.peers-venv``, created by ``bench/peers/setup.sh``):
 
     bench/.peers-venv/bin/python -m bench.peers.celery_w1 --jobs 10,100 --duration 30 --warmup 5 \\
         [--out bench/results/peers-celery-w1.json]
