@@ -65,19 +65,31 @@ async def test_only_stdio_is_inherited_and_signals_are_reset(tmp_path: Path) -> 
     try:
         assert seal_inherited_fds() >= 1  # what the worker does at start
         sink = Streams()
-        script = "ls /proc/$$/fd; grep -E '^Sig(Blk|Ign)' /proc/$$/status; ps -o sid=,pgid= -p $$"
+        script = "ls /proc/$$/fd; echo --; ps -o sid=,pgid= -p $$"
         out = await child(["/bin/sh", "-c", script], sink).run(10)
+        # the signal state of the spawned process itself, not of a shell that
+        # blocks signals for a moment while it forks and waits
+        # (a signal blocked in the worker must not stay blocked in the job)
+        sigs = Streams()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            sig_child = child(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"], sigs)
+            sig_child.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        sig_out = await sig_child.run(10)
     finally:
         os.close(leak)
     assert out.ok, sink.tail
+    assert sig_out.ok, sigs.tail
     lines = sink.by_stream["stdout"].decode().split("\n")
-    fds = sorted(int(x) for x in lines[: lines.index(next(x for x in lines if "Sig" in x))])
+    fds = sorted(int(x) for x in lines[: lines.index("--")])
     assert fds == [0, 1, 2] or fds == [0, 1, 2, 10]  # dash may keep one fd for itself
-    status = dict(line.split(":\t") for line in lines if line.startswith("Sig"))
-    assert int(status["SigBlk"], 16) == 0
-    assert int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)) == 0
     sid, pgid = lines[-2].split()
     assert sid == pgid  # its own session, so its own group
+    status = dict(line.split(":\t") for line in sigs.by_stream["stdout"].decode().splitlines())
+    assert int(status["SigBlk"], 16) == 0
+    assert int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)) == 0
 
 
 async def test_stdin_is_devnull() -> None:
