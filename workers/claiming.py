@@ -1,0 +1,317 @@
+"""The claim path: from a due (job, tick) to a started run.
+
+``_due`` ranks the live eligible workers for the tick (rendezvous hashing) and
+sets a timer for this worker's turn; at its turn a worker that can already see
+the tick taken stops there, without an etcd write. Otherwise it sends the claim
+transaction (``scheduler.etcd.claim``) ``claim_ahead`` before the tick and, if
+it won, prepares the run and starts it at the tick. Manual runs, ``replace``
+and the records of missed and skipped ticks go the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import zlib
+from datetime import datetime
+
+from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, TriggerFence, acquire, claim
+from scheduler.etcd.client import EtcdUnavailable
+from scheduler.etcd.session import Session
+from scheduler.model import Concurrency, JobSpec
+from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from workers.core import WorkerCore
+from workers.executor import OutputSink
+from workers.output import EtcdOutput, prune_local_logs
+from workers.peers import rank
+from workers.runner import RunHandle, Runner, started_record
+
+
+def _skip_record(rec: RunRecord) -> bytes:
+    """The record a ``forbid`` tick gets when its previous run is still active."""
+    return rec.model_copy(
+        update={
+            "status": RunStatus.SKIPPED,
+            "start": None,
+            "message": "previous run still active (concurrency: forbid)",
+        }
+    ).to_json()
+
+
+class Claiming(WorkerCore):
+    def _may_claim(self, job: JobSpec) -> bool:
+        """Eligible for this job now (capacity and the session are checked apart:
+        see ``_tick``; a tick waits through an etcd outage until its deadline)."""
+        if self.draining or job.suspend:
+            return False
+        if self.cfg.stop_claiming_on_skew and abs(self.skew) > self.cfg.max_clock_skew:
+            return False
+        return all(self.cfg.labels.get(k) == v for k, v in job.selector.items())
+
+    def _full(self) -> bool:
+        return len(self.runs) + self._claiming >= self.cfg.capacity
+
+    def _deadline_ms(self, job: JobSpec) -> int:
+        return int(1000 * (job.starting_deadline or self.cfg.default_starting_deadline))
+
+    def _due(self, job: JobSpec, fire_ms: int) -> None:
+        """(job, tick) is due: compete now if it is my turn, else check back at my turn.
+
+        Waiting for a turn costs a timer, not a task: most turns end by seeing
+        the tick taken by the worker ranked first.
+        """
+        if not self._may_claim(job):
+            return
+        peers = self.peers.list()
+        turn = rank(self.id, peers, job.name, fire_ms, job.selector)
+        if self._full():
+            # let every other worker have its turn first; if nobody took the
+            # tick, leave a trace instead of dropping it silently
+            turn = max(turn, len(peers)) + 1
+        ahead = int(self.cfg.claim_ahead * 1000)
+        at_ms = fire_ms - ahead + int(turn * self.cfg.handoff_delay * 1000)
+        delay = at_ms / 1000 - self.clock.time()
+        if delay <= 0:
+            self._spawn(self._tick(job, fire_ms))
+        else:
+            asyncio.get_running_loop().call_later(delay, self._turn, job.name, fire_ms)
+
+    def _turn(self, name: str, fire_ms: int) -> None:
+        job = self.table.jobs.get(name)
+        if job is None or self._stop.is_set():
+            return
+        if self.ticks.taken(name, fire_ms):
+            self.stats["seen_taken"] += 1
+            return
+        self._spawn(self._tick(job, fire_ms))
+
+    async def _tick(self, job: JobSpec, fire_ms: int) -> None:
+        """Compete for (job, tick) now, unless it is visibly taken."""
+        tick = from_ms(fire_ms)
+        delay = 0.1
+        while True:
+            job = self.table.jobs.get(job.name) or job
+            if self.ticks.taken(job.name, fire_ms):
+                self.stats["seen_taken"] += 1
+                return
+            now_ms = int(self.clock.time() * 1000)
+            nxt = job.schedule_obj().next_after(tick, job.zone())
+            if tick_ms(nxt) <= now_ms:
+                return  # superseded by a later tick, which is the one to catch up
+            if not self._may_claim(job):
+                return
+            if now_ms - fire_ms > self._deadline_ms(job):
+                await self._record_missed(job, fire_ms)
+                return
+            if self._full():
+                await self._record_missed(job, fire_ms, "every eligible worker was at capacity")
+                return
+            try:
+                early = now_ms < fire_ms
+                busy = await self._claim_and_run(
+                    job, TickFence(self.ks.tick(job.name), fire_ms), tick, early=early
+                )
+                if not (busy and early):
+                    return
+                await self._sleep_until(fire_ms)  # the run may end before the tick: ask again then
+                continue
+            except EtcdUnavailable as exc:
+                self.log.warning("claim failed, retrying", job=job.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
+        """A manual run (even of a suspended job) on an eligible worker."""
+        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
+            return
+        turn = rank(
+            self.id, self.peers.list(), job.name, zlib.crc32(request.encode()), job.selector
+        )
+        if turn:
+            await asyncio.sleep(turn * self.cfg.handoff_delay)
+        # until the request is consumed (by us or another worker): a request seen
+        # before our session exists, or while etcd is unreachable, is not dropped
+        while not self.draining and trigger_key in self.triggers:
+            await self._session_ready.wait()
+            if self.draining:
+                return
+            try:
+                await self._claim_and_run(
+                    job, TriggerFence(trigger_key), self.clock.now(), manual=True
+                )
+                return
+            except EtcdUnavailable:
+                await asyncio.sleep(0.5)
+
+    async def _record_missed(
+        self,
+        job: JobSpec,
+        fire_ms: int,
+        why: str = "no worker could start this tick within its starting deadline",
+    ) -> None:
+        assert self.client is not None
+        tick = from_ms(fire_ms)
+        rec = RunRecord(
+            job=job.name,
+            run_id=new_run_id(tick),
+            tick=tick,
+            status=RunStatus.MISSED,
+            worker=self.id,
+            message=why,
+        )
+        req = ClaimRequest(
+            TickFence(self.ks.tick(job.name), fire_ms),
+            None,
+            b"",
+            0,
+            rec.run_id,
+            self.ks.run(job.name, rec.run_id),
+            rec.to_json(),
+            None,
+        )
+        with contextlib.suppress(EtcdUnavailable):
+            c = await claim(self.batcher or self.client, req)
+            if c.outcome is Outcome.WON:
+                self.stats["missed"] += 1
+                self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
+
+    async def _sleep_until(self, at_ms: int) -> None:
+        delay = at_ms / 1000 - self.clock.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _claim_and_run(
+        self,
+        job: JobSpec,
+        fence: TickFence | TriggerFence,
+        tick: datetime,
+        *,
+        manual: bool = False,
+        early: bool = False,
+    ) -> bool:
+        """Claim and, if won, run (a scheduled tick starts at the tick itself).
+
+        Returns True when the job was busy (``forbid``) and no skip was recorded
+        because the claim was early: the caller asks again at the tick.
+        """
+        session, client = self.session, self.batcher
+        if session is None or client is None or session.remaining() <= 0:
+            raise EtcdUnavailable("no live session")
+        run_id = new_run_id(tick, manual=manual)
+        rec = started_record(
+            job, run_id, tick, self.id, session.lease_id, max(self.clock.now(), tick), manual=manual
+        )
+        policy = job.concurrency
+        lock_key = (
+            self.ks.run_lock(job.name, run_id)
+            if policy is Concurrency.ALLOW
+            else self.ks.lock(job.name)
+        )
+        lock_value = LockValue(
+            worker=self.id, run_id=run_id, tick=tick, lease=session.lease_id
+        ).to_json()
+        req = ClaimRequest(
+            fence,
+            None if policy is Concurrency.REPLACE else lock_key,
+            lock_value,
+            session.lease_id,
+            run_id,
+            self.ks.run(job.name, run_id),
+            rec.to_json(),
+            _skip_record(rec) if policy is Concurrency.FORBID and not early else None,
+        )
+        self.stats["claims"] += 1
+        self._claiming += 1
+        try:
+            result = await claim(client, req)
+        finally:
+            self._claiming -= 1
+        self.stats["txns"] += result.txns
+        if result.outcome is Outcome.TAKEN:
+            self.stats["taken"] += 1
+            return False
+        if result.outcome is Outcome.BUSY:
+            self.stats["busy"] += 1
+            if result.recorded:
+                self.log.info(
+                    "tick skipped: previous run still active", job=job.name, tick=str(tick)
+                )
+            return not result.recorded
+        token = result.token
+        start_at = None if manual else tick_ms(tick)
+        if policy is Concurrency.REPLACE:
+            if start_at is not None:
+                await self._sleep_until(start_at)
+            token = await self._replace(job, lock_key, lock_value, session)
+            if not token:
+                return False
+        rec.fencing_token = token
+        self.stats["won"] += 1
+        handle = RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token)
+        await self._execute(handle, start_at)
+        return False
+
+    async def _replace(self, job: JobSpec, lock_key: str, value: bytes, session: Session) -> int:
+        """``replace``: ask the running one to die, then take the lock once it is free."""
+        assert self.client is not None
+        loop = asyncio.get_running_loop()
+        give_up = (
+            loop.time() + (job.timeout or 0) + self.cfg.kill_grace + 2 * self.cfg.lease_ttl + 5
+        )
+        asked = b""
+        while loop.time() < give_up and session.remaining() > 0:
+            token, holder = await acquire(self.client, lock_key, value, session.lease_id)
+            if token:
+                return token
+            if holder and holder != asked:
+                run_id = json.loads(holder).get("run_id")
+                await self.client.put(
+                    self.ks.killer(job.name), json.dumps({"run_id": run_id}).encode()
+                )
+                asked = holder
+            await asyncio.sleep(0.1)
+        self.log.error("replace: the previous run did not stop in time", job=job.name)
+        return 0
+
+    async def _execute(self, h: RunHandle, start_at_ms: int | None) -> None:
+        """Run a won claim: prepared now, started at ``start_at_ms`` (None: at once)."""
+        assert self.batcher is not None
+        if self._runner is None or self._runner.client is not self.batcher:
+            self._runner = Runner(
+                self.batcher,
+                self.id,
+                kill_grace=self.cfg.kill_grace,
+                allow_run_as=self.cfg.allow_run_as,
+                lease_left=self.lease_left,
+                now=self.clock.now,
+                guard_add=self.guard.add,
+                guard_remove=self.guard.remove,
+                sink_factory=self._output_sink,
+                launch=self.launcher.at,
+            )
+        self.runs[h.run_id] = h
+        self.stats["started"] += 1
+        try:
+            await self._runner.execute(h, start_at_ms)
+        finally:
+            self.runs.pop(h.run_id, None)
+            if self.cfg.log_dir is not None:
+                prune_local_logs(self.cfg.log_dir / h.job.name, self.cfg.log_file_count)
+
+    def _output_sink(self, h: RunHandle) -> OutputSink:
+        assert self.client is not None
+        cfg = self.cfg
+        log_file = cfg.log_dir / h.job.name / f"{h.run_id}.log" if cfg.log_dir else None
+        return EtcdOutput(
+            self.client,
+            self.ks,
+            h.job.name,
+            h.run_id,
+            limit=h.job.output_limit or cfg.output_limit,
+            chunk_size=cfg.output_chunk_size,
+            flush_interval=cfg.output_flush_interval,
+            tail=cfg.output_tail,
+            log_file=log_file,
+            log_file_max=cfg.log_file_max,
+        )

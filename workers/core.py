@@ -1,0 +1,79 @@
+"""The worker's state, shared by its parts (:mod:`workers.membership`,
+:mod:`workers.claiming`, :mod:`workers.worker`), and the helpers they all use."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from scheduler.clock import Clock, OffsetClock
+from scheduler.config import Config
+from scheduler.etcd.batch import TxnBatcher
+from scheduler.etcd.client import EtcdClient
+from scheduler.etcd.session import Session
+from scheduler.keyspace import Keyspace
+from workers.guardclient import Guard
+from workers.launch import Launcher
+from workers.runner import RunHandle, Runner
+from workers.state import JobTable, PeerView, TickView
+from workers.timer import Timer
+
+log = structlog.get_logger("etcron.worker")
+
+
+class WorkerCore:
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.cfg = config.worker
+        self.id = self.cfg.id
+        self.ks = Keyspace(config.etcd.prefix)
+        if clock is None:
+            clock = OffsetClock(self.cfg.clock_offset) if self.cfg.clock_offset else Clock()
+        self.clock = clock
+        self.table = JobTable(self.ks.jobs)
+        self.ticks = TickView(self.ks.ticks)
+        self.peers = PeerView(self.ks.workers)
+        self.timer = Timer()
+        self.launcher = Launcher(self.clock)
+        self._runner: Runner | None = None
+        self.runs: dict[str, RunHandle] = {}
+        self.session: Session | None = None
+        self.client: EtcdClient | None = None
+        self.batcher: TxnBatcher | None = None
+        self.guard = Guard(config.etcd)
+        self.draining = False
+        self.skew = 0.0
+        self.ready = asyncio.Event()
+        self._loaded: set[str] = set()
+        self.triggers: set[str] = set()
+        self._old_leases: set[int] = set()
+        self._claiming = 0  # claims in flight count against capacity
+        self._background: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._session_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self.log = log.bind(worker=self.id)
+        self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
+        self.stats |= {"missed": 0, "started": 0}
+
+    def lease_left(self) -> float:
+        return self.session.remaining() if self.session is not None else 0.0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("run task failed", error=repr(task.exception()))
+
+    def _check_ready(self) -> None:
+        """Set ``ready`` once the session and the tables are there (see Worker)."""
+        raise NotImplementedError

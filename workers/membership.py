@@ -1,0 +1,130 @@
+"""The worker's membership: its session lease and its registration.
+
+The session loop takes a lease, hands it to the guard, registers the worker
+under ``/cron/workers/<id>`` (refusing an id a live worker holds) and, when the
+session is lost, kills the running children and starts over. The registration
+(labels, capacity, running count, wall clock, skew) is refreshed every 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+
+from scheduler import __version__
+from scheduler.etcd.client import EtcdError, EtcdUnavailable, cmp_created, op_put
+from scheduler.etcd.session import Session
+from workers.core import WorkerCore
+from workers.executor import StopReason
+
+
+class WorkerIdInUse(Exception):
+    """Another live worker is registered under this worker's id."""
+
+
+class Membership(WorkerCore):
+    async def _session_loop(self) -> None:
+        assert self.client is not None
+        delay = 0.2
+        while True:
+            try:
+                session = Session(
+                    self.client,
+                    ttl=self.cfg.lease_ttl,
+                    margin=self.cfg.lease_margin,
+                    clock=self.clock,
+                )
+                session.on_renew.append(lambda d: self.guard.deadline(d - self.cfg.lease_margin))
+                await session.start()
+                self.guard.lease(session.lease_id)
+                self.session = session
+                self._old_leases.add(session.lease_id)
+                await self._register(create=True)
+            except EtcdUnavailable as exc:
+                self.log.warning("no session, retrying", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.2
+            self._session_ready.set()
+            self._check_ready()
+            await session.lost.wait()
+            self.session = None
+            self._session_ready.clear()
+            await session.close(revoke=False)
+            task = asyncio.create_task(self._revoke_later(session.lease_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            lost = list(self.runs.values())
+            for h in lost:
+                h.stop(StopReason.LOST, now=True)
+            self.log.error("lease lost: stopped claiming, killed running jobs", runs=len(lost))
+
+    async def _revoke_later(self, lease_id: int) -> None:
+        """A lost session's lease may still live in etcd (a partition, a quorum
+        loss): once etcd answers, revoke it, so its stale locks go at once."""
+        assert self.client is not None
+        for delay in (0.5, 1, 2, 4, 8, 8, 8):
+            await asyncio.sleep(delay)
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke(lease_id)
+                return
+
+    def _registration(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "labels": self.cfg.labels,
+                "capacity": self.cfg.capacity,
+                "running": len(self.runs),
+                "version": __version__,
+                "clock": self.clock.time(),
+                "skew": round(self.skew, 4),
+                "draining": self.draining,
+                "jobs": len(self.table.jobs),
+                "revision": self.table.revision,
+                "lease": self.session.lease_id if self.session else 0,
+            }
+        ).encode()
+
+    async def _register(self, *, create: bool = False) -> None:
+        session, client = self.session, self.client
+        if session is None or client is None:
+            return
+        key = self.ks.worker(self.id)
+        if create:
+            res = await client.txn(
+                [cmp_created(key, 0)], [op_put(key, self._registration(), lease=session.lease_id)]
+            )
+            if not res.succeeded:
+                kv, _ = await client.get(key)
+                if kv is not None and kv.lease in self._old_leases - {session.lease_id}:
+                    # our own registration from a session we gave up (etcd renews
+                    # every lease when it regains quorum): end that lease for good
+                    await client.revoke(kv.lease)
+                elif kv is not None and kv.lease != session.lease_id:
+                    raise WorkerIdInUse(
+                        f"worker id {self.id!r} is registered by another live worker"
+                    )
+            else:
+                return
+        await client.put(key, self._registration(), lease=session.lease_id)
+
+    async def _register_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            self.skew = self.peers.skew(self.id, self.clock.time())
+            if abs(self.skew) > self.cfg.max_clock_skew:
+                self.log.warning(
+                    "clock skew above the bound",
+                    skew=round(self.skew, 3),
+                    bound=self.cfg.max_clock_skew,
+                    claiming=not self.cfg.stop_claiming_on_skew,
+                )
+            with contextlib.suppress(EtcdError):
+                await self._register()
