@@ -24,5 +24,6 @@ step "Celery + RedBeat W1 (c)";  $P -m bench.peers.celery_w1 --body c $W1 --out 
 step "APScheduler 4 W1 (py)";    $P4 -m bench.peers.apscheduler4_w1 $W1 --out $R/peers-apscheduler4-w1.json
 step etcron W2;                  .venv/bin/python -m bench.w2 --out $R/w2.json
 step "Celery + RedBeat W2";      $P -m bench.peers.celery_w1 --w2 --out $R/peers-celery-w2.json
+step "APScheduler 4 W2 (N=10)";  $P4 -m bench.peers.apscheduler4_w2 --out $R/peers-apscheduler4-w2.json
 step plot;                       $P -m bench.plot --out docs/img/w1-lag.png
 step done

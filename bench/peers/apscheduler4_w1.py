@@ -34,6 +34,9 @@ s, gives 2 s to start the last ticks, stops the schedulers, then PostgreSQL, by
 pid, and analyzes the ledger with ``bench.analyze``. CPU per run: "scheduler" =
 the 3 scheduler processes (with their children under ``--body c``), "broker" =
 PostgreSQL (the postmaster and its backends).
+
+W2 (failover) is :mod:`bench.peers.apscheduler4_w2`; its task, ``w2_body``, is here
+so that the schedulers resolve it by this module's name.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ from bench.peers.common import (
 
 SETTLE = 2.0
 SCHEDULERS = 3
+SLEEP_BODY = 0.3  # s a phase 2 run sleeps between its start and end lines
 
 
 def _pg_bin() -> Path:
@@ -101,6 +105,34 @@ def body(job: str) -> None:
 
     tick = tick_iso(current_job.get().scheduled_fire_time)
     run_body(os.environ["PEERS_LEDGER"], job, tick, os.environ["PEERS_WORKER"])
+
+
+_marks: dict[str, int] = {}
+
+
+def _mark(ledger: str, job: str, tick: str, worker: str, kind: str) -> None:
+    """``job tick time pid worker kind`` with one O_APPEND write (bench.analyze's format)."""
+    fd = _marks.get(ledger)
+    if fd is None:
+        fd = _marks[ledger] = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{job} {tick} {time.time():.9f} {os.getpid()} {worker} {kind}\n".encode())
+
+
+def w2_body(job: str) -> None:
+    """W2's task: ``body`` until the file ``$PEERS_PHASE2`` exists, then a start line,
+    0.3 s asleep and an end line in ``$PEERS_LEDGER2`` (the tasks' callables are cached
+    by each scheduler, so the switch is a flag, not a new task)."""
+    from apscheduler import current_job
+
+    tick = tick_iso(current_job.get().scheduled_fire_time)
+    worker = os.environ["PEERS_WORKER"]
+    if not os.path.exists(os.environ["PEERS_PHASE2"]):
+        run_body(os.environ["PEERS_LEDGER"], job, tick, worker)
+        return
+    ledger2 = os.environ["PEERS_LEDGER2"]
+    _mark(ledger2, job, tick, worker, "start")
+    time.sleep(SLEEP_BODY)
+    _mark(ledger2, job, tick, worker, "end")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -220,14 +252,15 @@ def _store_and_broker(url: str) -> tuple[Any, Any, Any]:
     return engine, SQLAlchemyDataStore(engine), AsyncpgEventBroker.from_async_sqla_engine(engine)
 
 
-async def setup(n: int, url: str) -> None:
+async def setup(n: int, url: str, func_name: str = "body") -> None:
     """Create the tables, the N tasks and the N schedules (before any scheduler runs)."""
     import importlib
 
     from apscheduler import AsyncScheduler
     from apscheduler.triggers.cron import CronTrigger
 
-    func = importlib.import_module(MODULE).body  # referenced by module name, not __main__
+    # referenced by module name, not __main__
+    func = getattr(importlib.import_module(MODULE), func_name)
     # A whole second: the cron trigger keeps start_time's fraction of a second in
     # every fire time (start_time defaults to now), so "second='*'" alone fires at x.yyy.
     start = datetime.fromtimestamp(next_whole_second(), UTC)
@@ -338,6 +371,9 @@ def run_one(n: int, *, duration: float, warmup: float, keep: bool) -> dict[str, 
     return result
 
 
+# --------------------------------------------------------------------------- W2 (failover)
+
+
 ROW = (
     "{n:>5} {exp:>7} {seen:>7} {dup:>4} {miss:>6} {p50:>8} {p99:>8} {mx:>8} {cs:>8} {cb:>8} {xc:>6}"
 )
@@ -400,7 +436,7 @@ def versions() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
-    ap.add_argument("--jobs", default="10,100")
+    ap.add_argument("--jobs", default="10,100", help="N list")
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--out", type=Path)
