@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, rounded
+from bench.table import cpu_ms, field, render, w1_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,50 +185,17 @@ def analyze(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-ROW = "{n:>5} {exp:>7} {seen:>7} {dup:>4} {miss:>6} {p50:>7} {p99:>7} {mx:>7} {cw:>7} {ce:>7} {cj:>7} {wr:>6} {bal:>6}"
-
-
 def table(results: Sequence[dict[str, Any]]) -> str:
-    def f(v: Any) -> str:
-        return "-" if v is None else str(v)
-
-    head = ROW.format(
-        n="N",
-        exp="expect",
-        seen="seen",
-        dup="dup",
-        miss="miss",
-        p50="lag p50",
-        p99="lag p99",
-        mx="lag max",
-        cw="cpu/w",
-        ce="cpu/etcd",
-        cj="cpu/job",
-        wr="wr/run",
-        bal="max/mean",
-    )
-    rows = [head]
-    for r in results:
-        cpu = r.get("cpu_ms_per_run", {})
-        rows.append(
-            ROW.format(
-                n=r["jobs"],
-                exp=r["fires_expected"],
-                seen=r["fires_seen"],
-                dup=r["duplicates"],
-                miss=r["misses"],
-                p50=f(r["lag_ms"]["p50"]),
-                p99=f(r["lag_ms"]["p99"]),
-                mx=f(r["lag_ms"]["max"]),
-                cw=f(cpu.get("workers")),
-                ce=f(cpu.get("etcd")),
-                cj=f(cpu.get("jobs")),
-                wr=f(r.get("etcd_writes_per_run")),
-                bal=f(r["runs_per_worker_max_over_mean"]),
-            )
-        )
-    rows.append("(lag in ms; cpu in ms per run; wr/run = etcd revisions per run; max/mean runs)")
-    return "\n".join(rows)
+    columns = [
+        *w1_columns(lag_width=7),
+        ("cpu/w", 7, cpu_ms("workers")),
+        ("cpu/etcd", 7, cpu_ms("etcd")),
+        ("cpu/job", 7, cpu_ms("jobs")),
+        ("wr/run", 6, field("etcd_writes_per_run")),
+        ("max/mean", 6, field("runs_per_worker_max_over_mean")),
+    ]
+    note = "(lag in ms; cpu in ms per run; wr/run = etcd revisions per run; max/mean runs)"
+    return render(columns, results, note)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 from scheduler.config import Config, EtcdConfig, LogConfig, WorkerConfig
 from scheduler.devtools.etcd_process import EtcdMember
+from scheduler.devtools.procfs import cmdline, guards_of
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
@@ -203,27 +204,6 @@ def proc_times(pid: int) -> ProcTimes | None:
     return ProcTimes((utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK)
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 class WorkerProc:
     """One etcron worker daemon as a process (and its guard, once found)."""
 
@@ -275,9 +255,8 @@ class WorkerProc:
 
     def find_guard(self) -> int | None:
         if self.guard is None and self.alive:
-            for child in children_of(self.pid):
-                if b"workers.guard" in cmdline(child):
-                    self.guard = child
+            for child in guards_of(self.pid):
+                self.guard = child
         return self.guard
 
     def signal(self, sig: int) -> None:
@@ -369,24 +348,29 @@ async def wait_ready(client: EtcdClient, ws: Sequence[WorkerProc], timeout: floa
     return time.monotonic() - t
 
 
-def log_counts(ws: Sequence[WorkerProc]) -> dict[str, int]:
-    """Warning and error lines (and their events) in the workers' JSON logs."""
-    counts: dict[str, int] = {}
+def _log_lines(ws: Sequence[WorkerProc]) -> Iterator[str]:
+    """Every line of the workers' logs (a log that cannot be read is skipped)."""
     for w in ws:
         try:
             text = w.log.read_text(errors="replace")
         except OSError:
             continue
-        for line in text.splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                if "Traceback" in line:
-                    counts["traceback"] = counts.get("traceback", 0) + 1
-                continue
-            if ev.get("level") in ("warning", "error", "critical"):
-                key = f"{ev['level']}: {ev.get('event')}"
-                counts[key] = counts.get(key, 0) + 1
+        yield from text.splitlines()
+
+
+def log_counts(ws: Sequence[WorkerProc]) -> dict[str, int]:
+    """Warning and error lines (and their events) in the workers' JSON logs."""
+    counts: dict[str, int] = {}
+    for line in _log_lines(ws):
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            if "Traceback" in line:
+                counts["traceback"] = counts.get("traceback", 0) + 1
+            continue
+        if ev.get("level") in ("warning", "error", "critical"):
+            key = f"{ev['level']}: {ev.get('event')}"
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -395,17 +379,12 @@ def worker_stats(ws: Sequence[WorkerProc]) -> dict[str, Any]:
     ratios: etcd requests sent (a group commit carries many transactions) and
     claim transactions, each per run started. Whole lifetime, warm-up included."""
     total: dict[str, int] = {}
-    for w in ws:
-        try:
-            text = w.log.read_text(errors="replace")
-        except OSError:
+    for line in _log_lines(ws):
+        if '"stopped"' not in line:
             continue
-        for line in text.splitlines():
-            if '"stopped"' not in line:
-                continue
-            with contextlib.suppress(ValueError):
-                for k, v in json.loads(line).get("stats", {}).items():
-                    total[k] = total.get(k, 0) + int(v)
+        with contextlib.suppress(ValueError):
+            for k, v in json.loads(line).get("stats", {}).items():
+                total[k] = total.get(k, 0) + int(v)
     started = total.get("started", 0)
     out: dict[str, Any] = {"totals": total}
     if started:

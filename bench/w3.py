@@ -47,9 +47,7 @@ from bench.common import (
     PREFIX,
     REPO,
     WorkerProc,
-    children_of,
     cleanup,
-    cmdline,
     connect,
     etcd_config,
     etcd_server,
@@ -61,6 +59,7 @@ from bench.common import (
     write_json,
 )
 from scheduler.config import Config, LogConfig, WorkerConfig
+from scheduler.devtools.procfs import cmdline, guards_of
 from scheduler.etcd.client import EtcdClient
 from scheduler.jobfile import MAX_FILE_BYTES, load_jobs
 from scheduler.keyspace import Keyspace
@@ -279,10 +278,6 @@ class Helper:
             self.proc.kill()
             self.proc.wait(10)
             return None
-
-
-def guards_of(pid: int) -> list[int]:
-    return [c for c in children_of(pid) if b"workers.guard" in cmdline(c)]
 
 
 async def propagation(

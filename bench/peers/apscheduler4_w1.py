@@ -75,6 +75,7 @@ from bench.peers.common import (
     workdir,
     write_json,
 )
+from bench.table import cpu_ms, field, render, w1_columns
 
 SETTLE = 2.0
 SCHEDULERS = 3
@@ -374,52 +375,18 @@ def run_one(n: int, *, duration: float, warmup: float, keep: bool) -> dict[str, 
 # --------------------------------------------------------------------------- W2 (failover)
 
 
-ROW = (
-    "{n:>5} {exp:>7} {seen:>7} {dup:>4} {miss:>6} {p50:>8} {p99:>8} {mx:>8} {cs:>8} {cb:>8} {xc:>6}"
-)
-
-
 def table(results: Sequence[dict[str, Any]]) -> str:
-    def f(v: Any) -> str:
-        return "-" if v is None else str(v)
-
-    rows = [
-        ROW.format(
-            n="N",
-            exp="expect",
-            seen="seen",
-            dup="dup",
-            miss="miss",
-            p50="lag p50",
-            p99="lag p99",
-            mx="lag max",
-            cs="cpu sch",
-            cb="cpu pg",
-            xc="pg/r",
-        )
+    columns = [
+        *w1_columns(),
+        ("cpu sch", 8, cpu_ms("scheduler")),
+        ("cpu pg", 8, cpu_ms("broker")),
+        ("pg/r", 6, field("pg_commits_per_run")),
     ]
-    for r in results:
-        c = r.get("cpu_ms_per_run", {})
-        rows.append(
-            ROW.format(
-                n=r["jobs"],
-                exp=r["fires_expected"],
-                seen=r["fires_seen"],
-                dup=r["duplicates"],
-                miss=r["misses"],
-                p50=f(r["lag_ms"]["p50"]),
-                p99=f(r["lag_ms"]["p99"]),
-                mx=f(r["lag_ms"]["max"]),
-                cs=f(c.get("scheduler")),
-                cb=f(c.get("broker")),
-                xc=f(r.get("pg_commits_per_run")),
-            )
-        )
-    rows.append(
+    note = (
         "(lag in ms; cpu ms per run: sch = the 3 schedulers, pg = PostgreSQL; "
         "pg/r = committed transactions per run)"
     )
-    return "\n".join(rows)
+    return render(columns, results, note)
 
 
 def versions() -> dict[str, str]:

@@ -49,6 +49,7 @@ from bench.peers.common import (
     workdir,
     write_json,
 )
+from bench.table import cpu_ms, render, w1_columns
 
 SETTLE = 2.0
 
@@ -146,42 +147,9 @@ def run_one(n: int, *, duration: float, warmup: float, keep: bool) -> dict[str, 
     return result
 
 
-ROW = "{n:>5} {exp:>7} {seen:>7} {dup:>4} {miss:>6} {p50:>8} {p99:>8} {mx:>8} {cs:>8}"
-
-
 def table(results: Sequence[dict[str, Any]]) -> str:
-    def f(v: Any) -> str:
-        return "-" if v is None else str(v)
-
-    rows = [
-        ROW.format(
-            n="N",
-            exp="expect",
-            seen="seen",
-            dup="dup",
-            miss="miss",
-            p50="lag p50",
-            p99="lag p99",
-            mx="lag max",
-            cs="cpu/run",
-        )
-    ]
-    for r in results:
-        rows.append(
-            ROW.format(
-                n=r["jobs"],
-                exp=r["fires_expected"],
-                seen=r["fires_seen"],
-                dup=r["duplicates"],
-                miss=r["misses"],
-                p50=f(r["lag_ms"]["p50"]),
-                p99=f(r["lag_ms"]["p99"]),
-                mx=f(r["lag_ms"]["max"]),
-                cs=f(r.get("cpu_ms_per_run", {}).get("scheduler")),
-            )
-        )
-    rows.append("(lag in ms; cpu in ms per run, the scheduler process)")
-    return "\n".join(rows)
+    columns = [*w1_columns(), ("cpu/run", 8, cpu_ms("scheduler"))]
+    return render(columns, results, "(lag in ms; cpu in ms per run, the scheduler process)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

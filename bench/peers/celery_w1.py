@@ -55,6 +55,7 @@ from bench.peers.common import (
     workdir,
     write_json,
 )
+from bench.table import cpu_ms, field, render, w1_columns
 
 SETTLE = 2.0
 CELERY = [sys.executable, "-m", "celery", "-A", "bench.peers.celery_app"]
@@ -321,49 +322,16 @@ def misses_by_second(ledger: Path, names: Sequence[str], t0: int, t1: float) -> 
     return out
 
 
-ROW = "{n:>5} {exp:>7} {seen:>7} {dup:>4} {miss:>6} {p50:>8} {p99:>8} {mx:>8} {cs:>8} {cb:>8} {rc:>7} {bal:>6}"
-
-
 def table(results: Sequence[dict[str, Any]]) -> str:
-    def f(v: Any) -> str:
-        return "-" if v is None else str(v)
-
-    rows = [
-        ROW.format(
-            n="N",
-            exp="expect",
-            seen="seen",
-            dup="dup",
-            miss="miss",
-            p50="lag p50",
-            p99="lag p99",
-            mx="lag max",
-            cs="cpu/sch",
-            cb="cpu/brk",
-            rc="redis/r",
-            bal="max/mean",
-        )
+    columns = [
+        *w1_columns(),
+        ("cpu/sch", 8, cpu_ms("scheduler")),
+        ("cpu/brk", 8, cpu_ms("broker")),
+        ("redis/r", 7, field("redis_commands_per_run")),
+        ("max/mean", 6, field("runs_per_worker_max_over_mean")),
     ]
-    for r in results:
-        c = r.get("cpu_ms_per_run", {})
-        rows.append(
-            ROW.format(
-                n=r["jobs"],
-                exp=r["fires_expected"],
-                seen=r["fires_seen"],
-                dup=r["duplicates"],
-                miss=r["misses"],
-                p50=f(r["lag_ms"]["p50"]),
-                p99=f(r["lag_ms"]["p99"]),
-                mx=f(r["lag_ms"]["max"]),
-                cs=f(c.get("scheduler")),
-                cb=f(c.get("broker")),
-                rc=f(r.get("redis_commands_per_run")),
-                bal=f(r["runs_per_worker_max_over_mean"]),
-            )
-        )
-    rows.append("(lag in ms; cpu ms per run: scheduler = beat + workers, broker = redis)")
-    return "\n".join(rows)
+    note = "(lag in ms; cpu ms per run: scheduler = beat + workers, broker = redis)"
+    return render(columns, results, note)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from scheduler.clock import Clock, OffsetClock
 from scheduler.config import EtcdConfig
+from scheduler.devtools.procfs import guards_of, running
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
@@ -104,26 +105,13 @@ async def test_lease_revoked_mid_run_kills_child_before_anyone_else_starts(
         pid = int(pidfile.read_text())
         assert holder.session is not None
         await client.revoke(holder.session.lease_id)
-        await wait_for(lambda: not _alive(pid), timeout=5)
+        await wait_for(lambda: not running(pid), timeout=5)
         # the next run starts elsewhere (or on the holder's new session), never overlapping
         await wait_for(lambda: len(_ticks(ledger, "long")) >= 2, timeout=15)
         assert other.stats["won"] + holder.stats["won"] >= 2
     assert not overlaps(read_ledger(ledger))
     records = await runs_of(client, ks, "long")
     assert any(r.status is RunStatus.LOST for r in records), [r.status for r in records]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); look at its state
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_forbid_skips_tick_while_running_and_records_it(
@@ -369,24 +357,6 @@ async def test_capacity_limits_concurrent_runs_and_records_what_it_drops(
     assert len(started) == 1, "one run at a time on a worker with capacity 1"
 
 
-def _guard_pids(worker_pid: int) -> set[int]:
-    """The worker's guard processes (its children running ``-m workers.guard``)."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if ppid == worker_pid and b"workers.guard" in cmd:
-            pids.add(int(entry))
-    return pids
-
-
 async def test_a_guard_that_dies_is_restarted_and_still_guards(
     client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
 ) -> None:
@@ -403,14 +373,14 @@ async def test_a_guard_that_dies_is_restarted_and_still_guards(
         await put_jobs(client, ks, job)
         await wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=20)
         child = int(pidfile.read_text())
-        (first,) = _guard_pids(proc.pid)
+        (first,) = guards_of(proc.pid)
         os.kill(first, signal.SIGKILL)
-        await wait_for(lambda: _guard_pids(proc.pid) - {first}, timeout=10)
+        await wait_for(lambda: set(guards_of(proc.pid)) - {first}, timeout=10)
         # the new guard was told the lease and the running child: a dead worker is still
         # cleaned up at once, well inside the 30 s TTL
         proc.signal(signal.SIGKILL)
         proc.wait()
-        await wait_for(lambda: not _alive(child), timeout=5)
+        await wait_for(lambda: not running(child), timeout=5)
         await wait_for(lambda: _gone(client, ks, "guarded"), timeout=5)
     finally:
         proc.close()
