@@ -106,7 +106,7 @@ class WorkerConfig(_Section):
     claim_ahead: Duration = 0.25
     default_starting_deadline: Duration = 30.0
     max_clock_skew: Duration = 0.5
-    stop_claiming_on_skew: bool = False
+    stop_claiming_on_skew: bool = True
     clock_offset: SignedDuration = 0.0
     allow_run_as: bool = False
     output_limit: Size = 1024 * 1024

@@ -42,12 +42,19 @@ def _skip_record(rec: RunRecord) -> bytes:
 class Claiming(WorkerCore):
     def _may_claim(self, job: JobSpec) -> bool:
         """Eligible for this job now (capacity and the session are checked apart:
-        see ``_tick``; a tick waits through an etcd outage until its deadline)."""
+        see ``_tick``; a tick waits through an etcd outage until its deadline).
+
+        A worker whose clock is unknown or outside ``max_clock_skew`` stands
+        back while a peer with a good clock can take the job (invariant I7).
+        """
         if self.draining or job.suspend:
             return False
-        if self.cfg.stop_claiming_on_skew and abs(self.skew) > self.cfg.max_clock_skew:
+        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
             return False
-        return all(self.cfg.labels.get(k) == v for k, v in job.selector.items())
+        if self.cfg.stop_claiming_on_skew and not self.clock_ok():
+            # a wrong clock claims only when no worker with a good one can
+            return not self.peers.healthy_for(self.id, job.selector)
+        return True
 
     def _full(self) -> bool:
         return len(self.runs) + self._claiming >= self.cfg.capacity

@@ -15,6 +15,7 @@ from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
+from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.guardclient import Guard
 from workers.launch import Launcher
 from workers.runner import RunHandle, Runner
@@ -32,10 +33,13 @@ class WorkerCore:
         self.ks = Keyspace(config.etcd.prefix)
         if clock is None:
             clock = OffsetClock(self.cfg.clock_offset) if self.cfg.clock_offset else Clock()
-        self.clock = clock
+        self.host_clock = clock
+        """The host's clock: published in the registration, never used to decide."""
+        self.clock = ClusterClock(clock)
+        """Cluster time (``workers.cluster_time``): every decision reads this."""
         self.table = JobTable(self.ks.jobs)
         self.ticks = TickView(self.ks.ticks)
-        self.peers = PeerView(self.ks.workers)
+        self.peers = PeerView(self.ks.workers, OffsetEstimator(self.id, clock))
         self.timer = Timer()
         self.launcher = Launcher(self.clock)
         self._runner: Runner | None = None
@@ -45,7 +49,6 @@ class WorkerCore:
         self.batcher: TxnBatcher | None = None
         self.guard = Guard(config.etcd)
         self.draining = False
-        self.skew = 0.0
         self.ready = asyncio.Event()
         self._loaded: set[str] = set()
         self.triggers: set[str] = set()
@@ -60,6 +63,21 @@ class WorkerCore:
         self.log = log.bind(worker=self.id)
         self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
         self.stats |= {"missed": 0, "started": 0}
+
+    @property
+    def skew(self) -> float:
+        """This host's clock minus cluster time, in seconds."""
+        return self.clock.offset
+
+    def clock_ok(self) -> bool:
+        """Is this worker's clock known to be within ``max_clock_skew`` of the cluster's?
+
+        A worker with no live peer has nothing to compare with: its clock is
+        the cluster's.
+        """
+        if not self.clock.known and self.peers.others():
+            return False
+        return abs(self.clock.offset) <= self.cfg.max_clock_skew
 
     def lease_left(self) -> float:
         return self.session.remaining() if self.session is not None else 0.0

@@ -20,6 +20,8 @@ from scheduler.etcd.session import Session
 from workers.core import WorkerCore
 from workers.executor import StopReason
 
+REGISTER_EVERY = 2.0
+
 
 class WorkerIdInUse(Exception):
     """Another live worker is registered under this worker's id."""
@@ -83,8 +85,9 @@ class Membership(WorkerCore):
                 "capacity": self.cfg.capacity,
                 "running": len(self.runs),
                 "version": __version__,
-                "clock": self.clock.time(),
+                "clock": self.host_clock.time(),
                 "skew": round(self.skew, 4),
+                "clock_ok": self.clock_ok(),
                 "draining": self.draining,
                 "jobs": len(self.table.jobs),
                 "revision": self.table.revision,
@@ -116,15 +119,12 @@ class Membership(WorkerCore):
         await client.put(key, self._registration(), lease=session.lease_id)
 
     async def _register_loop(self) -> None:
+        """Refresh the registration every ``REGISTER_EVERY`` seconds, and at once
+        when a new worker joins (so it gets a fresh sample of our clock)."""
         while True:
-            await asyncio.sleep(2.0)
-            self.skew = self.peers.skew(self.id, self.clock.time())
-            if abs(self.skew) > self.cfg.max_clock_skew:
-                self.log.warning(
-                    "clock skew above the bound",
-                    skew=round(self.skew, 3),
-                    bound=self.cfg.max_clock_skew,
-                    claiming=not self.cfg.stop_claiming_on_skew,
-                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REGISTER_EVERY):
+                    await self.peers.joined.wait()
+            self.peers.joined.clear()
             with contextlib.suppress(EtcdError):
                 await self._register()

@@ -8,13 +8,16 @@ A malformed value is logged and skipped; it never stops the other entries.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import structlog
 
+from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
 from scheduler.keyspace import decode_tick
 from scheduler.model import JobSpec
+from workers.cluster_time import OffsetEstimator
 from workers.peers import Peer
 
 log = structlog.get_logger("etcron.worker")
@@ -22,20 +25,28 @@ log = structlog.get_logger("etcron.worker")
 Change = tuple[str, JobSpec | None]
 
 
-def _changes(
+def _kv_changes(
     item: Snapshot | Batch, known: Iterable[str], prefix: str
-) -> list[tuple[str, bytes | None]]:
-    """(name, value or None when gone) for every key the item touches."""
+) -> list[tuple[str, KeyValue | None]]:
+    """(name, key-value or None when gone) for every key the item touches."""
     if isinstance(item, Snapshot):
-        out: list[tuple[str, bytes | None]] = [
-            (kv.key[len(prefix) :], kv.value) for kv in item.kvs.values()
+        out: list[tuple[str, KeyValue | None]] = [
+            (kv.key[len(prefix) :], kv) for kv in item.kvs.values()
         ]
         present = {name for name, _ in out}
         out.extend((name, None) for name in list(known) if name not in present)
         return out
     return [
-        (ev.key[len(prefix) :], ev.kv.value if ev.kind is EventKind.PUT else None)
-        for ev in item.events
+        (ev.key[len(prefix) :], ev.kv if ev.kind is EventKind.PUT else None) for ev in item.events
+    ]
+
+
+def _changes(
+    item: Snapshot | Batch, known: Iterable[str], prefix: str
+) -> list[tuple[str, bytes | None]]:
+    """(name, value or None when gone) for every key the item touches."""
+    return [
+        (name, None if kv is None else kv.value) for name, kv in _kv_changes(item, known, prefix)
     ]
 
 
@@ -81,55 +92,76 @@ class TickView:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.ticks: dict[str, int] = {}
+        self.kvs: dict[str, KeyValue] = {}
 
-    def apply(self, item: Snapshot | Batch) -> None:
-        for name, value in _changes(item, self.ticks, self.prefix):
-            if value is None:
+    def apply(self, item: Snapshot | Batch) -> list[str]:
+        """Apply an item; return the names whose fence was set (not deleted)."""
+        changed: list[str] = []
+        for name, kv in _kv_changes(item, self.ticks, self.prefix):
+            if kv is None:
                 self.ticks.pop(name, None)
+                self.kvs.pop(name, None)
                 continue
             try:
-                self.ticks[name] = decode_tick(value)
+                self.ticks[name] = decode_tick(kv.value)
             except ValueError:
-                log.error("skipping malformed tick", job=name, value=value[:40])
+                log.error("skipping malformed tick", job=name, value=kv.value[:40])
+                continue
+            self.kvs[name] = kv
+            changed.append(name)
+        return changed
 
     def taken(self, name: str, tick_ms: int) -> bool:
         return self.ticks.get(name, -1) >= tick_ms
 
 
 class PeerView:
-    """Live workers, from ``<prefix>/workers/`` (keys vanish with their lease)."""
+    """Live workers, from ``<prefix>/workers/`` (keys vanish with their lease).
 
-    def __init__(self, prefix: str) -> None:
+    Every registration that arrives by a watch event is also a sample of its
+    writer's clock for :class:`workers.cluster_time.OffsetEstimator`.
+    Registrations without a lease are kept apart (``orphans``): no session
+    stands behind them, so they never count as workers.
+    """
+
+    def __init__(self, prefix: str, estimator: OffsetEstimator) -> None:
         self.prefix = prefix
+        self.estimator = estimator
         self.peers: dict[str, Peer] = {}
-        self.received: dict[str, float] = {}
+        self.orphans: dict[str, KeyValue] = {}
+        self.joined = asyncio.Event()
+        """Set when a worker we did not know registers (peers answer with a fresh sample)."""
 
-    def apply(self, item: Snapshot | Batch, now: float) -> None:
-        for wid, value in _changes(item, self.peers, self.prefix):
-            if value is None:
+    def apply(self, item: Snapshot | Batch) -> None:
+        fresh = isinstance(item, Batch)
+        for wid, kv in _kv_changes(item, [*self.peers, *self.orphans], self.prefix):
+            if kv is None:
                 self.peers.pop(wid, None)
-                self.received.pop(wid, None)
+                self.orphans.pop(wid, None)
+                self.estimator.forget(wid)
+                continue
+            if not kv.lease:
+                self.peers.pop(wid, None)
+                self.orphans[wid] = kv
                 continue
             try:
-                self.peers[wid] = Peer.from_json(value)
-                self.received[wid] = now
+                peer = Peer.from_json(kv.value, lease=kv.lease)
             except (ValueError, KeyError, TypeError):
                 log.error("skipping malformed worker registration", worker=wid)
+                continue
+            if fresh and wid not in self.peers and wid != self.estimator.me:
+                self.joined.set()
+            self.peers[wid] = peer
+            self.orphans.pop(wid, None)
+            self.estimator.observe(wid, peer.clock, fresh=fresh)
 
-    def skew(self, me: str, now: float) -> float:
-        """My clock minus the cluster's median clock, estimated from fresh registrations.
+    def others(self) -> int:
+        """How many other workers hold a live registration."""
+        return len(self.peers) - (self.estimator.me in self.peers)
 
-        A peer's published clock is compared with mine when its registration
-        arrived (registrations are written right after reading the clock).
-        """
-        offsets = [0.0]
-        for wid, peer in self.peers.items():
-            if wid != me and peer.clock and now - self.received.get(wid, 0.0) < 30:
-                offsets.append(peer.clock - self.received[wid])
-        offsets.sort()
-        mid = len(offsets) // 2
-        median = offsets[mid] if len(offsets) % 2 else (offsets[mid - 1] + offsets[mid]) / 2
-        return -median
+    def healthy_for(self, me: str, selector: dict[str, str]) -> bool:
+        """Does another worker with a good clock stand ready to claim such a job?"""
+        return any(p.id != me and p.can_claim(selector) for p in self.peers.values())
 
     def list(self) -> list[Peer]:
         return list(self.peers.values())

@@ -197,7 +197,30 @@ class Worker(Membership, Claiming):
         self.ticks.apply(item)
 
     def _on_workers(self, item: Snapshot | Batch) -> None:
-        self.peers.apply(item, self.clock.time())
+        self.peers.apply(item)
+        self._update_clock()
+
+    def _update_clock(self) -> None:
+        """Re-estimate the offset from the peers' clocks (``workers.cluster_time``)."""
+        was_ok, was_known = self.clock_ok(), self.clock.known
+        est = self.peers.estimator.estimate()
+        if est is not None:
+            self.clock.offset, self.clock.known = est[0], True
+        elif not self.peers.others():
+            self.clock.known = True  # alone: our clock is the cluster's
+        ok = self.clock_ok()
+        if ok != was_ok:
+            log = self.log.info if ok else self.log.warning
+            log(
+                "clock within the bound, claiming" if ok else "clock skew above the bound",
+                skew=round(self.skew, 3),
+                bound=self.cfg.max_clock_skew,
+                known=self.clock.known,
+            )
+        if self.clock.known and not was_known and self.ready.is_set():
+            now_ms = int(self.clock.time() * 1000)
+            for spec in self.table.jobs.values():
+                self._catch_up(spec, now_ms)
 
     def _on_killers(self, item: Snapshot | Batch) -> None:
         if isinstance(item, Snapshot):

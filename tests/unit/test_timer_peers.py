@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from scheduler.keyspace import Keyspace, decode_tick, encode_tick
-from workers.peers import Peer, rank
+from workers.peers import MAX_TURN, Peer, rank
 from workers.timer import Timer
 
 
@@ -32,14 +32,14 @@ def test_timer_heap_stays_bounded_under_churn() -> None:
 
 
 def test_rank_is_a_permutation_shared_by_all_workers() -> None:
-    peers = [Peer(id=f"w{i}") for i in range(5)]
+    peers = [Peer(id=f"w{i}", lease=1) for i in range(5)]
     for tick in range(50):
         ranks = sorted(rank(p.id, peers, "job", tick, {}) for p in peers)
         assert ranks == [0, 1, 2, 3, 4]
 
 
 def test_rank_spreads_first_place_evenly() -> None:
-    peers = [Peer(id=f"w{i}") for i in range(3)]
+    peers = [Peer(id=f"w{i}", lease=1) for i in range(3)]
     firsts = Counter(
         next(p.id for p in peers if rank(p.id, peers, f"j{j}", t, {}) == 0)
         for j in range(20)
@@ -51,19 +51,29 @@ def test_rank_spreads_first_place_evenly() -> None:
 @pytest.mark.parametrize(
     ("peer", "counted"),
     [
-        (Peer(id="x", labels={"gpu": "yes"}), True),
-        (Peer(id="x", labels={"gpu": "no"}), False),
-        (Peer(id="x", labels={"gpu": "yes"}, draining=True), False),
-        (Peer(id="x", labels={"gpu": "yes"}, capacity=2, running=2), False),
+        (Peer(id="x", labels={"gpu": "yes"}, lease=1), True),
+        (Peer(id="x", labels={"gpu": "no"}, lease=1), False),
+        (Peer(id="x", labels={"gpu": "yes"}, draining=True, lease=1), False),
+        (Peer(id="x", labels={"gpu": "yes"}, capacity=2, running=2, lease=1), False),
+        (Peer(id="x", labels={"gpu": "yes"}, lease=0), False),  # no live session
+        (Peer(id="x", labels={"gpu": "yes"}, clock_ok=False, lease=1), False),
     ],
 )
 def test_rank_ignores_ineligible_peers(peer: Peer, counted: bool) -> None:
     me = "me"
-    # find a tick where the peer outranks me, then check whether it counts
+    # find a tick where the peer (as if eligible) outranks me, then check whether it counts
+    live = Peer(id="x", lease=1)
     for tick in range(1000):
-        if rank(me, [peer], "j", tick, {}) == 1:
+        if rank(me, [live], "j", tick, {}) == 1:
             break
     assert rank(me, [peer], "j", tick, {"gpu": "yes"}) == (1 if counted else 0)
+
+
+def test_rank_wait_is_capped_whatever_the_number_of_registrations() -> None:
+    peers = [Peer(id=f"w{i:04d}", lease=1) for i in range(1000)]
+    ranks = [rank(p.id, peers, "job", 5000, {}) for p in peers]
+    assert max(ranks) == MAX_TURN
+    assert ranks.count(0) == 1
 
 
 def test_tick_encoding_sorts_like_time() -> None:

@@ -1,0 +1,139 @@
+"""Cluster time: when to claim and when to start, decided by the cluster's clock.
+
+A worker's host clock may be wrong by any amount (a VM restored from a
+snapshot, a bad hardware clock) or step while it runs (an NTP step, an
+operator's ``date -s``). Every live worker publishes its host clock in its
+registration every few seconds; from those, each worker estimates its own
+*offset* (host clock minus cluster clock) and reads time through
+:class:`ClusterClock`, which subtracts it.
+
+Rules:
+
+- **The estimate is a median** over this worker (offset 0 to itself) and every
+  peer whose registration arrived recently and stands on a live lease. A
+  minority of wrong clocks cannot move a median; with two clocks nobody can
+  tell which is wrong, so run three workers (or workers and masters).
+- **A sample is timed when it arrives**, on the monotonic clock, and mapped to
+  the host's wall clock only when the estimate is made: a step of the host
+  clock moves every sample with it, so the estimate sees the step at once.
+  A registration reaches its readers one commit plus one watch delivery after
+  its clock was read; that delay is measured on the worker's own registration
+  and taken off every sample, so a slow etcd does not make every clock look
+  behind.
+- **A step keeps cluster time continuous.** ``time()`` compares wall minus
+  monotonic with its last reading; a jump of more than ``STEP`` seconds is a
+  step: the offset moves by the same amount at once, so the timer neither
+  fires an hour of ticks in a burst nor goes silent for an hour. The next
+  estimate confirms it from the samples.
+- **Unknown is not healthy.** Until a sample of a live peer has arrived, a
+  worker that has peers does not know its offset (a registration listed at
+  start-up may be seconds old); ``known`` is False and the worker does not
+  claim while a healthy peer can (:mod:`workers.claiming`). A lone worker,
+  with no peer to compare with, takes its own clock as the cluster's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from scheduler.clock import Clock
+
+log = structlog.get_logger("etcron.clock")
+
+STEP = 0.25
+"""Seconds of jump between wall and monotonic time that count as a clock step."""
+
+FRESH = 10.0
+"""A peer's clock sample older than this (monotonic seconds) is not used."""
+
+MAX_LATENCY = 1.0
+"""The publish-to-delivery delay taken off samples is capped at this."""
+
+
+@dataclass(slots=True)
+class Sample:
+    clock: float
+    """The peer's host clock when it wrote its registration."""
+    arrived: float
+    """Our monotonic clock when the registration arrived."""
+
+
+class ClusterClock(Clock):
+    """The host clock minus the estimated offset; see the module docstring."""
+
+    def __init__(self, host: Clock) -> None:
+        self.host = host
+        self.offset = 0.0
+        """Host clock minus cluster clock, in seconds."""
+        self.known = False
+        self.steps = 0
+        self._base = host.time() - host.monotonic()
+
+    def time(self) -> float:
+        wall = self.host.time()
+        base = wall - self.host.monotonic()
+        jump = base - self._base
+        self._base = base
+        if abs(jump) > STEP:
+            self.offset += jump
+            self.steps += 1
+            log.warning("host clock stepped", step=round(jump, 3), offset=round(self.offset, 3))
+        return wall - self.offset
+
+    def monotonic(self) -> float:
+        return self.host.monotonic()
+
+
+class OffsetEstimator:
+    """Collects peers' clock samples and estimates this worker's offset."""
+
+    def __init__(self, me: str, host: Clock) -> None:
+        self.me = me
+        self.host = host
+        self.samples: dict[str, Sample] = {}
+        self.latency = 0.0
+        """Publish-to-delivery delay, measured on our own registration."""
+
+    def observe(self, worker: str, clock: float, *, fresh: bool) -> None:
+        """A registration arrived (``fresh``: by a watch event, not a listing)."""
+        now_mono = self.host.monotonic()
+        if worker == self.me:
+            if fresh and clock:
+                delay = self.host.time() - clock
+                self.latency = min(max(delay, 0.0), MAX_LATENCY)
+            return
+        if fresh and clock:
+            self.samples[worker] = Sample(clock, now_mono)
+
+    def forget(self, worker: str) -> None:
+        self.samples.pop(worker, None)
+
+    def estimate(self) -> tuple[float, int] | None:
+        """(my offset, samples used), or None when no recent sample exists."""
+        now_mono = self.host.monotonic()
+        now_wall = self.host.time()
+        offsets = [0.0]
+        for s in self.samples.values():
+            age = now_mono - s.arrived
+            if age > FRESH:
+                continue
+            wall_then = now_wall - age
+            offsets.append(s.clock - wall_then + self.latency)
+        if len(offsets) == 1:
+            return None
+        return -_middle(offsets), len(offsets) - 1
+
+
+def _middle(values: list[float]) -> float:
+    """The median; of two middle values, the one nearer 0 (nearer our own clock).
+
+    Averaging them would make two workers an hour apart each believe it is
+    half an hour off, and both claim on a wrong clock.
+    """
+    values = sorted(values)
+    mid = len(values) // 2
+    if len(values) % 2:
+        return values[mid]
+    return min(values[mid - 1], values[mid], key=abs)
