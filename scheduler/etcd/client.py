@@ -11,24 +11,62 @@ Rules for callers:
   off, because a retried claim can commit twice from the caller's point of view
   (the first attempt committed, its reply was lost, the retry fails its compare).
   Callers that get :class:`EtcdAmbiguous` decide from what is in etcd.
+
+Failover (gray failures). A member that stops answering while its sockets stay
+open (SIGSTOP, a stuck disk) is not seen by TCP, and gRPC's round robin keeps
+sending it a share of the requests, each of which hangs to its deadline. So the
+client owns the choice of member:
+
+- One gRPC channel per endpoint. Unary calls go to one *active* member.
+- A monitor probes the active member every :data:`PROBE_INTERVAL` with the
+  Maintenance ``Status`` RPC (local to the member: it answers during an election
+  and without quorum), deadline :data:`PROBE_TIMEOUT`. A member that does not
+  answer, or answers without a leader while another one has a leader, is left:
+  every member is probed and the best one becomes active. A failed request
+  (deadline, unavailable) probes at once instead of waiting for the next turn.
+- Requests in flight on a member that is left are aborted at once (the caller
+  sees :class:`EtcdUnavailable`, or :class:`EtcdAmbiguous` for a write sent
+  once), so callers re-send to the new member instead of waiting out the
+  deadline. Idempotent calls are retried on the new member within their deadline.
+- When the active member reports a new raft term, requests that were in flight
+  before it are aborted the same way: a proposal forwarded to a leader that froze
+  is never answered (etcd does not re-forward it to the new leader).
+- Streams (the session keepalive, watches) take their member from :meth:`pick`,
+  detect a stall themselves (no answer within :data:`PROBE_TIMEOUT`), report it
+  with :meth:`stalled` and move; they register their waits with :meth:`scope`, so
+  the two aborts above reach them too.
+- gRPC keepalive pings every :data:`KEEPALIVE_TIME_MS` while calls are open: it
+  tears down a transport that stopped answering (a backstop: the probes decide
+  routing). etcd refuses pings more often than ``--grpc-keepalive-min-time``
+  (5 s by default) and any ping without an open stream (GOAWAY
+  ``too_many_pings``), hence 10 s and no pings without calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import etcd3aio
 import grpc
-from etcd3aio import Etcd3Client, prefix_range_end
+import structlog
+from etcd3aio import prefix_range_end
 from etcd3aio._protobuf import RequestOp, TxnRequest
+from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
+from etcd3aio.lease import LeaseService
+from etcd3aio.maintenance import MaintenanceService
 
 from scheduler.config import EtcdConfig
+
+log = structlog.get_logger("etcron.etcd")
 
 Op = Any  # an etcd RequestOp; built only with the helpers below
 Cmp = Any  # an etcd Compare; built only with the helpers below
@@ -117,6 +155,13 @@ _RETRYABLE = {
 }
 
 
+_TRANSPORT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
 def _map_error(exc: BaseException, what: str) -> EtcdError:
     """Unavailable: worth retrying. Auth: fix credentials. Anything else: a request bug."""
     if isinstance(exc, (etcd3aio.EtcdUnauthenticatedError, etcd3aio.EtcdPermissionDeniedError)):
@@ -137,6 +182,10 @@ def _map_error(exc: BaseException, what: str) -> EtcdError:
     return EtcdError(f"{what}: {exc}")
 
 
+def _host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0].removeprefix("https://").removeprefix("http://")
+
+
 def _resolve(endpoint: str) -> str:
     """etcd3aio dials ``ipv4:`` targets: turn host names into addresses."""
     host, _, port = endpoint.rpartition(":")
@@ -152,37 +201,147 @@ def _resolve(endpoint: str) -> str:
     return f"{infos[0][4][0]}:{port}"
 
 
+PROBE_INTERVAL = 0.5
+"""Seconds between two probes of the active member."""
+PROBE_TIMEOUT = 0.75
+"""A member that does not answer a probe (or a stream that gets no answer) within
+this is unresponsive. etcd answers ``Status`` from memory in milliseconds; the
+rest is room for a loaded machine."""
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 3_000
+
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+    # a member that comes back (restart, SIGCONT) is dialled again within a second
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+UNRESPONSIVE, NO_LEADER, HEALTHY = 0, 1, 2
+"""A member's state after its last probe (a member never probed counts as healthy)."""
+
+T = TypeVar("T")
+
+
+class Member:
+    """One etcd endpoint: its own gRPC channel and service wrappers."""
+
+    def __init__(self, index: int, endpoint: str, channel: grpc.aio.Channel) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.channel = channel
+        self.kv = KVService(channel, max_attempts=1)
+        self.lease = LeaseService(channel, max_attempts=1)
+        self.maintenance = MaintenanceService(channel, max_attempts=1)
+        self.auth = AuthService(channel, max_attempts=1)
+        self.state = HEALTHY
+        self.leader = 0
+        self.term = 0
+        self.scopes: set[Scope] = set()
+
+    def __repr__(self) -> str:
+        return f"Member({self.endpoint}, state={self.state})"
+
+    def set_token(self, token: str | None) -> None:
+        for svc in (self.kv, self.lease, self.maintenance, self.auth):
+            svc.set_token(token)
+
+
+class Scope:
+    """A wait on one member that failover can cut short.
+
+    ``async with client.scope(member, deadline):`` behaves as
+    ``asyncio.timeout_at(deadline)``; the client makes it expire at once (the
+    body gets ``TimeoutError`` at the ``async with``) when it leaves the member,
+    or, for ``via_leader`` waits, when a new leader is elected after the wait
+    began. :attr:`aborted` then says why.
+    """
+
+    __slots__ = ("_timeout", "aborted", "member", "started", "via_leader")
+
+    def __init__(self, member: Member, when: float | None, via_leader: bool) -> None:
+        self.member = member
+        self.via_leader = via_leader
+        self.started = 0.0
+        self.aborted = ""
+        self._timeout = asyncio.timeout_at(when)
+
+    async def __aenter__(self) -> Scope:
+        await self._timeout.__aenter__()
+        self.started = asyncio.get_running_loop().time()
+        self.member.scopes.add(self)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self.member.scopes.discard(self)
+        await self._timeout.__aexit__(et, exc, tb)
+        return None
+
+    def abort(self, why: str) -> None:
+        if self.aborted or self._timeout.expired():
+            return
+        self.aborted = why
+        self._timeout.reschedule(asyncio.get_running_loop().time())
+
+
 class EtcdClient:
-    """A connected etcd client with deadlines and error mapping."""
+    """A connected etcd client with deadlines, error mapping and member failover."""
 
     def __init__(self, config: EtcdConfig) -> None:
         self.config = config
         self.timeout = config.request_timeout
-        tls: dict[str, bytes | None] = {}
+        ca = cert = key = None
         if config.ca_file is not None:
-            tls["ca_cert"] = config.ca_file.read_bytes()
-            if config.cert_file is not None:
-                tls["cert_chain"] = config.cert_file.read_bytes()
-            if config.key_file is not None:
-                tls["cert_key"] = config.key_file.read_bytes()
-        server_name = config.tls_server_name
-        if tls and server_name is None:
-            server_name = config.endpoints[0].rpartition(":")[0]
-        self._raw = Etcd3Client(
-            [_resolve(e) for e in config.endpoints],
-            tls_server_name=server_name if tls else None,
-            **tls,  # type: ignore[arg-type]
-        )
+            ca = config.ca_file.read_bytes()
+            cert = config.cert_file.read_bytes() if config.cert_file is not None else None
+            key = config.key_file.read_bytes() if config.key_file is not None else None
+        self._members: list[Member] = []
+        for i, endpoint in enumerate(config.endpoints):
+            target = f"ipv4:{_resolve(endpoint)}"
+            if ca is None:
+                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            else:
+                name = config.tls_server_name or _host(endpoint)
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=ca, private_key=key, certificate_chain=cert
+                )
+                options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", name)]
+                channel = grpc.aio.secure_channel(target, creds, options=options)
+            self._members.append(Member(i, endpoint, channel))
+        # spread clients over the members; the first probe may move it
+        self._active = random.randrange(len(self._members))
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        self._term = 0
+        self._kick = asyncio.Event()
         self._token_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.switches = 0
+        """How many times the active member changed."""
+        self.aborts = 0
+        """Requests and stream waits cut short by failover."""
 
     # lifecycle ------------------------------------------------------------
 
     @classmethod
     async def connect(cls, config: EtcdConfig) -> EtcdClient:
-        """Open the channel, authenticate if configured, and check the cluster answers."""
+        """Open the channels, pick a member, authenticate if configured, and
+        check the cluster answers."""
         client = cls(config)
-        await client._raw.connect()
         try:
+            if len(client._members) > 1:
+                await client._probe_all(min(PROBE_TIMEOUT, config.connect_timeout))
+                best = client._best()
+                if best.state > client.active.state:
+                    client._active = best.index
+            client._monitor_task = asyncio.create_task(client._monitor(), name="etcd-monitor")
             if config.username:
                 await client._authenticate()
                 client._token_task = asyncio.create_task(client._refresh_token(), name="etcd-token")
@@ -193,16 +352,16 @@ class EtcdClient:
         return client
 
     async def _authenticate(self) -> None:
-        assert self._raw.auth is not None
-        try:
-            resp = await self._raw.auth.authenticate(
-                self.config.username or "",
-                self.config.resolved_password() or "",
-                timeout=self.config.connect_timeout,
-            )
-        except Exception as exc:
-            raise _map_error(exc, "authenticate") from exc
-        self._raw.set_token(resp.token)
+        resp = await self._call(
+            "authenticate",
+            lambda m, t: m.auth.authenticate(
+                self.config.username or "", self.config.resolved_password() or "", timeout=t
+            ),
+            timeout=self.config.connect_timeout,
+        )
+        self._metadata = (("token", resp.token),)
+        for m in self._members:
+            m.set_token(resp.token)
 
     async def _refresh_token(self) -> None:
         while True:
@@ -211,11 +370,16 @@ class EtcdClient:
                 await self._authenticate()
 
     async def close(self) -> None:
-        if self._token_task is not None:
-            self._token_task.cancel()
+        self._closed = True
+        tasks = [t for t in (self._token_task, self._monitor_task) if t is not None]
+        tasks += list(self._background)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._token_task
-        await self._raw.close()
+                await task
+        for m in self._members:
+            await m.channel.close()
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -223,22 +387,166 @@ class EtcdClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # internals for the rest of this package -------------------------------
+    # failover -------------------------------------------------------------
 
     @property
-    def raw(self) -> Etcd3Client:
-        return self._raw
+    def active(self) -> Member:
+        """The member unary calls go to."""
+        return self._members[self._active]
+
+    @property
+    def members(self) -> list[Member]:
+        return list(self._members)
+
+    @property
+    def raw(self) -> Member:
+        """The active member's service wrappers (admin tools and tests)."""
+        return self.active
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC metadata for streams opened by this package (auth token)."""
-        assert self._raw.kv is not None
-        return tuple(self._raw.kv._metadata)
+        return self._metadata
 
-    def _kv(self) -> KVService:
-        if self._raw.kv is None:
-            raise EtcdError("client is closed")
-        return self._raw.kv
+    def pick(self, avoid: Member | None = None) -> Member:
+        """The member to open a stream on: the active one, unless ``avoid`` (a
+        member that just stalled a stream) is it and another one looks as good."""
+        return self._best(avoid)
+
+    def stalled(self, member: Member) -> None:
+        """A stream on ``member`` got no answer in time: probe it now."""
+        if member is self.active:
+            self._kick.set()
+        elif not self._closed:
+            task = asyncio.create_task(self._check_other(member))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def scope(self, member: Member, when: float | None, *, via_leader: bool = True) -> Scope:
+        """A deadline (loop time) for a wait on ``member`` that failover can cut short."""
+        return Scope(member, when, via_leader)
+
+    def _best(self, avoid: Member | None = None) -> Member:
+        n = len(self._members)
+
+        def rank(m: Member) -> tuple[float, int]:
+            score = m.state - (1.5 if m is avoid else 0.0)
+            return (-score, (m.index - self._active) % n)
+
+        return min(self._members, key=rank)
+
+    async def _probe(self, m: Member, timeout: float) -> None:
+        """Ask ``m`` for its status; update its state (and abort on a new term)."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        try:
+            resp = await m.maintenance.status(timeout=timeout)
+        except (TimeoutError, etcd3aio.EtcdConnectionError, etcd3aio.EtcdTransientError):
+            m.state = UNRESPONSIVE
+            return
+        except grpc.aio.AioRpcError as exc:
+            # any other answer (auth, say) still proves the member is responsive
+            m.state = UNRESPONSIVE if exc.code() in _TRANSPORT else HEALTHY
+            return
+        except etcd3aio.EtcdError:
+            m.state = HEALTHY
+            return
+        m.leader, m.term = int(resp.leader), int(resp.raftTerm)
+        m.state = HEALTHY if m.leader else NO_LEADER
+        if m.leader and m.term > self._term:
+            if self._term:
+                self._abort(
+                    lambda s: s.via_leader and s.started < sent,
+                    f"new etcd leader (term {m.term})",
+                )
+            self._term = m.term
+
+    async def _probe_all(self, timeout: float) -> None:
+        await asyncio.gather(*(self._probe(m, timeout) for m in self._members))
+
+    def _abort(
+        self, which: Callable[[Scope], bool], why: str, member: Member | None = None
+    ) -> None:
+        for m in [member] if member is not None else self._members:
+            for s in list(m.scopes):
+                if which(s):
+                    s.abort(why)
+                    self.aborts += 1
+
+    async def _monitor(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROBE_INTERVAL):
+                    await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self._check()
+            except Exception as exc:  # never let the monitor die
+                log.warning("etcd member probe failed", error=repr(exc)[:200])
+
+    async def _check(self) -> None:
+        m = self.active
+        await self._probe(m, PROBE_TIMEOUT)
+        if m.state == HEALTHY or len(self._members) == 1:
+            return
+        await asyncio.gather(*(self._probe(x, PROBE_TIMEOUT) for x in self._members if x is not m))
+        if m is not self.active:
+            return
+        best = self._best()
+        if best.state > m.state:
+            self._switch(best)
+
+    async def _check_other(self, m: Member) -> None:
+        await self._probe(m, PROBE_TIMEOUT)
+        if m.state == UNRESPONSIVE:
+            self._abort(lambda s: True, f"etcd member {m.endpoint} unresponsive", m)
+
+    def _switch(self, to: Member) -> None:
+        old = self.active
+        self._active = to.index
+        self.switches += 1
+        why = "unresponsive" if old.state == UNRESPONSIVE else "without a leader"
+        log.warning(f"etcd member {why}, switching", member=old.endpoint, to=to.endpoint)
+        self._abort(lambda s: True, f"etcd member {old.endpoint} {why}", old)
+
+    async def _call(
+        self,
+        what: str,
+        fn: Callable[[Member, float], Awaitable[T]],
+        *,
+        once: bool = False,
+        timeout: float | None = None,
+    ) -> T:
+        """One unary call on the active member, within one deadline.
+
+        ``once``: never resend (a lost reply raises :class:`EtcdAmbiguous`);
+        otherwise an unavailable member is retried, on the new member after a
+        failover, until the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (timeout or self.timeout)
+        delay = 0.05
+        while True:
+            m = self.active
+            scope = Scope(m, end, True)
+            try:
+                async with scope:
+                    return await fn(m, max(0.001, end - loop.time()))
+            except Exception as exc:
+                err = _map_error(exc, what)
+                if scope.aborted:
+                    err = EtcdUnavailable(f"{what}: {scope.aborted}")
+                if not isinstance(err, EtcdUnavailable):
+                    raise err from exc
+                if not scope.aborted:
+                    self.stalled(m)
+                if once:
+                    raise EtcdAmbiguous(str(err)) from exc
+                if end - loop.time() <= delay:
+                    raise err from exc
+                if self.active is m:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.4)
 
     # reads ----------------------------------------------------------------
 
@@ -246,20 +554,16 @@ class EtcdClient:
         """The cluster's current revision (read under ``<prefix>/jobs/``, which every
         etcron role may read, so it works with etcd auth on)."""
         jobs = f"{self.config.prefix}/jobs/"
-        try:
-            resp = await self._kv().get(
-                jobs, prefix_range_end(jobs), count_only=True, timeout=timeout or self.timeout
-            )
-        except Exception as exc:
-            raise _map_error(exc, "read revision") from exc
+        resp = await self._call(
+            "read revision",
+            lambda m, t: m.kv.get(jobs, prefix_range_end(jobs), count_only=True, timeout=t),
+            timeout=timeout,
+        )
         return int(resp.header.revision)
 
     async def get(self, key: str) -> tuple[KeyValue | None, int]:
         """The key (or None) and the revision it was read at."""
-        try:
-            resp = await self._kv().get(key, timeout=self.timeout)
-        except Exception as exc:
-            raise _map_error(exc, f"get {key}") from exc
+        resp = await self._call(f"get {key}", lambda m, t: m.kv.get(key, timeout=t))
         kv = KeyValue.from_pb(resp.kvs[0]) if resp.kvs else None
         return kv, int(resp.header.revision)
 
@@ -277,12 +581,9 @@ class EtcdClient:
         start: bytes = prefix.encode()
         rev = revision
         while True:
-            try:
-                resp = await self._kv().get(
-                    start, end, revision=rev, limit=page, keys_only=keys_only, timeout=self.timeout
-                )
-            except Exception as exc:
-                raise _map_error(exc, f"list {prefix}") from exc
+            resp = await self._call(
+                f"list {prefix}", functools.partial(_page, start, end, rev, page, keys_only)
+            )
             if rev == 0:
                 rev = int(resp.header.revision)
             out.extend(KeyValue.from_pb(kv) for kv in resp.kvs)
@@ -291,37 +592,32 @@ class EtcdClient:
             start = bytes(resp.kvs[-1].key) + b"\x00"
 
     async def count_prefix(self, prefix: str) -> int:
-        try:
-            resp = await self._kv().get(
-                prefix, prefix_range_end(prefix), count_only=True, timeout=self.timeout
-            )
-        except Exception as exc:
-            raise _map_error(exc, f"count {prefix}") from exc
+        resp = await self._call(
+            f"count {prefix}",
+            lambda m, t: m.kv.get(prefix, prefix_range_end(prefix), count_only=True, timeout=t),
+        )
         return int(resp.count)
 
     # writes ---------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        try:
-            resp = await self._kv().put(key, value, lease=lease, timeout=self.timeout)
-        except Exception as exc:
-            raise _map_error(exc, f"put {key}") from exc
+        resp = await self._call(
+            f"put {key}", lambda m, t: m.kv.put(key, value, lease=lease, timeout=t)
+        )
         return int(resp.header.revision)
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
         """Delete a key (or every key under a prefix); returns how many were deleted."""
         end = prefix_range_end(key) if prefix else None
-        try:
-            resp = await self._kv().delete(key, end, timeout=self.timeout)
-        except Exception as exc:
-            raise _map_error(exc, f"delete {key}") from exc
+        resp = await self._call(f"delete {key}", lambda m, t: m.kv.delete(key, end, timeout=t))
         return int(resp.deleted)
 
     async def txn(
         self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
-        """A transaction for idempotent work (reads, CAS updates): the library may retry it."""
-        return await self._txn(compare, success, failure, attempts=None)
+        """A transaction for idempotent work (reads, CAS updates): it may be resent."""
+        resp = await self._call("txn", lambda m, t: m.kv.txn(compare, success, failure, timeout=t))
+        return _txn_result(resp, int(resp.header.revision))
 
     async def txn_once(
         self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
@@ -330,26 +626,12 @@ class EtcdClient:
 
         Raises :class:`EtcdAmbiguous` when the request may have reached etcd but
         no reply came back: it may have committed. The caller must read etcd to
-        find out (see ``scheduler.etcd.claim``).
+        find out (see ``scheduler.etcd.claim``); its resend goes to the member
+        that is active then, which is another one if this one stopped answering.
         """
-        return await self._txn(compare, success, failure, attempts=1)
-
-    async def _txn(
-        self,
-        compare: Sequence[Cmp],
-        success: Sequence[Op],
-        failure: Sequence[Op],
-        attempts: int | None,
-    ) -> TxnResult:
-        try:
-            resp = await self._kv().txn(
-                compare, success, failure, timeout=self.timeout, max_attempts=attempts
-            )
-        except Exception as exc:
-            err = _map_error(exc, "txn")
-            if attempts == 1 and isinstance(err, EtcdUnavailable):
-                raise EtcdAmbiguous(str(err)) from exc
-            raise err from exc
+        resp = await self._call(
+            "txn", lambda m, t: m.kv.txn(compare, success, failure, timeout=t), once=True
+        )
         return _txn_result(resp, int(resp.header.revision))
 
     async def txn_many(
@@ -367,32 +649,19 @@ class EtcdClient:
             RequestOp(request_txn=TxnRequest(compare=list(c), success=list(s), failure=list(f)))
             for c, s, f in txns
         ]
-        try:
-            resp = await self._kv().txn([], nested, [], timeout=self.timeout, max_attempts=1)
-        except Exception as exc:
-            err = _map_error(exc, "txn")
-            if isinstance(err, EtcdUnavailable):
-                raise EtcdAmbiguous(str(err)) from exc
-            raise err from exc
+        resp = await self._call("txn", lambda m, t: m.kv.txn([], nested, [], timeout=t), once=True)
         revision = int(resp.header.revision)
         return [_txn_result(r.response_txn, revision) for r in resp.responses]
 
     async def compact(self, revision: int) -> None:
         try:
-            await self._kv().compact(revision, timeout=self.timeout)
-        except Exception as exc:
-            err = _map_error(exc, f"compact {revision}")
-            if isinstance(err, EtcdCompacted):
-                return
-            raise err from exc
+            await self._call(f"compact {revision}", lambda m, t: m.kv.compact(revision, timeout=t))
+        except EtcdCompacted:
+            return
 
     async def status(self) -> dict[str, int]:
         """Leader id, raft term, revision and database size of the member that answers."""
-        assert self._raw.maintenance is not None
-        try:
-            resp = await self._raw.maintenance.status(timeout=self.timeout)
-        except Exception as exc:
-            raise _map_error(exc, "status") from exc
+        resp = await self._call("status", lambda m, t: m.maintenance.status(timeout=t))
         return {
             "leader": int(resp.leader),
             "raft_term": int(resp.raftTerm),
@@ -405,34 +674,35 @@ class EtcdClient:
 
     async def grant(self, ttl: int) -> tuple[int, int]:
         """A new lease: (id, granted TTL)."""
-        assert self._raw.lease is not None
-        try:
-            resp = await self._raw.lease.grant(ttl, timeout=self.timeout)
-        except Exception as exc:
-            raise _map_error(exc, "lease grant") from exc
+        resp = await self._call("lease grant", lambda m, t: m.lease.grant(ttl, timeout=t))
         return int(resp.ID), int(resp.TTL)
 
     async def revoke(self, lease_id: int) -> None:
-        assert self._raw.lease is not None
         try:
-            await self._raw.lease.revoke(lease_id, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            await self._call("lease revoke", lambda m, t: m.lease.revoke(lease_id, timeout=t))
+        except EtcdError as exc:
+            cause = exc.__cause__
+            if (
+                isinstance(cause, grpc.aio.AioRpcError)
+                and cause.code() == grpc.StatusCode.NOT_FOUND
+            ):
                 return
-            raise _map_error(exc, "lease revoke") from exc
-        except Exception as exc:
             if "not found" in str(exc).lower():
                 return
-            raise _map_error(exc, "lease revoke") from exc
+            raise
 
     async def lease_ttl(self, lease_id: int) -> int:
         """Remaining TTL in seconds, -1 when the lease does not exist."""
-        assert self._raw.lease is not None
-        try:
-            resp = await self._raw.lease.time_to_live(lease_id, timeout=self.timeout)
-        except Exception as exc:
-            raise _map_error(exc, "lease ttl") from exc
+        resp = await self._call("lease ttl", lambda m, t: m.lease.time_to_live(lease_id, timeout=t))
         return int(resp.TTL)
+
+
+async def _page(
+    start: bytes, end: bytes, rev: int, page: int, keys_only: bool, m: Member, timeout: float
+) -> Any:
+    return await m.kv.get(
+        start, end, revision=rev, limit=page, keys_only=keys_only, timeout=timeout
+    )
 
 
 # Transaction building blocks ----------------------------------------------

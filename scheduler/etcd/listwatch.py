@@ -18,6 +18,14 @@ The client library's own watch resume is not used: it restarts from the last
 response's header revision (skipping events after a reconnect) and swallows
 compaction. Watches ask for ``require leader``, so a member cut off from its
 cluster ends the stream instead of going silent.
+
+A member can also go silent with its sockets open (SIGSTOP, a stuck disk). So a
+watch that has received nothing for ``idle`` seconds sends a progress request
+(``WatchProgressRequest``, answered by the member itself even during an
+election); no answer within ``stall`` means the member is stuck, and the watch
+is resumed at once on another member (``EtcdClient.pick``), by rule 3. Watches
+also ask for progress notifications (``progress_notify``), which a member sends
+on its own at ``--experimental-watch-progress-notify-interval``.
 """
 
 from __future__ import annotations
@@ -32,16 +40,21 @@ import grpc
 import structlog
 from etcd3aio import prefix_range_end
 from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
+from etcd3aio._protobuf import rpc_pb2 as _rpc_pb2  # type: ignore[attr-defined]
 
 from scheduler.etcd.client import (
+    PROBE_TIMEOUT,
     EtcdAuthError,
     EtcdClient,
     EtcdCompacted,
     EtcdUnavailable,
     KeyValue,
+    Member,
 )
 
 log = structlog.get_logger("etcron.listwatch")
+
+WatchProgressRequest = _rpc_pb2.WatchProgressRequest
 
 
 class EventKind(enum.Enum):
@@ -76,12 +89,17 @@ class _Compacted(Exception):
     pass
 
 
+class _Stalled(EtcdUnavailable):
+    """The member stopped answering the watch: resume elsewhere at once."""
+
+
 @dataclass
 class WatchStats:
     lists: int = 0
     reconnects: int = 0
     compactions: int = 0
     events: int = 0
+    stalls: int = 0
 
 
 class ListWatch:
@@ -100,12 +118,19 @@ class ListWatch:
         backoff: float = 0.1,
         max_backoff: float = 2.0,
         page: int = 1000,
+        idle: float = 1.0,
+        stall: float = PROBE_TIMEOUT,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.page = page
+        self.idle = idle
+        """A watch quiet for this long sends a progress request..."""
+        self.stall = stall
+        """...which must be answered within this, or the watch moves to another member."""
+        self._stuck: Member | None = None
         self.stats = WatchStats()
         self.revision = 0
         """The last revision delivered (snapshot or batch)."""
@@ -144,6 +169,14 @@ class ListWatch:
                     self.stats.compactions += 1
                     log.warning("watch revision compacted, listing again", prefix=self.prefix)
                     break
+                except _Stalled as exc:
+                    self.stats.reconnects += 1
+                    log.warning(
+                        "watch stalled, resuming on another member",
+                        prefix=self.prefix,
+                        from_revision=self.revision + 1,
+                        error=str(exc),
+                    )
                 except EtcdUnavailable as exc:
                     self.stats.reconnects += 1
                     log.info(
@@ -156,24 +189,53 @@ class ListWatch:
                     delay = min(delay * 2, self.max_backoff)
 
     async def _watch(self, start_revision: int) -> AsyncIterator[Batch]:
-        stub = WatchStub(self.client.raw._channel)
+        member = self.client.pick(avoid=self._stuck)
+        self._stuck = None
+        stub = WatchStub(member.channel)
         key = self.prefix.encode()
         create = WatchCreateRequest(
             key=key,
             range_end=prefix_range_end(key),
             start_revision=start_revision,
             prev_kv=False,
+            progress_notify=True,
         )
-        done = asyncio.Event()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue.put_nowait(WatchRequest(create_request=create))
 
         async def requests() -> AsyncIterator[Any]:
-            yield WatchRequest(create_request=create)
-            await done.wait()
+            while (req := await queue.get()) is not None:
+                yield req
 
+        loop = asyncio.get_running_loop()
         metadata = (*self.client.metadata, ("hasleader", "true"))
         stream = stub.Watch(requests(), metadata=metadata)
+        asked = False
         try:
-            async for resp in stream:
+            while True:
+                scope = self.client.scope(
+                    member, loop.time() + (self.stall if asked else self.idle), via_leader=False
+                )
+                try:
+                    async with scope:
+                        resp = await stream.read()
+                except TimeoutError:
+                    if not asked and not scope.aborted:
+                        # quiet for a while: the member must answer a progress request
+                        asked = True
+                        queue.put_nowait(WatchRequest(progress_request=WatchProgressRequest()))
+                        continue
+                    self.stats.stalls += 1
+                    self._stuck = member
+                    self.client.stalled(member)
+                    raise _Stalled(
+                        scope.aborted
+                        or f"watch on {member.endpoint}: no answer to a progress request "
+                        f"within {self.stall:.2f}s"
+                    ) from None
+                asked = False
+                if resp is grpc.aio.EOF:
+                    raise EtcdUnavailable("watch stream ended")
                 if resp.compact_revision:
                     raise _Compacted()
                 if resp.canceled:
@@ -182,7 +244,7 @@ class ListWatch:
                         raise EtcdAuthError(reason)
                     raise EtcdUnavailable(reason)
                 if not resp.events:
-                    continue
+                    continue  # created, progress: the member is alive
                 events = [
                     Event(
                         EventKind.DELETE if ev.type == 1 else EventKind.PUT,
@@ -192,12 +254,11 @@ class ListWatch:
                 ]
                 self.stats.events += len(events)
                 yield Batch(events[-1].kv.mod_revision, events)
-            raise EtcdUnavailable("watch stream ended")
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 raise EtcdAuthError(exc.details() or code.name) from exc
             raise EtcdUnavailable(f"{code.name}: {exc.details() or ''}") from exc
         finally:
-            done.set()
+            queue.put_nowait(None)
             stream.cancel()

@@ -12,6 +12,11 @@ Rules:
   fires: at that point the server may still think we are alive, so the work is
   stopped before anyone else can claim it.
 - A lost session stays lost; create a new :class:`Session` to go on.
+- An ack that does not come within ``min(PROBE_TIMEOUT, ttl/6)`` means the
+  stream is stuck (a frozen member, or a follower forwarding to a frozen
+  leader): the keepalive is sent again at once on a new stream, on another
+  member (``EtcdClient.pick``). The worst case (ttl 4, margin 1: the member
+  freezes just before a keepalive) leaves about a second for a new leader.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import structlog
 from etcd3aio._protobuf import LeaseKeepAliveRequest, LeaseStub
 
 from scheduler.clock import Clock
-from scheduler.etcd.client import EtcdClient, EtcdError
+from scheduler.etcd.client import PROBE_TIMEOUT, EtcdClient, EtcdError, Member
 
 log = structlog.get_logger("etcron.session")
 
@@ -50,6 +55,8 @@ class Session:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.keepalives = 0
+        self.stalls = 0
+        """Keepalives that got no ack in time and were sent again on a fresh stream."""
         self.on_renew: list[Callable[[float], None]] = []
         """Called with the new local deadline (monotonic) after every acknowledged keepalive."""
 
@@ -102,41 +109,57 @@ class Session:
                     await self._changed.wait()
 
     async def _keepalive(self) -> None:
-        stub = LeaseStub(self.client.raw._channel)
         interval = self.ttl / 3
+        # An ack comes in milliseconds. One that does not come within this is on a
+        # member that stopped answering (or one waiting on a leader that did): the
+        # keepalive is sent again at once on a fresh stream, on another member, so
+        # that it still renews the lease well before the local deadline.
+        ack_timeout = min(PROBE_TIMEOUT, interval / 2)
+        loop = asyncio.get_running_loop()
+        stuck: Member | None = None
         failures = 0
         while not self.lost.is_set():
-            queue: asyncio.Queue[float] = asyncio.Queue()
-            sent_at: list[float] = []
-
+            member = self.client.pick(avoid=stuck)
+            queue: asyncio.Queue[None] = asyncio.Queue()
+            stub = LeaseStub(member.channel)
             stream = stub.LeaseKeepAlive(self._requests(queue), metadata=self.client.metadata)
             try:
-                sent_at.append(self.clock.monotonic())
-                queue.put_nowait(sent_at[-1])
-                async with asyncio.timeout(interval):
-                    resp = await stream.read()
-                await self._handle(resp, sent_at.pop(0))
-                failures = 0
                 while not self.lost.is_set():
-                    await asyncio.sleep(interval)
-                    sent_at.append(self.clock.monotonic())
-                    queue.put_nowait(sent_at[-1])
-                    async with asyncio.timeout(interval):
+                    sent = self.clock.monotonic()
+                    queue.put_nowait(None)
+                    async with self.client.scope(member, loop.time() + ack_timeout):
                         resp = await stream.read()
-                    await self._handle(resp, sent_at.pop(0))
+                    await self._handle(resp, sent)
+                    if failures:
+                        log.info(
+                            "keepalive renewed again",
+                            lease=f"{self.lease_id:x}",
+                            member=member.endpoint,
+                            failures=failures,
+                        )
+                    failures = 0
+                    stuck = None
+                    await asyncio.sleep(interval)
             except (TimeoutError, grpc.aio.AioRpcError, EtcdError) as exc:
                 failures += 1
+                stalled = isinstance(exc, TimeoutError)
                 if failures == 1:
                     log.info(
                         "keepalive failed, retrying",
                         lease=f"{self.lease_id:x}",
-                        error=str(exc)[:200],
+                        member=member.endpoint,
+                        error=f"no ack within {ack_timeout:.2f}s" if stalled else str(exc)[:200],
                     )
-                await asyncio.sleep(min(0.2, interval))
+                if stalled:
+                    self.stalls += 1
+                    stuck = member
+                    self.client.stalled(member)
+                else:
+                    await asyncio.sleep(min(0.2, interval))
             finally:
                 stream.cancel()
 
-    async def _requests(self, queue: asyncio.Queue[float]) -> AsyncIterator[Any]:
+    async def _requests(self, queue: asyncio.Queue[None]) -> AsyncIterator[Any]:
         while True:
             await queue.get()
             yield LeaseKeepAliveRequest(ID=self.lease_id)
