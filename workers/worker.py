@@ -23,7 +23,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from scheduler.etcd.batch import TxnBatcher
-from scheduler.etcd.client import EtcdClient, EtcdError
+from scheduler.etcd.client import EtcdError
+from scheduler.etcd.connect import connect_patiently
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
 from scheduler.model import JobSpec
 from scheduler.runs import from_ms, tick_ms
@@ -110,7 +111,10 @@ class Worker(Membership, Claiming):
     async def _run(self) -> None:
         _use_pidfd_child_watcher()
         seal_inherited_fds()
-        self.client = await EtcdClient.connect(self.config.etcd)
+        client = await connect_patiently(self.config.etcd, stop=self._stop, what="worker")
+        if client is None:
+            return  # stopped while waiting for etcd
+        self.client = client
         self.batcher = TxnBatcher(self.client)
         await self.guard.start()
         try:

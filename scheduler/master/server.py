@@ -29,6 +29,7 @@ import uvicorn
 
 from scheduler.config import Config, ConfigError
 from scheduler.etcd.client import EtcdClient
+from scheduler.etcd.connect import connect_patiently
 from scheduler.keyspace import Keyspace
 from scheduler.master.api import create_app
 from scheduler.store import JobStore
@@ -107,10 +108,14 @@ async def run_master(
     host, port = parse_listen(config.master.listen)
     sock = _bind(host, port)
     try:
-        client = await EtcdClient.connect(config.etcd)
+        connected = await connect_patiently(config.etcd, stop=stop, what="master")
     except BaseException:
         sock.close()
         raise
+    if connected is None:
+        sock.close()
+        return
+    client = connected
     keyspace = Keyspace(config.etcd.prefix)
     app = create_app(JobStore(client, keyspace), token=token)
     server = _Server(
