@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.chaos import checker, scenarios, scenarios_etcd
+from tests.chaos import checker, scenarios, scenarios_clock, scenarios_etcd
 from tests.chaos.scenarios import Opts, Result, Scenario
 
 SCENARIOS: dict[int, tuple[str, Scenario]] = {
@@ -34,6 +34,11 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     8: ("partition worker from etcd", scenarios_etcd.partition),
     9: ("SIGTERM drain", scenarios.sigterm),
     10: ("bad input", scenarios.bad_input),
+    13: ("worker clock +1 h", scenarios_clock.clock_ahead),
+    14: ("clock step +1 h while running", scenarios_clock.clock_step_forward),
+    15: ("clock step -1 h while running", scenarios_clock.clock_step_back),
+    16: ("±0.7 s skew, bound 1 s", scenarios_clock.skew_07),
+    17: ("stale and forged keys", scenarios_clock.stale_keys),
 }
 SHORT = (1, 4, 3, 5)
 TIMEOUT = 240.0  # per scenario: a hang is a failure, never a stuck run
