@@ -4,8 +4,9 @@ Standard library only: no etcd client library is imported. Readiness is checked 
 ``/health`` and leadership through etcd's JSON gRPC gateway (``/v3/maintenance/status``),
 which both etcd 3.4 and 3.5 serve on the client port, so no ``etcdctl`` is needed.
 
-Every process started here runs in its own process group, listens on 127.0.0.1 only,
-and is killed at interpreter exit if nobody stopped it first.
+Every process started here runs in its own process group, listens on 127.0.0.1 unless
+given another ``host`` (the chaos suite puts members in network namespaces with
+``netns``), and is killed at interpreter exit if nobody stopped it first.
 
 Command line (used by ``deploy/local-cluster.sh``)::
 
@@ -195,7 +196,9 @@ class EtcdMember:
     """One etcd process on 127.0.0.1, with its data and log under ``base_dir``.
 
     ``initial_cluster`` is the ``name=peer-url,...`` string of the whole cluster; by
-    default the member forms a cluster of one.
+    default the member forms a cluster of one. ``host`` is the address it listens on
+    (default 127.0.0.1); ``netns`` runs it under ``ip netns exec NAME`` (which execs
+    etcd, so :attr:`pid` is etcd's own pid).
     """
 
     def __init__(
@@ -209,8 +212,12 @@ class EtcdMember:
         cluster_token: str | None = None,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        host: str = _LOOPBACK,
+        netns: str | None = None,
     ) -> None:
         self.name = name
+        self.host = host
+        self.netns = netns
         self.base_dir = Path(base_dir)
         if client_port is None or peer_port is None:
             ports = reserve_ports(2)
@@ -230,16 +237,16 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{_LOOPBACK}:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{_LOOPBACK}:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
         """``127.0.0.1:port``, the form etcron's config takes."""
-        return f"{_LOOPBACK}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -270,7 +277,8 @@ class EtcdMember:
         ]  # fmt: skip
         if etcd_version(self.binary) >= (3, 4, 0):
             args += ["--logger", "zap", "--log-level", "warn"]
-        return args + self.extra_args
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return prefix + args + self.extra_args
 
     # -- lifecycle
 
@@ -420,6 +428,8 @@ class EtcdCluster:
     """``size`` etcd members on loopback, each in ``base_dir/<name>``.
 
     ``client_ports`` fixes the members' client ports (the rest are picked free).
+    ``hosts`` and ``netns`` give each member its own address and network namespace
+    (see :class:`EtcdMember`); by default every member listens on 127.0.0.1.
     """
 
     def __init__(
@@ -432,6 +442,8 @@ class EtcdCluster:
         name_prefix: str = "etcd",
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        hosts: Sequence[str] = (),
+        netns: Sequence[str | None] = (),
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one member")
@@ -444,7 +456,13 @@ class EtcdCluster:
         clients = [*client_ports, *(next(spare) for _ in range(size - len(client_ports)))]
         peers = [*peer_ports, *(next(spare) for _ in range(size - len(peer_ports)))]
         names = [f"{name_prefix}{i}" for i in range(size)]
-        initial = ",".join(f"{n}=http://{_LOOPBACK}:{p}" for n, p in zip(names, peers, strict=True))
+        if len(hosts) not in (0, size) or len(netns) not in (0, size):
+            raise ValueError("hosts and netns need one entry per member")
+        addrs = list(hosts) or [_LOOPBACK] * size
+        spaces = list(netns) or [None] * size
+        initial = ",".join(
+            f"{n}=http://{h}:{p}" for n, h, p in zip(names, addrs, peers, strict=True)
+        )
         token = f"etcron-test-{secrets.token_hex(4)}"
         self.members: list[EtcdMember] = [
             EtcdMember(
@@ -456,8 +474,10 @@ class EtcdCluster:
                 cluster_token=token,
                 extra_args=extra_args,
                 binary=self.binary,
+                host=h,
+                netns=ns,
             )
-            for n, c, p in zip(names, clients, peers, strict=True)
+            for n, c, p, h, ns in zip(names, clients, peers, addrs, spaces, strict=True)
         ]
 
     def __repr__(self) -> str:

@@ -2,7 +2,8 @@
 
 Everything blocking (starting or stopping etcd members) runs in a thread, so the
 event loop that serves the TCP proxies keeps forwarding while the rig works.
-Only 127.0.0.1 is ever used.
+Only 127.0.0.1 is used, unless the rig is given a :class:`~tests.chaos.netns.Lab`
+(addresses in 198.18.0.0/15 on a bridge of its own, nothing outside).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from scheduler.master.housekeeping import Housekeeper
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord
 from tests.chaos import checker
+from tests.chaos.netns import Lab
 from tests.support import wait_for
 from tests.support.cluster import WorkerProcess, make_config
 from tests.support.proxy import ProxyGroup
@@ -41,6 +43,8 @@ class Rig:
     ``proxied``: indexes of workers whose etcd endpoints go through their own
     :class:`TcpProxy` per member (``self.proxies[i]``), so they can be cut off.
     ``worker_opts``: extra ``WorkerConfig`` fields per worker index.
+    ``net``: run every member and worker in its own network namespace of this
+    :class:`~tests.chaos.netns.Lab` (worker ``i`` lists member ``i`` first).
     """
 
     def __init__(
@@ -56,11 +60,18 @@ class Rig:
         proxied: tuple[int, ...] = (),
         worker_opts: dict[int, dict[str, Any]] | None = None,
         initial: int | None = None,
+        net: Lab | None = None,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger = self.dir / "ledger"
-        self.cluster = EtcdCluster(self.dir / "etcd", members)
+        self.net = net
+        if net is None:
+            self.cluster = EtcdCluster(self.dir / "etcd", members)
+        else:
+            self.cluster = EtcdCluster(
+                self.dir / "etcd", members, hosts=net.member_addrs, netns=net.member_ns
+            )
         self.ks = Keyspace(PREFIX)
         self.n_workers = workers
         self.initial = workers if initial is None else initial
@@ -107,8 +118,12 @@ class Rig:
     def _worker(self, i: int) -> WorkerProcess:
         endpoints = self.proxies[i].addresses if i in self.proxies else self.cluster.endpoints
         opts = self.opts | self.worker_opts.get(i, {})
+        if self.net is not None:  # spread the workers' first endpoints over the members
+            k = i % len(endpoints)
+            endpoints = endpoints[k:] + endpoints[:k]
         config = make_config(endpoints, PREFIX, f"w{i}", **opts)
-        return WorkerProcess(config, self.dir / f"w{i}.log")
+        netns = self.net.worker_ns[i] if self.net is not None else None
+        return WorkerProcess(config, self.dir / f"w{i}.log", netns=netns)
 
     async def stop(self) -> None:
         for w in self.workers:

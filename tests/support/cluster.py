@@ -140,11 +140,16 @@ async def workers(
 
 
 class WorkerProcess:
-    """``etcron worker`` as a real process (for SIGKILL / SIGSTOP / SIGTERM tests)."""
+    """``etcron worker`` as a real process (for SIGKILL / SIGSTOP / SIGTERM tests).
 
-    def __init__(self, config: Config, log: Path) -> None:
+    ``netns``: run it under ``ip netns exec NAME`` (which execs Python, so :attr:`pid`
+    is the worker's own pid).
+    """
+
+    def __init__(self, config: Config, log: Path, *, netns: str | None = None) -> None:
         self.config = config
         self.log = log
+        self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -154,9 +159,10 @@ class WorkerProcess:
             "import os, sys; from scheduler.config import Config; from workers.daemon import main; "
             "sys.exit(main(Config.model_validate_json(os.environ['ETCRON_WORKER_CONFIG_JSON'])))"
         )
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", code], stdout=out, stderr=out, env=env
+                [*prefix, sys.executable, "-c", code], stdout=out, stderr=out, env=env
             )
 
     @property

@@ -1,0 +1,249 @@
+"""Scenarios 18-20 (issue 11, item 6): network namespaces and a slow disk.
+
+18 and 19 run every etcd member and every worker in its own network namespace
+(:mod:`tests.chaos.netns`) and cut one worker's link to the etcd leader, both ways
+(18) or only from the worker's side (19). 20 throttles the etcd leader's disk writes
+with the cgroup v1 blkio controller (:mod:`tests.chaos.slowdisk`). Each needs root;
+without it (or without ``ip`` / the blkio throttle) the scenario is skipped and says
+why in its name and notes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from typing import Any
+
+from scheduler.runs import RunStatus
+from tests.chaos import checker, netns, slowdisk
+from tests.chaos.rig import Rig
+from tests.chaos.scenarios import Opts, Result, result
+
+JOBS = ["j0", "j1", "j2"]
+MAX_INTERVAL = 3.0  # longest time allowed between consecutive started ticks of a job
+
+
+def skipped(n: int, name: str, reason: str) -> Result:
+    res = Result(n, f"{name} (skipped: {reason})", checker.Report(), [], {})
+    res.notes = {"skipped": reason}
+    return res
+
+
+def intervals(lines: list[checker.Line], lo: float, hi: float) -> dict[str, float]:
+    """Per job, the longest time between consecutive started ticks in [lo, hi]
+    (1.0 when every second started)."""
+    return {j: round(checker.gaps(lines, j, lo, hi) + 1.0, 2) for j in JOBS}
+
+
+def ms(x: float) -> int | None:
+    return None if math.isnan(x) else round(x * 1000)
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+async def _victim(rig: Rig, lab: netns.Lab, lead: int) -> tuple[int, bool]:
+    """The worker with an open connection to member ``lead`` (worker ``lead`` lists it
+    first, so normally that one); True if the connection was seen."""
+    member = rig.cluster.members[lead]
+
+    def probe() -> int | None:
+        order = sorted(range(len(rig.workers)), key=lambda i: i != lead)
+        for i in order:
+            w = rig.workers[i]
+            if w.proc is not None and netns.established(
+                w.pid, lab.member_addrs[lead], member.client_port
+            ):
+                return i
+        return None
+
+    for _ in range(20):
+        found = probe()
+        if found is not None:
+            return found, True
+        await asyncio.sleep(0.1)
+    return lead % len(rig.workers), False
+
+
+# 18 / 19 ---------------------------------------------------------------------------
+
+
+async def _cut(o: Opts, n: int, name: str, *, both_ways: bool) -> Result:
+    reason = netns.unavailable()
+    if reason:
+        return skipped(n, name, reason)
+    hold = 15.0
+    with netns.Lab(members=3, workers=3) as lab:
+        async with Rig(o.dir(f"{n}-{'cut' if both_ways else 'one-way'}"), net=lab) as rig:
+            await rig.put_jobs(*(rig.job(j) for j in JOBS))
+            t0 = await rig.warm(*JOBS)
+            await asyncio.sleep(2.0)
+            lead = await asyncio.to_thread(rig.cluster.leader_index)
+            assert lead is not None, "no etcd leader"
+            vi, seen = await _victim(rig, lab, lead)
+            wns, maddr = lab.worker_ns[vi], lab.member_addrs[lead]
+            member = rig.cluster.members[lead].name
+            how = "both ways" if both_ways else f"w{vi} -> {member} only"
+            f = rig.fault(f"cut w{vi} from leader {member} {how} {hold:.0f}s", settle=2.0)
+            try:
+                lab.block(wns, maddr)
+                if both_ways:
+                    lab.block(lab.member_ns[lead], lab.worker_addrs[vi])
+                await asyncio.sleep(hold)
+            finally:
+                lab.unblock_all()
+            rig.heal(f)
+            still_leader = await asyncio.to_thread(rig.cluster.leader_index)
+            await asyncio.sleep(8.0)
+            t1 = time.time()
+            regs = await rig.registrations()
+            await asyncio.sleep(1.5)
+        left = lab  # checked below, after close
+    lines = rig.lines()
+    rep = checker.check(lines, window=(t0, t1), every_second=JOBS, faults=rig.faults)
+    longest = intervals(lines, t0, t1)
+    worst = max(longest.values())
+    in_cut = [e for e in lines if e.is_start and f.start <= e.tick <= f.end]
+    res = result(
+        n,
+        name,
+        rig,
+        rep,
+        longest_interval_between_started_ticks_le_3s=worst <= MAX_INTERVAL,
+        torn_down=not left.leftovers(),
+    )
+    res.notes = {
+        "victim": f"w{vi}",
+        "victim_connected_to_leader": seen,
+        "leader": member,
+        "leader_after": rig.cluster.members[still_leader].name
+        if still_leader is not None
+        else None,
+        "longest_interval_s": longest,
+        "starts_during_cut_by_worker": {
+            w: sum(1 for e in in_cut if e.worker == w) for w in sorted({e.worker for e in in_cut})
+        },
+        "misses_in": [m[1] for m in rep.misses_inside][:12],
+        "registered_after": sorted(regs),
+    }
+    return res
+
+
+async def leader_link_cut(o: Opts) -> Result:
+    return await _cut(o, 18, "worker cut from the etcd leader", both_ways=True)
+
+
+async def one_way_cut(o: Opts) -> Result:
+    return await _cut(o, 19, "one-way cut worker -> leader", both_ways=False)
+
+
+# 20 --------------------------------------------------------------------------------
+
+WAL = "etcd_disk_wal_fsync_duration_seconds"
+COMMIT = "etcd_disk_backend_commit_duration_seconds"
+
+
+async def slow_leader_disk(o: Opts, iops: int = 20) -> Result:
+    name = "etcd leader with a slow disk"
+    reason = slowdisk.unavailable()
+    if reason:
+        return skipped(20, name, reason)
+    hold = 20.0
+    base = o.dir("20-slow-disk")
+    base.mkdir(parents=True, exist_ok=True)
+    with slowdisk.DataDisk(base / "etcd") as disk:
+        async with Rig(base) as rig:
+            await rig.put_jobs(*(rig.job(j) for j in JOBS))
+            t0 = await rig.warm(*JOBS)
+            await asyncio.sleep(2.0)
+            lead = await asyncio.to_thread(rig.cluster.leader_index)
+            assert lead is not None, "no etcd leader"
+            m = rig.cluster.members[lead]
+            assert m.pid is not None
+            before = {
+                h: await asyncio.to_thread(slowdisk.histogram, m.client_url, h)
+                for h in (WAL, COMMIT)
+            }
+            f = rig.fault(f"{m.name} writes throttled to {iops} IOPS {hold:.0f}s", settle=2.0)
+            leaders: list[int | None] = []
+            with slowdisk.Throttle(m.pid, disk.device, iops):
+                end = time.monotonic() + hold
+                while time.monotonic() < end:  # the hold, watching who leads
+                    leaders.append(await asyncio.to_thread(rig.cluster.leader_index, 0.5))
+                    await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
+                after = {
+                    h: await asyncio.to_thread(slowdisk.histogram, m.client_url, h)
+                    for h in (WAL, COMMIT)
+                }
+            rig.heal(f)
+            await asyncio.sleep(6.0)
+            t1 = time.time()
+            await asyncio.sleep(1.5)
+            records = {j: await rig.records(j) for j in JOBS}
+    lines = rig.lines()
+    rep = checker.check(lines, window=(t0, t1), every_second=JOBS, faults=rig.faults)
+    lo, hi = math.ceil(t0) + 1, math.floor(t1) - 1  # the checker's window
+    ran = {(e.job, round(e.tick)) for e in lines if e.is_start}
+    recorded: dict[tuple[str, int], str] = {}
+    for j, recs in records.items():
+        for r in recs.values():
+            if r.status in (RunStatus.MISSED, RunStatus.SKIPPED):
+                recorded[(j, round(r.tick.timestamp()))] = str(r.status)
+    expected = [(j, s) for j in JOBS for s in range(lo, hi + 1)]
+    not_run = [k for k in expected if k not in ran]
+    unaccounted = [k for k in not_run if k not in recorded]
+    lag_all = [e.at - e.tick for e in lines if e.is_start and lo <= e.tick <= hi]
+    lag_fault = [e.at - e.tick for e in lines if e.is_start and f.start <= e.tick <= f.end]
+    p99_fault = pct(lag_fault, 0.99)
+    fault_ticks = [(j, s) for (j, s) in expected if f.start <= s <= f.end]
+    res = result(
+        20,
+        name,
+        rig,
+        rep,
+        every_expected_tick_ran_or_recorded=not unaccounted,
+        every_tick_runs=not not_run,
+        lag_p99_le_1s=p99_fault <= 1.0,
+    )
+    res.checks.pop("0 misses outside fault windows")  # covered by "every tick runs"
+
+    def fig(h: str, q: float) -> Any:
+        v = slowdisk.quantile(before[h], after[h], q)
+        return None if v is None else round(v * 1000, 1)
+
+    res.notes = {
+        "disk": disk.how,
+        "throttle": f"{iops} write IOPS on {disk.device} for {m.name} (pid {m.pid})",
+        "wal_fsync_ms": {
+            "n": slowdisk.observations(before[WAL], after[WAL]),
+            "p50": fig(WAL, 0.5),
+            "p99": fig(WAL, 0.99),
+        },
+        "backend_commit_ms": {"p50": fig(COMMIT, 0.5), "p99": fig(COMMIT, 0.99)},
+        "leaders_during_fault": sorted(
+            {rig.cluster.members[x].name for x in leaders if x is not None}
+        ),
+        "ticks_expected": len(expected),
+        "ticks_in_fault": len(fault_ticks),
+        "ran": len(expected) - len(not_run),
+        "ran_in_fault": sum(1 for k in fault_ticks if k in ran),
+        "not_run_recorded": {
+            s: sum(1 for k in not_run if recorded.get(k) == s) for s in ("missed", "skipped")
+        },
+        "unaccounted": [f"{j}@{checker.show_tick(s)}" for j, s in unaccounted][:10],
+        "lag_fault_ms": {
+            "p50": ms(pct(lag_fault, 0.5)),
+            "p99": ms(p99_fault),
+            "max": ms(max(lag_fault, default=math.nan)),
+        },
+        "lag_all_ms": {"p50": ms(pct(lag_all, 0.5)), "p99": ms(pct(lag_all, 0.99))},
+    }
+    with contextlib.suppress(Exception):
+        res.notes["longest_interval_s"] = intervals(lines, t0, t1)
+    return res
