@@ -122,14 +122,19 @@ class TxnResult:
     succeeded: bool
     revision: int
     responses: list[list[KeyValue]]
-    """For each op of the branch that ran: the keys a Range op returned ([] for writes)."""
+    """For each op of the branch that ran: the keys a Range op returned, the
+    previous key of a Put asked for it (``prev_kv``, [] if there was none), []
+    for other writes."""
 
 
 def _txn_result(resp: Any, revision: int) -> TxnResult:
     responses: list[list[KeyValue]] = []
     for r in resp.responses:
-        if r.WhichOneof("response") == "response_range":
+        kind = r.WhichOneof("response")
+        if kind == "response_range":
             responses.append([KeyValue.from_pb(kv) for kv in r.response_range.kvs])
+        elif kind == "response_put" and r.response_put.HasField("prev_kv"):
+            responses.append([KeyValue.from_pb(r.response_put.prev_kv)])
         else:
             responses.append([])
     return TxnResult(bool(resp.succeeded), revision, responses)
@@ -327,6 +332,8 @@ class EtcdClient:
         """How many times the active member changed."""
         self.aborts = 0
         """Requests and stream waits cut short by failover."""
+        self.probes = 0
+        """Status probes sent."""
 
     # lifecycle ------------------------------------------------------------
 
@@ -439,6 +446,7 @@ class EtcdClient:
         """Ask ``m`` for its status; update its state (and abort on a new term)."""
         loop = asyncio.get_running_loop()
         sent = loop.time()
+        self.probes += 1
         try:
             resp = await m.maintenance.status(timeout=timeout)
         except (TimeoutError, etcd3aio.EtcdConnectionError, etcd3aio.EtcdTransientError):
@@ -729,8 +737,9 @@ def cmp_value(key: str, value: bytes, result: int = EQUAL) -> Cmp:
     return KVService.txn_compare_value(key, value, result=result)
 
 
-def op_put(key: str, value: bytes, lease: int = 0) -> Op:
-    return KVService.txn_op_put(key, value, lease=lease)
+def op_put(key: str, value: bytes, lease: int = 0, *, prev_kv: bool = False) -> Op:
+    """A put; with ``prev_kv`` its response holds the value it replaced."""
+    return KVService.txn_op_put(key, value, lease=lease, prev_kv=prev_kv)
 
 
 def op_get(key: str) -> Op:

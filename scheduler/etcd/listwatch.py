@@ -100,6 +100,7 @@ class WatchStats:
     compactions: int = 0
     events: int = 0
     stalls: int = 0
+    progress: int = 0
 
 
 class ListWatch:
@@ -211,14 +212,19 @@ class ListWatch:
         metadata = (*self.client.metadata, ("hasleader", "true"))
         stream = stub.Watch(requests(), metadata=metadata)
         asked = False
+        # grpc.aio cancels the whole call when a read is cancelled: the read runs
+        # as its own task, and only the wait for it has a deadline
+        reading: asyncio.Future[Any] | None = None
         try:
             while True:
+                if reading is None:
+                    reading = asyncio.ensure_future(stream.read())
                 scope = self.client.scope(
                     member, loop.time() + (self.stall if asked else self.idle), via_leader=False
                 )
                 try:
                     async with scope:
-                        resp = await stream.read()
+                        await asyncio.shield(reading)
                 except TimeoutError:
                     if not asked and not scope.aborted:
                         # quiet for a while: the member must answer a progress request
@@ -233,6 +239,10 @@ class ListWatch:
                         or f"watch on {member.endpoint}: no answer to a progress request "
                         f"within {self.stall:.2f}s"
                     ) from None
+                resp = reading.result()
+                reading = None
+                if asked:
+                    self.stats.progress += 1
                 asked = False
                 if resp is grpc.aio.EOF:
                     raise EtcdUnavailable("watch stream ended")
@@ -260,5 +270,7 @@ class ListWatch:
                 raise EtcdAuthError(exc.details() or code.name) from exc
             raise EtcdUnavailable(f"{code.name}: {exc.details() or ''}") from exc
         finally:
+            if reading is not None:
+                reading.cancel()
             queue.put_nowait(None)
             stream.cancel()
