@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.chaos import checker, scenarios, scenarios_clock, scenarios_etcd, scenarios_net
+from tests.chaos import (
+    checker,
+    scenarios,
+    scenarios_clock,
+    scenarios_etcd,
+    scenarios_gray,
+    scenarios_net,
+)
 from tests.chaos.scenarios import Opts, Result, Scenario
 
 SCENARIOS: dict[int, tuple[str, Scenario]] = {
@@ -34,6 +41,8 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     8: ("partition worker from etcd", scenarios_etcd.partition),
     9: ("SIGTERM drain", scenarios.sigterm),
     10: ("bad input", scenarios.bad_input),
+    11: ("frozen etcd leader", scenarios_gray.frozen_leader),
+    12: ("frozen etcd follower", scenarios_gray.frozen_follower),
     18: ("worker cut from the etcd leader", scenarios_net.leader_link_cut),
     19: ("one-way cut worker -> leader", scenarios_net.one_way_cut),
     20: ("etcd leader with a slow disk", scenarios_net.slow_leader_disk),
