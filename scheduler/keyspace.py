@@ -15,6 +15,7 @@ Every key etcron reads or writes is built here, under a configurable prefix
 | ``runs/<name>/<run-id>``              | workers, leader master| none (retention) |
 | ``output/<name>/<run-id>/<seq>``      | the running worker    | none (retention) |
 | ``leader``                            | the leader master     | its session      |
+| ``repairs/<kind>/<name>``             | the repairing worker  | none (last one)  |
 """
 
 from __future__ import annotations
@@ -116,6 +117,14 @@ class Keyspace:
 
     def output_chunk(self, name: str, run_id: str, seq: int) -> str:
         return f"{self.outputs}{name}/{run_id}/{seq:08d}"
+
+    @property
+    def repairs(self) -> str:
+        return self._dir("repairs")
+
+    def repair(self, kind: str, name: str) -> str:
+        """The last repair of a stale or forged key (kind: fence, lock, worker)."""
+        return f"{self.repairs}{kind}/{name}"
 
     @property
     def leader(self) -> str:

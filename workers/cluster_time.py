@@ -25,11 +25,13 @@ Rules:
   step: the offset moves by the same amount at once, so the timer neither
   fires an hour of ticks in a burst nor goes silent for an hour. The next
   estimate confirms it from the samples.
-- **Unknown is not healthy.** Until a sample of a live peer has arrived, a
-  worker that has peers does not know its offset (a registration listed at
-  start-up may be seconds old); ``known`` is False and the worker does not
-  claim while a healthy peer can (:mod:`workers.claiming`). A lone worker,
-  with no peer to compare with, takes its own clock as the cluster's.
+- **Unknown is not healthy.** Until a sample of every live peer has arrived,
+  a worker that has peers does not know its offset (a registration listed at
+  start-up may be seconds old, and a median of two clocks cannot tell which
+  is wrong); ``known`` is False and the worker does not claim while a healthy
+  peer can (:mod:`workers.claiming`). Peers re-register as soon as they see a
+  new worker join, so this lasts one round trip. A lone worker, with no peer
+  to compare with, takes its own clock as the cluster's.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -18,6 +19,7 @@ from scheduler.keyspace import Keyspace
 from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.guardclient import Guard
 from workers.launch import Launcher
+from workers.repair import Repairs
 from workers.runner import RunHandle, Runner
 from workers.state import JobTable, PeerView, TickView
 from workers.timer import Timer
@@ -47,6 +49,8 @@ class WorkerCore:
         self.session: Session | None = None
         self.client: EtcdClient | None = None
         self.batcher: TxnBatcher | None = None
+        self.repairs: Repairs | None = None
+        self._repairing: set[str] = set()
         self.guard = Guard(config.etcd)
         self.draining = False
         self.ready = asyncio.Event()
@@ -54,6 +58,10 @@ class WorkerCore:
         self.triggers: set[str] = set()
         self._old_leases: set[int] = set()
         self._claiming = 0  # claims in flight count against capacity
+        self.ahead = self.cfg.claim_ahead
+        """Seconds before a tick its claim is sent (adapts to etcd's commit time)."""
+        self._claim_latency: deque[float] = deque(maxlen=64)
+        self._claims_seen = 0
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -81,6 +89,17 @@ class WorkerCore:
 
     def lease_left(self) -> float:
         return self.session.remaining() if self.session is not None else 0.0
+
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Bookkeeping that no run waits for (records, repairs): kept, logged if it fails."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", error=repr(task.exception()))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

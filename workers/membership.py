@@ -57,9 +57,7 @@ class Membership(WorkerCore):
             self.session = None
             self._session_ready.clear()
             await session.close(revoke=False)
-            task = asyncio.create_task(self._revoke_later(session.lease_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background_task(self._revoke_later(session.lease_id))
             lost = list(self.runs.values())
             for h in lost:
                 h.stop(StopReason.LOST, now=True)
@@ -128,3 +126,23 @@ class Membership(WorkerCore):
             self.peers.joined.clear()
             with contextlib.suppress(EtcdError):
                 await self._register()
+            if self.peers.orphans and self._first_healthy():
+                await self._repair_registrations()
+
+    def _first_healthy(self) -> bool:
+        """Am I the worker that repairs shared keys now (the first healthy id)?"""
+        if not self.clock_ok() or self.draining or self.repairs is None:
+            return False
+        healthy = [p.id for p in self.peers.list() if p.can_claim({}) or p.id == self.id]
+        return min(healthy, default=self.id) == self.id
+
+    async def _repair_registrations(self) -> None:
+        assert self.repairs is not None
+        orphans = list(self.peers.orphans.values())
+        try:
+            n = await self.repairs.registrations(orphans)
+        except EtcdError as exc:
+            self.log.warning("registration repair failed", error=str(exc))
+            return
+        if n:
+            self.log.warning("deleted registrations without a lease", count=n)

@@ -41,15 +41,6 @@ def _kv_changes(
     ]
 
 
-def _changes(
-    item: Snapshot | Batch, known: Iterable[str], prefix: str
-) -> list[tuple[str, bytes | None]]:
-    """(name, value or None when gone) for every key the item touches."""
-    return [
-        (name, None if kv is None else kv.value) for name, kv in _kv_changes(item, known, prefix)
-    ]
-
-
 class JobTable:
     """Valid job specs by name, from ``<prefix>/jobs/``."""
 
@@ -57,13 +48,19 @@ class JobTable:
         self.prefix = prefix
         self.jobs: dict[str, JobSpec] = {}
         self.bad: dict[str, str] = {}
+        self.revisions: dict[str, int] = {}
+        """The revision each definition was last written at."""
         self.revision = 0
 
     def apply(self, item: Snapshot | Batch) -> list[Change]:
         """Apply an item; return (name, new spec or None if removed) for each change."""
         changed: list[Change] = []
-        for name, value in _changes(item, [*self.jobs, *self.bad], self.prefix):
+        for name, kv in _kv_changes(item, [*self.jobs, *self.bad], self.prefix):
+            value = None if kv is None else kv.value
+            if kv is not None:
+                self.revisions[name] = kv.mod_revision
             if value is None:
+                self.revisions.pop(name, None)
                 self.bad.pop(name, None)
                 if self.jobs.pop(name, None) is not None:
                     changed.append((name, None))

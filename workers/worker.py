@@ -23,14 +23,15 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from scheduler.etcd.batch import TxnBatcher
-from scheduler.etcd.client import EtcdError
+from scheduler.etcd.client import EtcdError, KeyValue
 from scheduler.etcd.connect import connect_patiently
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
 from scheduler.model import JobSpec
 from scheduler.runs import from_ms, tick_ms
-from workers.claiming import Claiming
+from workers.claiming import MAX_CLAIM_AHEAD, Claiming
 from workers.executor import StopReason
 from workers.membership import Membership
+from workers.repair import Repairs
 from workers.spawn import seal_inherited_fds
 
 MAX_SLEEP = 30.0
@@ -116,6 +117,7 @@ class Worker(Membership, Claiming):
             return  # stopped while waiting for etcd
         self.client = client
         self.batcher = TxnBatcher(self.client)
+        self.repairs = Repairs(client, self.ks, self.id, self.clock)
         await self.guard.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -198,7 +200,29 @@ class Worker(Membership, Claiming):
             self._spawn(self._tick(job, tick_ms(latest)))
 
     def _on_ticks(self, item: Snapshot | Batch) -> None:
-        self.ticks.apply(item)
+        changed = self.ticks.apply(item)
+        if not self.clock_ok() or self.repairs is None:
+            return  # only a worker with a good clock judges what is in the future
+        limit = int(self.clock.time() * 1000) + self._fence_tolerance_ms()
+        for name in changed:
+            if self.ticks.ticks[name] > limit and name not in self._repairing:
+                self._background_task(self._repair_fence(name, self.ticks.kvs[name]))
+
+    def _fence_tolerance_ms(self) -> int:
+        """How far ahead of cluster time a legitimate claim can put a fence: the
+        longest claim-ahead, two clocks at the skew bound, and a second more."""
+        return int(1000 * (MAX_CLAIM_AHEAD + 2 * self.cfg.max_clock_skew + 1.0))
+
+    async def _repair_fence(self, name: str, kv: KeyValue) -> None:
+        assert self.repairs is not None
+        self._repairing.add(name)
+        try:
+            limit = int(self.clock.time() * 1000) + self._fence_tolerance_ms()
+            await self.repairs.fence(name, kv, limit)
+        except EtcdError as exc:
+            self.log.warning("fence repair failed", job=name, error=str(exc))
+        finally:
+            self._repairing.discard(name)
 
     def _on_workers(self, item: Snapshot | Batch) -> None:
         self.peers.apply(item)
@@ -208,9 +232,12 @@ class Worker(Membership, Claiming):
         """Re-estimate the offset from the peers' clocks (``workers.cluster_time``)."""
         was_ok, was_known = self.clock_ok(), self.clock.known
         est = self.peers.estimator.estimate()
-        if est is not None:
+        others = self.peers.others()
+        if est is not None and (self.clock.known or est[1] >= others):
+            # the first estimate waits for a sample of every live peer: a median
+            # of our own clock and one other cannot tell which of the two is wrong
             self.clock.offset, self.clock.known = est[0], True
-        elif not self.peers.others():
+        elif not others:
             self.clock.known = True  # alone: our clock is the cluster's
         ok = self.clock_ok()
         if ok != was_ok:
@@ -268,8 +295,8 @@ class Worker(Membership, Claiming):
     # timer ----------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
-        ahead = int(self.cfg.claim_ahead * 1000)
         while True:
+            ahead = int(self.ahead * 1000)
             now_ms = int(self.clock.time() * 1000)
             for name, fire in self.timer.pop_due(now_ms + ahead):
                 job = self.table.jobs.get(name)

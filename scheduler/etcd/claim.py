@@ -71,6 +71,14 @@ class Claim:
     recorded: bool = False
     last_tick: int | None = None
     txns: int = 0
+    lock: KeyValue | None = None
+    """BUSY: the lock that was held (to tell a live holder from an orphan)."""
+    replaced: int | None = None
+    """The tick fence value this claim moved on from, when it wrote the fence
+    (WON, or BUSY with the skip recorded): the ticks in between were never
+    claimed, and the caller records them (see ``workers.accounting``)."""
+    replaced_revision: int = 0
+    """The revision at which the replaced fence value had been written."""
 
 
 class Fence:
@@ -92,6 +100,10 @@ class Fence:
         """True when the fence key does not exist and the compare must change."""
         return False
 
+    def replaced(self, written: list[KeyValue]) -> int | None:
+        """The tick the fence held before our write (from the put's ``prev_kv``)."""
+        return None
+
 
 class TickFence(Fence):
     def __init__(self, key: str, tick_ms: int) -> None:
@@ -106,13 +118,19 @@ class TickFence(Fence):
         return [cmp_value(self.key, self.value, LESS)]
 
     def ops(self) -> list[Op]:
-        return [op_put(self.key, self.value)]
+        return [op_put(self.key, self.value, prev_kv=True)]
 
     def check(self) -> Op:
         return op_get(self.key)
 
     def taken(self, seen: list[KeyValue]) -> bool:
         return bool(seen) and seen[0].value >= self.value
+
+    def replaced(self, written: list[KeyValue]) -> int | None:
+        try:
+            return decode_tick(written[0].value) if written else None
+        except ValueError:
+            return None
 
     def missing(self, seen: list[KeyValue]) -> bool:
         if not seen and not self.first:
@@ -157,8 +175,9 @@ class ClaimRequest:
     """The run record to write when the lock is held (``forbid``); None: do not skip-record."""
 
 
-def _holds(lock: list[KeyValue], run_id: str) -> bool:
-    return bool(lock) and run_id.encode() in lock[0].value
+def _holds(lock: list[KeyValue], value: bytes) -> bool:
+    """Is the lock the one we wrote (exactly our value)?"""
+    return bool(lock) and lock[0].value == value
 
 
 async def claim(
@@ -190,10 +209,17 @@ async def claim(
                 failure,
             )
             if res.succeeded:
-                return Claim(Outcome.WON, token=res.revision, txns=txns)
+                prev = res.responses[0]
+                return Claim(
+                    Outcome.WON,
+                    token=res.revision,
+                    txns=txns,
+                    replaced=req.fence.replaced(prev),
+                    replaced_revision=prev[0].mod_revision if prev else 0,
+                )
             lock, seen, record = res.responses
             if record:  # an earlier attempt of ours committed; its reply was lost
-                if lock_key is None or _holds(lock, req.run_id):
+                if lock_key is None or _holds(lock, req.lock_value):
                     return Claim(Outcome.WON, token=lock[0].create_revision, txns=txns)
                 return Claim(Outcome.BUSY, recorded=True, txns=txns)
             if req.fence.missing(seen):
@@ -205,7 +231,7 @@ async def claim(
                 continue  # the lock was released between our compare and now: try again
             holder = lock[0].value
             if req.skip_value is None:
-                return Claim(Outcome.BUSY, holder=holder, txns=txns)
+                return Claim(Outcome.BUSY, holder=holder, txns=txns, lock=lock[0])
             txns += 1
             skip = await client.txn_once(
                 [*req.fence.compares(), cmp_created(lock_key, 0, NOT_EQUAL)],
@@ -213,7 +239,16 @@ async def claim(
                 failure,
             )
             if skip.succeeded:
-                return Claim(Outcome.BUSY, holder=holder, recorded=True, txns=txns)
+                prev = skip.responses[0]
+                return Claim(
+                    Outcome.BUSY,
+                    holder=holder,
+                    recorded=True,
+                    txns=txns,
+                    lock=lock[0],
+                    replaced=req.fence.replaced(prev),
+                    replaced_revision=prev[0].mod_revision if prev else 0,
+                )
         except EtcdAmbiguous:
             if loop.time() + delay > give_up:
                 raise

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -16,9 +19,19 @@ from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import EtcdClient
-from scheduler.keyspace import Keyspace, decode_tick
+from scheduler.keyspace import Keyspace, decode_tick, encode_tick
+from scheduler.runs import RunRecord, RunStatus
 from tests.support import wait_for
-from tests.support.cluster import ledger_job, make_config, put_jobs, read_ledger, registration
+from tests.support.cluster import (
+    ledger_job,
+    make_config,
+    put_jobs,
+    read_ledger,
+    registration,
+    runs_of,
+    workers,
+)
+from workers.accounting import UNCLAIMED
 from workers.worker import Worker
 
 
@@ -106,3 +119,81 @@ async def _registration(client: EtcdClient, ks: Keyspace, wid: str, ok: object) 
         return None
     reg = registration(kv.value)
     return reg if ok(reg) else None  # type: ignore[operator]
+
+
+async def test_ticks_no_worker_claimed_get_missed_records(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    await put_jobs(client, ks, ledger_job("gap", ledger))
+    # the last claim was 5 s ago (every worker was down since): 4 ticks nobody claimed
+    last = (int(time.time()) - 5) * 1000
+    await client.put(ks.tick("gap"), encode_tick(last))
+    async with workers([make_config(etcd_endpoints, prefix, "w1")]):
+        await wait_for(lambda: len(read_ledger(ledger)) >= 2, 10)
+
+        async def missed() -> list[RunRecord]:
+            return [r for r in await runs_of(client, ks, "gap") if r.status is RunStatus.MISSED]
+
+        recs = await wait_for(lambda: _at_least(missed, 4), 10)
+    ticks = sorted(int(r.tick.timestamp() * 1000) for r in recs)
+    assert ticks[:4] == [last + 1000 * i for i in range(1, 5)]
+    assert all(r.message.startswith(UNCLAIMED) for r in recs)
+    starts = [e.tick for e in read_ledger(ledger) if e.kind == "start"]
+    ran = {int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000) for t in starts}
+    assert not ran & set(ticks), "a tick both ran and was recorded missed"
+
+
+async def test_forged_and_stale_keys_are_repaired_and_recorded(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    await put_jobs(client, ks, ledger_job("a", ledger), ledger_job("b", ledger))
+    cfgs = [make_config(etcd_endpoints, prefix, f"w{i}") for i in range(2)]
+    async with workers(cfgs):
+        await wait_for(lambda: {e.job for e in read_ledger(ledger)} == {"a", "b"}, 10)
+        kv, _ = await client.get(ks.worker("w0"))
+        assert kv is not None
+        fake = registration(kv.value)
+        for i in range(200):
+            fake["id"] = f"fake-{i:04d}"
+            await client.put(ks.worker(fake["id"]), json.dumps(fake).encode())
+        ghost = b'{"worker":"ghost","run_id":"x","tick":"2026-01-01T00:00:00Z","lease":0}'
+        faults = time.time()
+        await client.put(ks.lock("a"), ghost)  # no lease: nobody stands behind it
+        await client.put(ks.tick("b"), encode_tick(int((time.time() + 3600) * 1000)))
+
+        def ran_after(job: str) -> bool:
+            return any(
+                e.job == job and e.kind == "start" and e.at > faults for e in read_ledger(ledger)
+            )
+
+        await wait_for(lambda: ran_after("a") and ran_after("b"), 10)
+        lock_rec = await wait_for(lambda: _get_json(client, ks.repair("lock", "a")), 5)
+        fence_rec = await wait_for(lambda: _get_json(client, ks.repair("fence", "b")), 5)
+        await wait_for(lambda: _count(client, ks.workers, 2), 10)
+        worker_rec = await _get_json(client, ks.repair("worker", "fake-0000"))
+    assert lock_rec["value"] == ghost.decode() and lock_rec["writer"] == "ghost"
+    assert lock_rec["by"] in {"w0", "w1"}
+    assert decode_tick(fence_rec["value"].encode()) > fence_rec["repaired_to"]
+    assert worker_rec is not None and worker_rec["kind"] == "worker"
+    starts = [(e.job, e.tick) for e in read_ledger(ledger) if e.kind == "start"]
+    assert len(starts) == len(set(starts)), "a tick ran twice"
+
+
+async def _get_json(client: EtcdClient, key: str) -> dict[str, Any] | None:
+    kv, _ = await client.get(key)
+    return None if kv is None else json.loads(kv.value)  # type: ignore[no-any-return]
+
+
+async def _count(client: EtcdClient, prefix: str, n: int) -> bool:
+    return await client.count_prefix(prefix) == n
+
+
+async def _at_least(
+    fetch: Callable[[], Awaitable[list[RunRecord]]], n: int
+) -> list[RunRecord] | None:
+    got = await fetch()
+    return got if len(got) >= n else None
