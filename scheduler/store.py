@@ -21,6 +21,14 @@ Rules this module keeps:
   same apply converges.
 - Kill and manual-run requests are short-lived keys on their own lease
   (:data:`KILL_TTL`, :data:`TRIGGER_TTL` seconds), written only if the job exists.
+- **A kill ends every running run**, also one whose worker is gone: a
+  ``running`` record whose worker lease no longer exists gets its final record
+  here (``killed``, message :data:`WORKER_GONE`), by :func:`end_orphaned_run`:
+  a compare-and-swap on the record's mod revision (a worker's own late final
+  record is never overwritten; one written after ours replaces it), and the
+  job's lock deleted in the same transaction only if its create revision is the
+  run's fencing token and its lease is dead too. Runs whose lease is alive are
+  left to their worker, which sees the kill request.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from scheduler.etcd.client import (
 )
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
-from scheduler.runs import RunRecord
+from scheduler.runs import RunRecord, RunStatus
 
 log = structlog.get_logger("etcron.store")
 
@@ -57,6 +65,7 @@ UPDATE_ATTEMPTS = 8
 """How many times :meth:`JobStore.update_job` re-reads after a conflict."""
 KILL_TTL = 30
 TRIGGER_TTL = 60
+WORKER_GONE = "killed by request: worker gone (its lease no longer exists)"
 
 Action = Literal["create", "update", "unchanged", "delete"]
 
@@ -351,9 +360,40 @@ class JobStore:
             await self.client.revoke(lease)
             raise JobNotFound(job)
 
-    async def request_kill(self, job: str) -> None:
-        """Ask the workers to stop every running run of ``job`` (key lives KILL_TTL s)."""
+    async def request_kill(self, job: str) -> list[str]:
+        """Stop every running run of ``job``; the run ids ended here.
+
+        Live workers are asked through ``killer/<job>`` (the key lives KILL_TTL s)
+        and record their runs themselves. A ``running`` record whose worker lease
+        is dead has nobody left to end it: it is ended here as ``killed``
+        (see :func:`end_orphaned_run`) and its run id returned.
+        """
         await self._put_if_job(job, self.ks.killer(job), {"requested_at": _now_iso()}, KILL_TTL)
+        return await self.end_orphaned_runs(job, RunStatus.KILLED, WORKER_GONE)
+
+    async def end_orphaned_runs(self, job: str, status: RunStatus, message: str) -> list[str]:
+        """End the ``running`` records of ``job`` whose worker lease is dead; their run ids."""
+        kvs, _ = await self.client.get_prefix(self.ks.job_runs(job))
+        alive: dict[int, bool] = {}
+        ended: list[str] = []
+        for kv in kvs:
+            try:
+                rec = RunRecord.from_json(kv.value)
+            except ValueError:
+                continue  # reported by list_runs; nothing to end
+            if rec.status is not RunStatus.RUNNING or not rec.lease:
+                continue
+            if rec.lease not in alive:
+                alive[rec.lease] = await self.client.lease_ttl(rec.lease) > 0
+            if alive[rec.lease]:
+                continue
+            if await end_orphaned_run(
+                self.client, self.ks, kv, rec, status, message, datetime.now(UTC), alive
+            ):
+                ended.append(rec.run_id)
+        if ended:
+            log.warning("ended runs whose worker is gone", job=job, runs=ended, status=str(status))
+        return ended
 
     async def request_run(self, job: str) -> str:
         """Ask for one manual run of ``job`` now; returns the request id."""
@@ -377,6 +417,8 @@ class JobStore:
         kvs, _ = await self.client.get_prefix(self.ks.workers)
         workers: list[dict[str, Any]] = []
         for kv in kvs:
+            if not kv.lease:
+                continue  # no live session stands behind it: stale or forged, not a worker
             try:
                 data = json.loads(kv.value)
                 if not isinstance(data, dict):
@@ -400,6 +442,53 @@ class JobStore:
 
     async def revision(self) -> int:
         return await self.client.revision()
+
+
+async def end_orphaned_run(
+    client: EtcdClient,
+    ks: Keyspace,
+    kv: KeyValue,
+    rec: RunRecord,
+    status: RunStatus,
+    message: str,
+    now: datetime,
+    alive: dict[int, bool] | None = None,
+) -> bool:
+    """Write the final record of a ``running`` run whose worker lease is dead.
+
+    The caller has checked that ``rec.lease`` is dead. One transaction, guarded
+    by the record's mod revision (``kv``): the final record, and the job's lock
+    (``lock/J``, or ``lock/J/<run>`` for ``allow``) deleted only if its create
+    revision is the run's fencing token (the claim's revision, which is also the
+    record's create revision) and its lease is dead. Returns True when this call
+    wrote the record; False when the record changed meanwhile (its worker, or
+    another master, wrote it first).
+    """
+    alive = {} if alive is None else alive
+    alive.setdefault(rec.lease, False)
+    token = rec.fencing_token or kv.create_revision
+    final = rec.model_copy(update={"status": status, "end": now, "message": message})
+    for _ in range(3):
+        compares = [cmp_mod(kv.key, kv.mod_revision)]
+        ops = [op_put(kv.key, final.to_json())]
+        for lock_key in (ks.lock(rec.job), ks.run_lock(rec.job, rec.run_id)):
+            lock, _ = await client.get(lock_key)
+            if lock is None or lock.create_revision != token:
+                continue  # gone with its lease, or another run's: not ours to touch
+            if lock.lease and lock.lease not in alive:
+                alive[lock.lease] = await client.lease_ttl(lock.lease) > 0
+            if lock.lease and alive[lock.lease]:
+                continue
+            compares.append(cmp_created(lock_key, token))
+            ops.append(op_delete(lock_key))
+        res = await client.txn(compares, ops)
+        if res.succeeded:
+            return True
+        now_kv, _ = await client.get(kv.key)
+        if now_kv is None or now_kv.mod_revision != kv.mod_revision:
+            return False  # the record moved: whoever wrote it decided
+        # only a lock moved (it went with its lease): decide again without it
+    return False
 
 
 def _is_number(v: object) -> bool:

@@ -165,7 +165,7 @@ def runs_table(runs: Iterable[dict[str, Any]]) -> None:
 
 
 def workers_table(workers: Iterable[dict[str, Any]]) -> None:
-    table = _table("ID", "HOST", "LABELS", "CAPACITY", "RUNNING", "SKEW", "VERSION")
+    table = _table("ID", "HOST", "LABELS", "CAPACITY", "RUNNING", "SKEW", "STATE", "VERSION")
     for w in workers:
         skew = w.get("skew")
         table.add_row(
@@ -175,9 +175,19 @@ def workers_table(workers: Iterable[dict[str, Any]]) -> None:
             str(w.get("capacity", "-")),
             str(w.get("running", "-")),
             "-" if skew is None else f"{float(skew):+.3f}s",
+            _worker_state(w),
             str(w.get("version") or "-"),
         )
     out.print(table)
+
+
+def _worker_state(w: dict[str, Any]) -> str:
+    """What the worker does now: claiming, draining, or standing back for its clock."""
+    if w.get("draining"):
+        return "draining"
+    if w.get("clock_ok") is False:
+        return "clock-skewed (not claiming)"
+    return "claiming"
 
 
 def problems(items: Iterable[dict[str, Any]]) -> None:

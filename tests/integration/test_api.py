@@ -223,9 +223,14 @@ async def test_runs_workers_and_bad_values(
 
     worker = {"id": "w1", "host": "h1", "pid": 5, "labels": {"zone": "a"}, "capacity": 3,
               "running": 1, "version": "0.1", "clock": 1.0, "skew": 0.01}  # fmt: skip
-    await ec.put(ks.worker("w1"), json.dumps(worker).encode())
+    lease, _ = await ec.grant(30)
+    await ec.put(ks.worker("w1"), json.dumps(worker).encode(), lease=lease)
+    await ec.put(ks.worker("forged"), json.dumps(worker | {"id": "forged"}).encode())
     r = await api.get("/v1/workers", headers=AUTH)
     assert r.status_code == 200 and r.json()["workers"][0]["labels"] == {"zone": "a"}
+    # a registration with no lease has no live worker behind it: not listed
+    assert [w["id"] for w in r.json()["workers"]] == ["w1"]
+    await ec.revoke(lease)
 
     await ec.put(ks.job("corrupt"), b"\xff not json")
     r = await api.get("/v1/jobs", headers=AUTH)
