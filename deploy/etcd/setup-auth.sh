@@ -21,7 +21,7 @@ ctl user grant-role etcron-master etcron-master >/dev/null
 ctl role add etcron-worker >/dev/null
 ctl role grant-permission etcron-worker --prefix=true read "$P/jobs/" >/dev/null
 ctl role grant-permission etcron-worker --prefix=true readwrite "$P/killer/" >/dev/null
-for d in lock ticks workers runs output trigger; do
+for d in lock ticks workers runs output trigger repairs; do
   ctl role grant-permission etcron-worker --prefix=true readwrite "$P/$d/" >/dev/null
 done
 ctl user add "etcron-worker:$WORKER_PW" >/dev/null

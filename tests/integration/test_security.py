@@ -101,7 +101,7 @@ async def secured(tls_etcd: str, certs: Path) -> AsyncIterator[str]:
     await auth.role_grant_permission(
         "etcron-worker", f"{PREFIX}/jobs/", f"{PREFIX}/jobs0", perm_type=0
     )
-    for d in ("lock", "ticks", "workers", "runs", "output", "trigger", "killer"):
+    for d in ("lock", "ticks", "workers", "runs", "output", "trigger", "killer", "repairs"):
         await auth.role_grant_permission(
             "etcron-worker", f"{PREFIX}/{d}/", f"{PREFIX}/{d}0", perm_type=2
         )
