@@ -25,6 +25,10 @@ Rules:
   ``txn_once`` does; each caller resolves it by re-sending its own transaction
   (``scheduler.etcd.claim``). Any other error is raised to every caller.
 - A caller cancelled before its batch is sent is left out of it.
+- A batch goes to the client's active member. When that member stops answering
+  the client cuts the batch short (``EtcdAmbiguous`` after at most a probe
+  interval plus a probe deadline, not the request deadline) and moves on, so the
+  callers' re-sends, and the batches queued behind it, go to a healthy member.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import urllib.request
 
@@ -39,6 +40,18 @@ def _watch_streams(url: str) -> float:
     return 0.0
 
 
+def _move_leader(leader_url: str, target_id: str) -> None:
+    """Hand leadership to the member ``target_id`` (etcd's MoveLeader, via the gateway)."""
+    req = urllib.request.Request(
+        f"{leader_url}/v3/maintenance/transfer-leadership",
+        data=json.dumps({"targetID": target_id}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with _HTTP.open(req, timeout=5) as resp:
+        resp.read()
+
+
 def start_gaps(lines: list[checker.Line], job: str, lo: float, hi: float) -> float:
     """The longest time between two consecutive started runs of ``job`` in [lo, hi]."""
     at = sorted(e.at for e in lines if e.job == job and e.is_start and lo <= e.at <= hi)
@@ -56,16 +69,24 @@ async def _frozen(o: Opts, n: int, name: str, *, leader: bool) -> Result:
         lead = await asyncio.to_thread(rig.cluster.leader_index)
         assert lead is not None, "no etcd leader"
         members = rig.cluster.members
+        # the member most workers are on (their watch streams): freeze it, as the
+        # leader (moved there first) or as a follower
+        streams = {
+            i: await asyncio.to_thread(_watch_streams, m.client_url) for i, m in enumerate(members)
+        }
         if leader:
-            victim = lead
-        else:  # the follower most workers' watches are on
-            followers = [i for i in range(len(members)) if i != lead]
-            streams = {
-                i: await asyncio.to_thread(_watch_streams, members[i].client_url) for i in followers
-            }
-            victim = max(followers, key=lambda i: streams[i])
+            victim = max(streams, key=lambda i: streams[i])
+            if victim != lead:
+                target = await asyncio.to_thread(members[victim].member_id)
+                await asyncio.to_thread(_move_leader, members[lead].client_url, target)
+                await asyncio.to_thread(rig.cluster.wait_for_leader, 15, exclude=[lead])
+                lead = victim
+                await asyncio.sleep(1)
+            assert await asyncio.to_thread(rig.cluster.leader_index) == victim
+        else:
+            victim = max((i for i in streams if i != lead), key=lambda i: streams[i])
         role = "leader" if leader else "follower"
-        await _at_fraction(0.8)  # the claims of the next tick are in flight now
+        await _at_fraction(0.7)  # the next tick's claims (sent 0.25 s ahead) hit the frozen member
         f = rig.fault(f"SIGSTOP etcd {role} {members[victim].name} {FREEZE:.0f}s", settle=ttl)
         members[victim].pause()
         elected = None
@@ -90,8 +111,7 @@ async def _frozen(o: Opts, n: int, name: str, *, leader: bool) -> Result:
     }
     if elected is not None:
         res.notes["new_leader_after_s"] = round(elected, 2)
-    if not leader:
-        res.notes["watch_streams_on_followers"] = streams
+    res.notes["watch_streams_per_member"] = streams
     return res
 
 
