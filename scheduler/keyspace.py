@@ -15,6 +15,7 @@ Every key etcron reads or writes is built here, under a configurable prefix
 | ``runs/<name>/<run-id>``              | workers, leader master| none (retention) |
 | ``output/<name>/<run-id>/<seq>``      | the running worker    | none (retention) |
 | ``leader``                            | the leader master     | its session      |
+| ``masters/<id>``                      | each master (clock)   | its session      |
 | ``repairs/<kind>/<name>``             | the repairing worker  | none (last one)  |
 """
 
@@ -117,6 +118,13 @@ class Keyspace:
 
     def output_chunk(self, name: str, run_id: str, seq: int) -> str:
         return f"{self.outputs}{name}/{run_id}/{seq:08d}"
+
+    @property
+    def masters(self) -> str:
+        return self._dir("masters")
+
+    def master(self, master_id: str) -> str:
+        return self.masters + master_id
 
     @property
     def repairs(self) -> str:

@@ -41,7 +41,7 @@ class WorkerCore:
         """Cluster time (``workers.cluster_time``): every decision reads this."""
         self.table = JobTable(self.ks.jobs)
         self.ticks = TickView(self.ks.ticks)
-        self.peers = PeerView(self.ks.workers, OffsetEstimator(self.id, clock))
+        self.peers = PeerView(self.ks.workers, self.ks.masters, OffsetEstimator(self.id, clock))
         self.timer = Timer()
         self.launcher = Launcher(self.clock)
         self._runner: Runner | None = None

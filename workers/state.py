@@ -9,6 +9,7 @@ A malformed value is logged and skipped; it never stops the other entries.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 
 import structlog
@@ -121,11 +122,13 @@ class PeerView:
     stands behind them, so they never count as workers.
     """
 
-    def __init__(self, prefix: str, estimator: OffsetEstimator) -> None:
+    def __init__(self, prefix: str, masters_prefix: str, estimator: OffsetEstimator) -> None:
         self.prefix = prefix
+        self.masters_prefix = masters_prefix
         self.estimator = estimator
         self.peers: dict[str, Peer] = {}
         self.orphans: dict[str, KeyValue] = {}
+        self.masters: set[str] = set()
         self.joined = asyncio.Event()
         """Set when a worker we did not know registers (peers answer with a fresh sample)."""
 
@@ -151,6 +154,23 @@ class PeerView:
             self.peers[wid] = peer
             self.orphans.pop(wid, None)
             self.estimator.observe(wid, peer.clock, fresh=fresh)
+
+    def apply_masters(self, item: Snapshot | Batch) -> None:
+        """Masters' clocks, from ``<prefix>/masters/``: samples only, never workers."""
+        fresh = isinstance(item, Batch)
+        for mid, kv in _kv_changes(item, self.masters, self.masters_prefix):
+            name = "master:" + mid
+            if kv is None or not kv.lease:
+                self.masters.discard(mid)
+                self.estimator.forget(name)
+                continue
+            try:
+                clock = float(json.loads(kv.value)["clock"])
+            except (ValueError, KeyError, TypeError):
+                log.error("skipping malformed master presence", master=mid)
+                continue
+            self.masters.add(mid)
+            self.estimator.observe(name, clock, fresh=fresh)
 
     def others(self) -> int:
         """How many other workers hold a live registration."""

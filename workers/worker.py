@@ -126,6 +126,7 @@ class Worker(Membership, Claiming):
                     self._follow(self.ks.jobs, self._on_jobs),
                     self._follow(self.ks.ticks, self._on_ticks),
                     self._follow(self.ks.workers, self._on_workers),
+                    self._follow(self.ks.masters, self._on_masters),
                     self._follow(self.ks.killers, self._on_killers),
                     self._follow(self.ks.triggers, self._on_triggers),
                     self._timer_loop(),
@@ -226,6 +227,10 @@ class Worker(Membership, Claiming):
 
     def _on_workers(self, item: Snapshot | Batch) -> None:
         self.peers.apply(item)
+        self._update_clock()
+
+    def _on_masters(self, item: Snapshot | Batch) -> None:
+        self.peers.apply_masters(item)
         self._update_clock()
 
     def _update_clock(self) -> None:

@@ -21,6 +21,7 @@ ctl user grant-role etcron-master etcron-master >/dev/null
 ctl role add etcron-worker >/dev/null
 ctl role grant-permission etcron-worker --prefix=true read "$P/jobs/" >/dev/null
 ctl role grant-permission etcron-worker --prefix=true readwrite "$P/killer/" >/dev/null
+ctl role grant-permission etcron-worker --prefix=true read "$P/masters/" >/dev/null
 for d in lock ticks workers runs output trigger repairs; do
   ctl role grant-permission etcron-worker --prefix=true readwrite "$P/$d/" >/dev/null
 done

@@ -160,11 +160,15 @@ async def run_master(
 
 
 async def leader_housekeeping(client: EtcdClient, keyspace: Keyspace, config: Config) -> None:
-    """The :data:`Housekeeping` the ``etcron master`` command uses: leader-elected sweeps."""
+    """The :data:`Housekeeping` the ``etcron master`` command uses: leader-elected
+    sweeps, and the master's clock published for the workers' cluster time."""
     from scheduler.master.housekeeping import Housekeeper
+    from scheduler.master.presence import publish_presence
 
     identity = f"{socket.gethostname()}:{os.getpid()}"
-    await Housekeeper(client, keyspace, config.master, identity=identity).run()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(publish_presence(client, keyspace, f"{socket.gethostname()}-{os.getpid()}"))
+        tg.create_task(Housekeeper(client, keyspace, config.master, identity=identity).run())
 
 
 async def _logged(coro: Coroutine[Any, Any, None]) -> None:

@@ -20,6 +20,7 @@ from scheduler.config import EtcdConfig
 from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace, decode_tick, encode_tick
+from scheduler.master.presence import publish_presence
 from scheduler.runs import RunRecord, RunStatus
 from tests.support import wait_for
 from tests.support.cluster import (
@@ -111,6 +112,40 @@ async def test_worker_an_hour_ahead_stands_back_and_the_others_run_every_tick(
         assert len(starts) == len(set(starts)), "a tick ran twice"
     finally:
         await asyncio.gather(*(w.stop(grace=2) for w in [*good, bad]), return_exceptions=True)
+
+
+async def test_two_workers_and_a_master_outvote_one_wrong_clock(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    await put_jobs(client, ks, ledger_job("tick", ledger))
+    presence = asyncio.create_task(publish_presence(client, ks, "m1"))
+    good = Worker(make_config(etcd_endpoints, prefix, "good"))
+    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600))
+    try:
+        await wait_for(lambda: _count(client, ks.masters, 1), 10)
+        await good.start()
+        await bad.start()
+        await wait_for(
+            lambda: _registration(client, ks, "ahead", lambda r: r.get("clock_ok") is False),
+            timeout=10,
+        )
+        reg = await _registration(client, ks, "good", lambda r: r.get("clock_ok") is True)
+        assert reg is not None, "the good worker must trust its clock (the master agrees)"
+        since = time.time()
+        await wait_for(
+            lambda: (
+                len([e for e in read_ledger(ledger) if e.kind == "start" and e.at > since]) >= 3
+            ),
+            10,
+        )
+        assert {e.worker for e in read_ledger(ledger)} == {"good"}
+    finally:
+        await asyncio.gather(*(w.stop(grace=2) for w in [good, bad]), return_exceptions=True)
+        presence.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await presence
 
 
 async def _registration(client: EtcdClient, ks: Keyspace, wid: str, ok: object) -> object:

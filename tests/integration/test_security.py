@@ -98,9 +98,10 @@ async def secured(tls_etcd: str, certs: Path) -> AsyncIterator[str]:
     await auth.user_add("etcron-master", MASTER_PW)
     await auth.user_grant_role("etcron-master", "etcron-master")
     await auth.role_add("etcron-worker")
-    await auth.role_grant_permission(
-        "etcron-worker", f"{PREFIX}/jobs/", f"{PREFIX}/jobs0", perm_type=0
-    )
+    for d in ("jobs", "masters"):
+        await auth.role_grant_permission(
+            "etcron-worker", f"{PREFIX}/{d}/", f"{PREFIX}/{d}0", perm_type=0
+        )
     for d in ("lock", "ticks", "workers", "runs", "output", "trigger", "killer", "repairs"):
         await auth.role_grant_permission(
             "etcron-worker", f"{PREFIX}/{d}/", f"{PREFIX}/{d}0", perm_type=2
