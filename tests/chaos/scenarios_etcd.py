@@ -78,6 +78,9 @@ async def quorum_loss(o: Opts) -> Result:
         await asyncio.sleep((1.5 - time.time() % 10) % 10)
         f = rig.fault(f"stop 2 of 3 etcd members {outage:.0f}s+", settle=ttl + 4)
         await asyncio.gather(*(asyncio.to_thread(m.stop) for m in victims))
+        # quorum is lost when the second member has exited, not when the fault
+        # began: stopping a member takes a while, and claims commit until then
+        quorum_lost = time.time()
         await asyncio.sleep(outage)
         now = time.time()
         await asyncio.sleep((2.0 - now % 10) % 10)  # restore 2 s after a */10 tick
@@ -106,7 +109,9 @@ async def quorum_loss(o: Opts) -> Result:
             or records[e.job][e.run_id].fencing_token not in (0, e.token)
         )
     ]
-    in_outage = [e for e in lines if e.is_start and f.start + 1 < e.at < restore]
+    # a claim committed just before quorum was lost starts its run at its tick
+    # (claims go out up to claim_ahead before it): allow 1 s after the loss
+    in_outage = [e for e in lines if e.is_start and quorum_lost + 1 < e.at < restore]
 
     def outage_ticks(job: str) -> list[float]:
         return sorted(
@@ -128,6 +133,7 @@ async def quorum_loss(o: Opts) -> Result:
     )
     res.notes = {
         "outage_s": round(f.end - f.start, 1),
+        "quorum_lost_after_s": round(quorum_lost - f.start, 2),
         "workers_alive_after": alive,
         "first_run_after_restore_s": round(recovered, 2),
         "catchup_outage_ticks": [checker.show_tick(t) for t in outage_ticks("catchup")],
