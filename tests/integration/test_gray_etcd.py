@@ -18,6 +18,7 @@ import pytest
 from scheduler.config import EtcdConfig
 from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import (
+    _CHANNEL_OPTIONS,
     PROBE_INTERVAL,
     PROBE_TIMEOUT,
     EtcdAmbiguous,
@@ -253,3 +254,12 @@ async def test_probes_keep_the_client_on_a_healthy_member(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.close()
+
+
+def test_grpc_keepalive_stays_within_etcds_enforcement_policy() -> None:
+    """etcd (--grpc-keepalive-min-time, 5 s by default) answers pings sent more
+    often, or sent with no stream open, with GOAWAY too_many_pings."""
+    options = dict(_CHANNEL_OPTIONS)
+    assert options["grpc.keepalive_time_ms"] >= 2 * 5_000
+    assert 0 < options["grpc.keepalive_timeout_ms"] < options["grpc.keepalive_time_ms"]
+    assert options["grpc.keepalive_permit_without_calls"] == 0
