@@ -12,6 +12,10 @@
 - Stopping is two-stage: SIGTERM to the group, ``kill_grace`` seconds, then SIGKILL.
 - A job that forks a daemon and exits is finished when its main process exits;
   the pipes are read for a short grace more, then abandoned.
+- Nothing here may leave a run hanging: a spawn that raises anything is a failed
+  start (:class:`Outcome` with the error); a sink whose ``write`` raises is
+  remembered in :attr:`Child.sink_error` while the pipes go on being drained;
+  a :meth:`Child.run` that is cancelled SIGKILLs the group before it unwinds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import structlog
+
 from workers.spawn import Spawned, spawn
+
+log = structlog.get_logger("etcron.executor")
 
 PIPE_GRACE = 1.0
 
@@ -105,6 +113,8 @@ class Child:
         self._pipes: dict[int, str] = {}
         self._pipes_closed: asyncio.Future[None] | None = None
         self._failed: Outcome | None = None
+        self.sink_error = ""
+        """The first exception the sink raised (its output may be incomplete), or ""."""
 
     @property
     def started(self) -> bool:
@@ -125,9 +135,9 @@ class Child:
             return self.proc is not None
         try:
             self.proc = spawn(self.argv, self.env, cwd=self.cwd, user=self.user)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # any failure to start is the run's failure, never a hang
             msg = f"cannot start {self.argv[0]!r}: {exc}"
-            self.sink.write("stderr", (msg + "\n").encode())
+            self._write("stderr", (msg + "\n").encode())
             code = 127 if isinstance(exc, FileNotFoundError) else 126
             self._failed = Outcome(code, None, None, msg)
             return False
@@ -156,6 +166,10 @@ class Child:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PIPE_GRACE):
                     await asyncio.shield(self._pipes_closed)
+        except BaseException:
+            # cancelled (the worker is going away) or a bug: never leave the group running
+            self.stop(self.stopped or StopReason.KILLED, now=True)
+            raise
         finally:
             for fd in list(self._pipes):
                 self._close_pipe(fd)
@@ -203,9 +217,18 @@ class Child:
         except OSError:
             data = b""
         if data:
-            self.sink.write(self._pipes[fd], data)
+            self._write(self._pipes[fd], data)
         else:
             self._close_pipe(fd)
+
+    def _write(self, stream: str, data: bytes) -> None:
+        """Hand output to the sink; a sink that raises costs its output, never the run."""
+        try:
+            self.sink.write(stream, data)
+        except Exception as exc:
+            if not self.sink_error:
+                self.sink_error = f"output capture failed: {type(exc).__name__}: {exc}"
+                log.warning("output capture failed", argv0=self.argv[0], error=repr(exc))
 
     def _close_pipe(self, fd: int) -> None:
         if self._pipes.pop(fd, None) is None:

@@ -15,7 +15,10 @@ Rules:
 - Bytes that are not UTF-8 are shown with backslash escapes, never dropped.
 - Optionally the full output is also appended to a local file
   (``<log_dir>/<job>/<run-id>.log``); only the newest ``log_file_count`` files
-  per job are kept and each stops at ``log_file_max`` bytes.
+  per job are kept and each stops at ``log_file_max`` bytes. The local file is
+  best effort: any ``OSError`` (a full disk, a read-only or unwritable
+  ``log_dir``), at open, at a write or at close, drops the local copy for the
+  rest of the run with ONE warning; the run and its output in etcd go on.
 
 A chunk's value is JSON: ``{"seq": n, "segs": [[stream, unix_time, text], ...]}``;
 stream is ``"o"`` (stdout), ``"e"`` (stderr) or ``"m"`` (a marker from etcron).
@@ -29,6 +32,7 @@ import json
 import time
 from collections import deque
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -80,18 +84,43 @@ class EtcdOutput(OutputSink):
         self._flusher: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
         self._closed = False
-        self._file = None
+        self._file: BinaryIO | None = None
         self._file_left = log_file_max
+        self.log_file = log_file
+        self.log_file_error = ""
+        """Why the local copy was dropped ("" while it is being written or was never asked for)."""
         if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(log_file, "ab")  # noqa: SIM115 - closed in flush()
+            try:
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(log_file, "ab")  # noqa: SIM115 - closed in flush()
+            except OSError as exc:
+                self._drop_file(exc)
+
+    def _drop_file(self, exc: OSError) -> None:
+        """The local log file failed: give it up for this run, with one warning."""
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()  # flushing the buffer may fail the same way
+        if not self.log_file_error:
+            self.log_file_error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "local log file dropped for this run (output still goes to etcd)",
+                job=self.job,
+                run=self.run_id,
+                path=str(self.log_file),
+                error=self.log_file_error,
+            )
 
     # called by the executor for every read; must never block
     def write(self, stream: str, data: bytes) -> None:
         super().write(stream, data)
         if self._file is not None and self._file_left > 0:
             piece = data[: self._file_left]
-            self._file.write(piece)
+            try:
+                self._file.write(piece)
+            except OSError as exc:
+                self._drop_file(exc)
             self._file_left -= len(piece)
         tag = "o" if stream == "stdout" else "e"
         now = time.time()
@@ -159,26 +188,37 @@ class EtcdOutput(OutputSink):
             return
         self._closed = True
         self._kick.set()
-        if self._flusher is not None:
-            # let it finish: cancelling it could drop a chunk it has taken but not put
-            await self._flusher
-            self._flusher = None
-        await self._ship_pending()
-        if self.omitted:
-            marker = f"\n[etcron: {self.omitted} bytes omitted (output limit)]\n".encode()
-            await self._put([("m", time.time(), marker)])
-        if self._ring:
-            self._pending, self._ring = list(self._ring), deque()
-            self._pending_bytes, self._ring_bytes = self._ring_bytes, 0
+        try:
+            if self._flusher is not None:
+                # let it finish: cancelling it could drop a chunk it has taken but not put
+                flusher, self._flusher = self._flusher, None
+                await flusher
             await self._ship_pending()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+            if self.omitted:
+                marker = f"\n[etcron: {self.omitted} bytes omitted (output limit)]\n".encode()
+                await self._put([("m", time.time(), marker)])
+            if self._ring:
+                self._pending, self._ring = list(self._ring), deque()
+                self._pending_bytes, self._ring_bytes = self._ring_bytes, 0
+                await self._ship_pending()
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:  # the buffer's last bytes did not fit
+                self._drop_file(exc)
 
 
 def prune_local_logs(job_dir: Path, keep: int) -> None:
     """Keep the newest ``keep`` run logs of a job directory (run ids sort by tick)."""
-    files = sorted(job_dir.glob("*.log"))
+    try:
+        files = sorted(job_dir.glob("*.log"))
+    except OSError:  # an unreadable log_dir: the local copy is best effort
+        return
     for old in files[: max(0, len(files) - keep)]:
         with contextlib.suppress(OSError):
             old.unlink()

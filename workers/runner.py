@@ -11,6 +11,11 @@ The rules of a run, in order:
 4. Release with one transaction: the final record, and the lock deleted only if
    its create revision is still our token. If etcd is unreachable the release is
    retried until it lands; a run whose lease was lost is recorded as ``lost``.
+5. No way out skips rule 4 (``execute`` ends in a ``finally``): an error in the
+   output sink or the local log file, a failed spawn, an exception in the
+   worker's own bookkeeping (``failed``, with a message naming the cause), a
+   cancelled task (the worker going away: ``killed``) all write a final record
+   and release the lock.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import functools
 import os
 import pwd
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +41,8 @@ from workers.executor import Child, OutputSink, StopReason
 log = structlog.get_logger("etcron.run")
 
 MIN_LEASE_LEFT = 0.5
+FLUSH_TIMEOUT = 10.0
+"""Longest the end of a run waits for its last output chunks before the release."""
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
 
 
@@ -144,20 +152,66 @@ class Runner:
 
         With ``start_at_ms`` the first attempt is prepared now and started by
         the launcher at that instant (the tick); later attempts start at once.
+
+        Every way out ends the same (rule 5): a final record and the release.
+        An exception in the output sink, the spawn or our own bookkeeping fails
+        the run with a message naming it; a cancellation (the worker going
+        away) kills the child and records the run as ``killed`` before the
+        cancellation goes on.
         """
+        result = _Result()
+        sink: OutputSink | None = None
+        cancelled = False
+        try:
+            try:
+                sink = self._sink(h)
+            except Exception as exc:
+                log.exception("output sink could not be set up", job=h.job.name, run=h.run_id)
+                result.error = f"output capture could not be set up: {type(exc).__name__}: {exc}"
+                result.broken = True
+            else:
+                await self._attempts(h, sink, start_at_ms, result)
+        except asyncio.CancelledError:
+            cancelled = True
+            if h.stop_reason is None:
+                h.stop_reason = StopReason.KILLED
+                result.error = result.error or "the worker stopped while the run was active"
+            h.stop(h.stop_reason, now=True)
+        except Exception as exc:
+            log.exception("run failed in the worker", job=h.job.name, run=h.run_id)
+            result.error = f"internal error in the worker: {type(exc).__name__}: {exc}"
+            result.broken = True
+            if h.child is not None:
+                h.child.stop(StopReason.KILLED, now=True)
+        finally:
+            # the end of the run, whatever happened above: record it and release the
+            # lock, even if this task is cancelled meanwhile (a second cancel gives up)
+            end = asyncio.ensure_future(self._end(h, sink, result))
+            while not end.done():
+                try:
+                    await asyncio.shield(end)
+                except asyncio.CancelledError:
+                    if cancelled:
+                        end.cancel()
+                        raise
+                    cancelled = True
+            if cancelled:
+                raise asyncio.CancelledError
+        return h.record
+
+    async def _attempts(
+        self, h: RunHandle, sink: OutputSink, start_at_ms: int | None, result: _Result
+    ) -> None:
         job, rec = h.job, h.record
-        user, error = self._user(job)
-        exit_code: int | None = None
-        sig: int | None = None
-        sink = self._sink(h)
+        user, result.error = self._user(job)
         attempts = job.retries + 1
         for attempt in range(1, attempts + 1):
             rec.attempt = attempt
-            if error:
+            if result.error:
                 break
             if self.lease_left() < MIN_LEASE_LEFT:
                 h.stop_reason = StopReason.LOST
-                error = "session lease not proven alive: not started"
+                result.error = "session lease not proven alive: not started"
                 break
             child = Child(
                 argv_of(job),
@@ -175,18 +229,30 @@ class Runner:
             if attempt == 1 and start_at_ms is not None and self.launch is not None:
                 await self.launch(start_at_ms, functools.partial(self._start, h, child))
                 if h.stop_reason is not None and not child.started:
-                    error = "stopped before it started"
+                    result.error = "stopped before it started"
                     break
                 if not child.started:
                     h.stop_reason = StopReason.LOST
-                    error = "session lease not proven alive: not started"
+                    result.error = "session lease not proven alive: not started"
                     break
             if attempt == 1:
                 log.debug("run started", job=job.name, run=rec.run_id, token=h.token)
             outcome = await child.run(job.timeout)
+            if (
+                h.stop_reason is None
+                and outcome.signal == signal.SIGKILL
+                and self.lease_left() <= 0
+            ):
+                # the lease ran out under us (a paused worker): the guard killed the
+                # child before the session loop could say so
+                h.stop_reason = StopReason.LOST
             if h.stop_reason is None and outcome.stopped is StopReason.TIMEOUT:
                 h.stop_reason = StopReason.TIMEOUT
-            exit_code, sig, error = outcome.exit_code, outcome.signal, outcome.error
+            result.exit_code, result.signal = outcome.exit_code, outcome.signal
+            result.error = outcome.error or child.sink_error
+            if child.sink_error:
+                result.broken = True
+                break  # the output is incomplete: a retry would not be shown either
             if outcome.ok or h.stop_reason in (
                 StopReason.KILLED,
                 StopReason.LOST,
@@ -199,18 +265,37 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(job.retry_backoff):
                         await h.stopped.wait()
-        rec.status = _status(h, exit_code, error)
-        rec.exit_code, rec.signal = exit_code, sig
+
+    async def _end(self, h: RunHandle, sink: OutputSink | None, result: _Result) -> None:
+        """Fill in the final record (output, status, message) and release the claim."""
+        rec = h.record
+        if sink is not None:
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT):
+                    await sink.flush()
+            except TimeoutError:  # etcd too slow for the last chunks: the run's result stands
+                log.warning("output flush timed out", job=h.job.name, run=h.run_id)
+            except Exception as exc:
+                log.warning("output flush failed", job=h.job.name, run=h.run_id, error=repr(exc))
+                if not result.error:
+                    result.error = f"output capture failed at the end: {type(exc).__name__}: {exc}"
+                result.broken = True
+            try:
+                rec.output_bytes = sink.total
+                rec.output_tail = sink.tail
+                for name in ("omitted", "chunks"):
+                    if hasattr(sink, name):
+                        setattr(rec, f"output_{name}", getattr(sink, name))
+            except Exception as exc:  # a broken sink costs its numbers, not the record
+                log.warning("output summary failed", job=h.job.name, run=h.run_id, error=repr(exc))
+        status = _status(h, result.exit_code, result.error)
+        if result.broken and status is RunStatus.SUCCEEDED:
+            status = RunStatus.FAILED
+        rec.status = status
+        rec.exit_code, rec.signal = result.exit_code, result.signal
         rec.end = self.now()
-        rec.message = error
-        await sink.flush()
-        rec.output_bytes = sink.total
-        rec.output_tail = sink.tail
-        for name in ("omitted", "chunks"):
-            if hasattr(sink, name):
-                setattr(rec, f"output_{name}", getattr(sink, name))
+        rec.message = result.error or _lost_message(h)
         await self.finish(h)
-        return rec
 
     def _sink(self, h: RunHandle) -> OutputSink:
         if self.sink_factory is not None:
@@ -234,14 +319,33 @@ class Runner:
                     attempt=h.record.attempt,
                 )
                 return
-            except EtcdError as exc:
+            except Exception as exc:  # EtcdError, or anything else: retried, never silent
                 if loop.time() > give_up:
                     log.error(
                         "could not record run result", job=h.job.name, run=h.run_id, error=str(exc)
                     )
                     return
+                if not isinstance(exc, EtcdError):
+                    log.warning("release failed, retrying", job=h.job.name, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def _lost_message(h: RunHandle) -> str:
+    if h.stop_reason is StopReason.LOST:
+        return "the worker's session lease ran out while the run was active; its child was killed"
+    return ""
+
+
+@dataclass
+class _Result:
+    """What the attempts ended with, filled in as they go."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str = ""
+    broken: bool = False
+    """The worker itself failed the run (sink, bookkeeping): never ``succeeded``."""
 
 
 def started_record(

@@ -109,6 +109,8 @@ class RunRequestOut(BaseModel):
 class KillOut(BaseModel):
     job: str
     requested: bool = True
+    ended: list[str] = []
+    """Runs still ``running`` whose worker is gone (lease dead), ended here as ``killed``."""
 
 
 class RunListOut(BaseModel):
@@ -336,9 +338,14 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
 
     @v1.post("/jobs/{name}/kill", response_model=KillOut, status_code=202)
     async def kill(name: str) -> KillOut:
-        """Ask the workers to stop every running run of the job (request lives 30 s)."""
-        await store.request_kill(name)
-        return KillOut(job=name)
+        """Stop every running run of the job.
+
+        Live workers are asked to stop theirs (the request lives 30 s) and record
+        them as `killed`; a `running` record whose worker is gone (its lease no
+        longer exists) is ended here as `killed` ("worker gone") and listed in
+        `ended`.
+        """
+        return KillOut(job=name, ended=await store.request_kill(name))
 
     @v1.get("/jobs/{name}/runs", response_model=RunListOut)
     async def runs(name: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> RunListOut:

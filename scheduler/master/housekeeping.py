@@ -6,7 +6,9 @@ the others wait for the key to vanish). Only the leader sweeps:
 
 - **Lost runs.** A record still ``running`` whose worker lease is gone (etcd
   says the lease does not exist) is rewritten as ``lost``, guarded by its mod
-  revision so a worker's late final record is never overwritten.
+  revision so a worker's late final record is never overwritten; a lock still
+  created at the run's fencing token on a dead lease goes in the same
+  transaction (``scheduler.store.end_orphaned_run``, shared with ``kill``).
 - **Retention.** Per job keep the newest ``keep_succeeded`` successful and
   ``keep_failed`` other final runs (job fields, else the master config), and
   none older than ``keep_for``. Records of deleted jobs go after ``keep_for``.
@@ -28,11 +30,12 @@ import structlog
 
 from scheduler.clock import Clock
 from scheduler.config import MasterConfig
-from scheduler.etcd.client import EtcdClient, EtcdError, cmp_created, cmp_mod, op_delete, op_put
+from scheduler.etcd.client import EtcdClient, EtcdError, KeyValue, cmp_created, op_delete, op_put
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
+from scheduler.store import end_orphaned_run
 
 log = structlog.get_logger("etcron.housekeeping")
 
@@ -118,11 +121,11 @@ class Housekeeper:
         report = SweepReport()
         kvs, _ = await self.client.get_prefix(self.ks.runs)
         jobs = await self._jobs()
-        by_job: dict[str, list[tuple[RunRecord, int]]] = defaultdict(list)
+        by_job: dict[str, list[tuple[RunRecord, KeyValue]]] = defaultdict(list)
         for kv in kvs:
             job = kv.key[len(self.ks.runs) :].split("/", 1)[0]
             try:
-                by_job[job].append((RunRecord.from_json(kv.value), kv.mod_revision))
+                by_job[job].append((RunRecord.from_json(kv.value), kv))
             except ValueError:
                 report.malformed += 1
         deletes: list[tuple[str, str]] = []
@@ -152,29 +155,31 @@ class Housekeeper:
                 out[spec.name] = spec
         return out
 
-    async def _mark_lost(self, runs: list[tuple[RunRecord, int]]) -> int:
+    async def _mark_lost(self, runs: list[tuple[RunRecord, KeyValue]]) -> int:
         marked = 0
         leases: dict[int, bool] = {}
-        for rec, mod in runs:
+        for rec, kv in runs:
             if rec.status is not RunStatus.RUNNING or not rec.lease:
                 continue
             if rec.lease not in leases:
                 leases[rec.lease] = await self.client.lease_ttl(rec.lease) > 0
             if leases[rec.lease]:
                 continue
-            lost = rec.model_copy(
-                update={
-                    "status": RunStatus.LOST,
-                    "end": self.clock.now(),
-                    "message": "the worker's lease ended while the run was active",
-                }
+            marked += await end_orphaned_run(
+                self.client,
+                self.ks,
+                kv,
+                rec,
+                RunStatus.LOST,
+                "the worker's lease ended while the run was active",
+                self.clock.now(),
+                leases,
             )
-            key = self.ks.run(rec.job, rec.run_id)
-            res = await self.client.txn([cmp_mod(key, mod)], [op_put(key, lost.to_json())])
-            marked += int(res.succeeded)
         return marked
 
-    def _expired(self, job: JobSpec | None, runs: list[tuple[RunRecord, int]]) -> list[RunRecord]:
+    def _expired(
+        self, job: JobSpec | None, runs: list[tuple[RunRecord, KeyValue]]
+    ) -> list[RunRecord]:
         cfg = self.config
         keep_ok = (
             job.keep_succeeded if job and job.keep_succeeded is not None else cfg.keep_succeeded
