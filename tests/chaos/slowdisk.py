@@ -55,13 +55,13 @@ def whole_disk(dev: int) -> str | None:
 class DataDisk:
     """``path`` on a real block device; :attr:`device` is the ``MAJ:MIN`` to throttle.
 
-    ``force_loop`` (or ``ETCRON_CHAOS_LOOP=1``) always mounts a loop device.
+    ``force_loop`` mounts a loop device even when ``path`` is on a block device.
     """
 
     def __init__(self, path: Path, *, size_mb: int = 1024, force_loop: bool = False) -> None:
         self.path = path
         self.size_mb = size_mb
-        self.force_loop = force_loop or os.environ.get("ETCRON_CHAOS_LOOP") == "1"
+        self.force_loop = force_loop
         self.device = ""
         self.how = ""
         self.loop: str | None = None
@@ -91,7 +91,9 @@ class DataDisk:
 
     def close(self) -> None:
         if self.mounted:
-            subprocess.run(["umount", str(self.path)], capture_output=True, check=False)
+            done = subprocess.run(["umount", str(self.path)], capture_output=True, check=False)
+            if done.returncode != 0:  # still busy (a member that would not die): detach
+                subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
             self.mounted = False
         if self.loop is not None:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
