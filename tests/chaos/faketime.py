@@ -192,15 +192,17 @@ def check_library(fake: FakeTime) -> float:
 
 # a job that tells from inside a child whether the fake leaked into it ------------------
 
-PROBE_FIELDS = ("worker", "tick", "ld_preload", "faketime", "faketime_file", "date")
+PROBE_FIELDS = ("worker", "tick", "ld_preload", "faketime", "faketime_file", "date", "uptime")
 
 
 def probe_shell(path: Path) -> str:
     """A job body appending ``worker tick LD_PRELOAD FAKETIME FAKETIME_TIMESTAMP_FILE
-    date`` (``-`` for an unset variable; ``date`` read by the child's ``date``)."""
+    date uptime`` (``-`` for an unset variable). ``date`` is the child's wall clock;
+    ``/proc/uptime`` is a file read, which libfaketime never fakes, so the reader can
+    map it to the true wall clock and tell whether the child's clock is faked."""
     return (
         'echo "$ETCRON_WORKER $ETCRON_TICK ${LD_PRELOAD:--} ${FAKETIME:--} '
-        f'${{FAKETIME_TIMESTAMP_FILE:--}} $(date +%s.%N)" >> {path}'
+        f"${{FAKETIME_TIMESTAMP_FILE:--}} $(date +%s.%N) $(cut -d' ' -f1 /proc/uptime)\" >> {path}"
     )
 
 

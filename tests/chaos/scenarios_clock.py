@@ -21,9 +21,12 @@ import math
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scheduler.etcd.client import EtcdError, cmp_created, op_put
+from scheduler.etcd.listwatch import EventKind, ListWatch, Snapshot
 from scheduler.keyspace import decode_tick, encode_tick
 from scheduler.model import JobSpec
 from scheduler.runs import LockValue, RunStatus, from_ms, new_run_id
@@ -45,37 +48,50 @@ def window_seconds(lo: float, hi: float) -> range:
     return range(math.ceil(lo) + 1, math.floor(hi))
 
 
-async def unaccounted(
-    rig: Rig, lines: list[checker.Line], job: str, lo: float, hi: float
-) -> list[str]:
-    """Expected ticks of an every-second ``job`` in [lo, hi] with neither a ledger start
-    nor a run record in etcd saying ``missed`` or ``skipped`` (I6: every due tick that
-    does not run leaves a record that says why). Read the records after the window."""
-    started = {round(e.tick) for e in lines if e.job == job and e.is_start}
-    recorded = {
-        round(r.tick.timestamp())
-        for r in (await rig.records(job)).values()
-        if r.status in ACCOUNTED
-    }
-    return [checker.show_tick(s) for s in window_seconds(lo, hi) if s not in started | recorded]
+@dataclass
+class Accounting:
+    """What etcd's run records say about the expected ticks of every-second jobs."""
+
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    """job -> expected ticks with neither a ledger start nor a missed/skipped record"""
+    contradicted: dict[str, list[str]] = field(default_factory=dict)
+    """job -> ticks that started (ledger) yet have a missed/skipped record"""
 
 
-async def all_accounted(
+async def account(
     rig: Rig, lines: list[checker.Line], jobs: list[str], lo: float, hi: float
-) -> dict[str, list[str]]:
-    out = {}
+) -> Accounting:
+    """Every tick accounted for (I6: every due tick that does not run leaves a record
+    that says why): each expected tick of each every-second job in [lo, hi] has a
+    ledger start or a run record saying ``missed`` or ``skipped``; and no record says
+    so of a tick that ran. Read the records a little after ``hi``."""
+    out = Accounting()
     for job in jobs:
-        missing = await unaccounted(rig, lines, job, lo, hi)
+        started = {round(e.tick) for e in lines if e.job == job and e.is_start}
+        recorded = {
+            round(r.tick.timestamp())
+            for r in (await rig.records(job)).values()
+            if r.status in ACCOUNTED
+        }
+        missing = [s for s in window_seconds(lo, hi) if s not in started | recorded]
+        both = sorted(t for t in started & recorded if t <= hi)
         if missing:
-            out[job] = missing
+            out.missing[job] = [checker.show_tick(t) for t in missing]
+        if both:
+            out.contradicted[job] = [checker.show_tick(t) for t in both]
     return out
 
 
 def tick_gap(lines: list[checker.Line], job: str, lo: float, hi: float) -> float:
-    """The longest time between consecutive started ticks of ``job`` in [lo, hi]
-    (1.0 when every second started, 2.0 when one tick was missed)."""
-    g = checker.gaps(lines, job, lo, hi)
-    return g + 1.0
+    """The longest time between started ticks of ``job`` over the expected seconds of
+    [lo, hi], the window's ends included (1.0 when every second started, 2.0 when one
+    tick was missed; a job that stopped before the end counts up to the end)."""
+    started = {round(e.tick) for e in lines if e.job == job and e.is_start}
+    longest = run = 0
+    for sec in window_seconds(lo, hi):
+        run = 0 if sec in started else run + 1
+        longest = max(longest, run)
+    return float(longest + 1)
 
 
 def starts(
@@ -139,24 +155,73 @@ async def fences(rig: Rig, jobs: list[str]) -> dict[str, float]:
     return out
 
 
+class FenceWatch:
+    """Watches ``ticks/`` while a scenario runs: how far ahead of the true time any
+    fence ever was when written (an etcd watch, so a bad fence repaired within
+    milliseconds is still seen). ``async with FenceWatch(rig) as fw: ... fw.worst``."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.worst: dict[str, float] = {}
+        self.events = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        prefix = self.rig.ks.ticks
+        async for item in ListWatch(self.rig.etcd, prefix):
+            now = time.time()
+            if isinstance(item, Snapshot):
+                kvs = list(item.kvs.values())
+            else:
+                kvs = [e.kv for e in item.events if e.kind is EventKind.PUT]
+            for kv in kvs:
+                self.events += 1
+                with contextlib.suppress(ValueError):
+                    ahead = decode_tick(kv.value) / 1000 - now
+                    job = kv.key[len(prefix) :]
+                    self.worst[job] = round(max(self.worst.get(job, -math.inf), ahead), 3)
+
+    def most(self) -> float:
+        return max(self.worst.values(), default=-math.inf)
+
+    async def __aenter__(self) -> FenceWatch:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EtcdError):
+            await self._task
+
+
 def probe_job(rig: Rig, schedule: str = "*/2 * * * * *") -> JobSpec:
     """A job whose child writes its own environment's faketime variables and
     ``date`` (see :func:`tests.chaos.faketime.probe_shell`)."""
     return JobSpec(name="envprobe", schedule=schedule, shell=probe_shell(rig.dir / "probe"))
 
 
+def uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
 def probe_leaks(rig: Rig) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """Probe lines showing a child that inherited the fake: a faketime variable set,
-    or a ``date`` more than 2 s off its tick (the child's clock is faked)."""
+    """Probe lines showing a child that inherited the fake: a faketime variable set
+    in its environment, or a ``date`` more than 0.5 s off the true time of the write
+    (the child's ``/proc/uptime`` mapped to the wall clock of this process, which
+    libfaketime does not touch)."""
     lines = read_probe(rig.dir / "probe")
-    bad = [
-        p
-        for p in lines
-        if p["ld_preload"] != "-"
-        or p["faketime"] != "-"
-        or p["faketime_file"] != "-"
-        or abs(float(p["date"]) - checker.parse_tick(p["tick"])) > 2.0
-    ]
+    base = time.time() - uptime()
+    bad = []
+    for p in lines:
+        p["date_minus_true_s"] = round(float(p["date"]) - (base + float(p["uptime"])), 3)
+        if (
+            p["ld_preload"] != "-"
+            or p["faketime"] != "-"
+            or p["faketime_file"] != "-"
+            or abs(p["date_minus_true_s"]) > 0.5
+        ):
+            bad.append(p)
     return bad, Counter(p["worker"] for p in lines)
 
 
@@ -188,7 +253,11 @@ def skew_of(reg: dict[str, Any]) -> float | None:
 async def clock_ahead(o: Opts) -> Result:
     """w0 starts with its clock an hour ahead and keeps it."""
     jobs = [f"s{i}" for i in range(3)]
-    async with ClockRig(o.dir("13-clock-ahead"), fake={0: FakeTime.fixed("+1h")}, initial=0) as rig:
+    fake = {0: FakeTime.fixed("+1h")}
+    async with (
+        ClockRig(o.dir("13-clock-ahead"), fake=fake, initial=0) as rig,
+        FenceWatch(rig) as fw,
+    ):
         await rig.start_workers(1, 2)
         await rig.put_jobs(*(rig.job(j) for j in jobs), probe_job(rig))
         t0 = await rig.warm(*jobs)
@@ -204,7 +273,7 @@ async def clock_ahead(o: Opts) -> Result:
         ahead = await fences(rig, jobs)
         await asyncio.sleep(1.5)
         lines = rig.lines()
-        missing = await all_accounted(rig, lines, jobs, t0, t1)
+        acct = await account(rig, lines, jobs, t0, t1)
         rig.heal(f)
     rep = checker.check(lines, window=(t0, t1), every_second=jobs, faults=rig.faults)
     late_w0 = [e for e in starts(lines) if e.worker == "w0" and e.at > registered + 4.0]
@@ -222,9 +291,11 @@ async def clock_ahead(o: Opts) -> Result:
         no_run_on_w0_after_its_first_4s=not late_w0,
         w0_registration_clock_ok_false=reg0.get("clock_ok") is False,
         w0_registration_skew_near_plus_1h=skew is not None and abs(skew - HOUR) < 60,
-        no_fence_more_than_5s_ahead=bool(ahead) and max(ahead.values()) <= 5.0,
+        no_fence_ever_more_than_5s_ahead=fw.events > 0 and fw.most() <= 5.0,
+        no_fence_more_than_5s_ahead_at_the_end=bool(ahead) and max(ahead.values()) <= 5.0,
         no_start_before_its_tick=early >= -0.05,
-        every_tick_accounted=not missing,
+        every_tick_accounted=not acct.missing,
+        no_tick_both_run_and_recorded_missed=not acct.contradicted,
         children_see_true_clock=not leaks,
     )
     res.notes = who | {
@@ -237,10 +308,12 @@ async def clock_ahead(o: Opts) -> Result:
             max((e.at for e in w0_runs), default=registered) - registered, 2
         ),
         "fence_minus_true_time_s": ahead,
+        "fence_most_ahead_when_written_s": fw.worst,
         "longest_tick_gap_s": max(tick_gap(lines, j, t0, t1) for j in jobs),
         "start_minus_tick_s": [round(early, 3), round(latest, 3)],
         "runs_per_worker": per_worker(lines, t0, t1),
-        "unaccounted": {k: v[:5] for k, v in missing.items()},
+        "unaccounted": {k: v[:5] for k, v in acct.missing.items()},
+        "run_yet_recorded_missed": {k: v[:5] for k, v in acct.contradicted.items()},
         "probe_leaks": leaks[:3],
     }
     return res
@@ -255,7 +328,7 @@ async def _clock_step(o: Opts, n: int, spec: str) -> Result:
     d = o.dir(f"{n}-clock-step-{'fwd' if spec.startswith('+') else 'back'}")
     d.mkdir(parents=True, exist_ok=True)
     fake = FakeTime.stepping(d / "w0.faketime")
-    async with ClockRig(d, fake={0: fake}) as rig:
+    async with ClockRig(d, fake={0: fake}) as rig, FenceWatch(rig) as fw:
         await rig.put_jobs(*(rig.job(j) for j in jobs), probe_job(rig, "* * * * * *"))
         t0 = await rig.warm(*jobs)
         is_w0, who = await faked_is_worker(rig, "w0", 0.0, 1.0)
@@ -288,7 +361,7 @@ async def _clock_step(o: Opts, n: int, spec: str) -> Result:
         ahead = await fences(rig, jobs)
         await asyncio.sleep(1.5)
         lines = rig.lines()
-        missing = await all_accounted(rig, lines, jobs, t0, t1)
+        acct = await account(rig, lines, jobs, t0, t1)
         rig.heal(f)
     step = f.start
     rep = checker.check(lines, window=(t0, t1), every_second=jobs, faults=rig.faults)
@@ -313,8 +386,10 @@ async def _clock_step(o: Opts, n: int, spec: str) -> Result:
         w0_stopped_claiming_within_4s=not late_w0,
         w0_says_clock_ok_false_within_6s=flagged <= 6.0,
         w0_skew_reflects_the_step=skew is not None and abs(skew - target) < 60,
-        no_fence_more_than_5s_ahead=bool(ahead) and max(ahead.values()) <= 5.0,
-        every_tick_accounted=not missing,
+        no_fence_ever_more_than_5s_ahead=fw.events > 0 and fw.most() <= 5.0,
+        no_fence_more_than_5s_ahead_at_the_end=bool(ahead) and max(ahead.values()) <= 5.0,
+        every_tick_accounted=not acct.missing,
+        no_tick_both_run_and_recorded_missed=not acct.contradicted,
         children_see_true_clock=not leaks,
     )
     res.notes = who | {
@@ -328,10 +403,12 @@ async def _clock_step(o: Opts, n: int, spec: str) -> Result:
         "max_starts_in_one_second": bursts,
         "start_minus_tick_s": [round(early, 3), round(latest, 3)],
         "fence_minus_true_time_s": ahead,
+        "fence_most_ahead_when_written_s": fw.worst,
         "runs_per_worker_before": per_worker(lines, t0, step),
         "runs_per_worker_after": per_worker(lines, step, t1),
         "probe_runs": dict(probes),
-        "unaccounted": {k: v[:5] for k, v in missing.items()},
+        "unaccounted": {k: v[:5] for k, v in acct.missing.items()},
+        "run_yet_recorded_missed": {k: v[:5] for k, v in acct.contradicted.items()},
         "probe_leaks": leaks[:3],
     }
     return res
@@ -357,7 +434,10 @@ async def skew_07(o: Opts) -> Result:
     jobs = [f"s{i}" for i in range(6)]
     fake = {0: FakeTime.fixed("+0.7"), 1: FakeTime.fixed("-0.7")}
     bound = {i: {"max_clock_skew": 1.0} for i in range(3)}
-    async with ClockRig(o.dir("16-skew-0.7"), fake=fake, worker_opts=bound) as rig:
+    async with (
+        ClockRig(o.dir("16-skew-0.7"), fake=fake, worker_opts=bound) as rig,
+        FenceWatch(rig) as fw,
+    ):
         await rig.put_jobs(*(rig.job(j) for j in jobs), probe_job(rig, "* * * * * *"))
         t0 = await rig.warm(*jobs)
         f = rig.fault("w0 +0.7 s, w1 -0.7 s (whole run)")
@@ -369,7 +449,7 @@ async def skew_07(o: Opts) -> Result:
         regs = {w: await registration(rig, w) for w in ("w0", "w1", "w2")}
         await asyncio.sleep(1.5)
         lines = rig.lines()
-        missing = await all_accounted(rig, lines, jobs, t0, t1)
+        acct = await account(rig, lines, jobs, t0, t1)
         rig.heal(f)
     mine = [e for e in lines if e.job in jobs]
     rep = checker.check(mine, window=(t0, t1), every_second=jobs)
@@ -391,7 +471,8 @@ async def skew_07(o: Opts) -> Result:
         runs_per_worker_within_1_5x_fair_share=len(counts) == 3
         and all(fair / 1.5 <= c <= fair * 1.5 for c in counts.values()),
         all_workers_clock_ok=all(r.get("clock_ok") is not False for r in regs.values()),
-        every_tick_accounted=not missing,
+        every_tick_accounted=not acct.missing,
+        no_tick_both_run_and_recorded_missed=not acct.contradicted,
         children_see_true_clock=not leaks and probes["w0"] > 0 and probes["w1"] > 0,
     )
     res.faults = ["w0 clock +0.7 s, w1 clock -0.7 s (libfaketime), max_clock_skew 1 s"]
@@ -403,12 +484,14 @@ async def skew_07(o: Opts) -> Result:
         "clock_ok": {w: r.get("clock_ok") for w, r in regs.items()},
         "runs_per_worker": counts,
         "fair_share": round(fair, 1),
+        "fence_most_ahead_when_written_s": fw.worst,
         "start_minus_tick_s": [round(early, 3), round(latest, 3)],
         "median_start_minus_tick_s": {
             w: round(statistics.median(v), 3) if v else None for w, v in by_worker.items()
         },
         "probe_runs": dict(probes),
-        "unaccounted": {k: v[:5] for k, v in missing.items()},
+        "unaccounted": {k: v[:5] for k, v in acct.missing.items()},
+        "run_yet_recorded_missed": {k: v[:5] for k, v in acct.contradicted.items()},
         "probe_leaks": leaks[:3],
     }
     return res
@@ -504,7 +587,7 @@ async def stale_keys(o: Opts) -> Result:
         left = await rig.etcd.count_prefix(rig.ks.worker("fake-"))
         await asyncio.sleep(1.5)
         lines = rig.lines()
-        missing = await all_accounted(rig, lines, jobs, t0, t1)
+        acct = await account(rig, lines, jobs, t0, t1)
     recs: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in REPAIR_KINDS}
     for kv in kvs:
         kind, _, name = kv.key[len(repairs_prefix()) :].partition("/")
@@ -538,7 +621,8 @@ async def stale_keys(o: Opts) -> Result:
         lock_repair_recorded=_repair_ok(lock_rec, "lock", rig.ks.lock("a"), bad_lock),
         fence_repair_recorded=_repair_ok(fence_rec, "fence", rig.ks.tick("b"), bad_fence),
         worker_repairs_recorded=fake_ok == FAKES,
-        every_tick_accounted=not missing,
+        every_tick_accounted=not acct.missing,
+        no_tick_both_run_and_recorded_missed=not acct.contradicted,
     )
     res.notes = {
         "a_next_start_after_s": again("a", at_a),
@@ -554,6 +638,7 @@ async def stale_keys(o: Opts) -> Result:
         "writes_took_s": round(at_w - f.start, 2),
         "worker_repair_value_chars": len(str(fake_recs.get("fake-0000", {}).get("value", ""))),
         "runs_per_worker": per_worker(lines, t0, t1),
-        "unaccounted": {k: v[:5] for k, v in missing.items()},
+        "unaccounted": {k: v[:5] for k, v in acct.missing.items()},
+        "run_yet_recorded_missed": {k: v[:5] for k, v in acct.contradicted.items()},
     }
     return res
