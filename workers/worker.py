@@ -143,6 +143,11 @@ class Worker(Membership, Claiming):
     async def _shutdown(self) -> None:
         for t in self._tasks | self._background:
             t.cancel()
+        if self._tasks:
+            # a cancelled run still writes its final record and releases its lock
+            # (workers/runner.py): let it, before the session and the client go
+            # (bounded: its last output gets runner.FLUSH_TIMEOUT, 10 s, then the release)
+            await asyncio.wait(list(self._tasks), timeout=15.0)
         session, self.session = self.session, None
         if session is not None:
             await session.close(revoke=True)
