@@ -191,10 +191,16 @@ class Runner:
                 try:
                     await asyncio.shield(end)
                 except asyncio.CancelledError:
+                    if end.done():
+                        break  # the end itself was cancelled (the client is closing)
                     if cancelled:
                         end.cancel()
                         raise
                     cancelled = True
+                except Exception:
+                    break  # logged below
+            if end.done() and not end.cancelled() and end.exception() is not None:
+                log.error("could not end the run", job=h.job.name, error=repr(end.exception()))
             if cancelled:
                 raise asyncio.CancelledError
         return h.record

@@ -187,6 +187,27 @@ async def test_full_log_dir_loses_only_the_local_copy(
     assert "No space left" in dropped[0]["error"], dropped
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this host")
+async def test_sink_survives_enospc_at_every_write_and_at_close(
+    client: EtcdClient, prefix: str
+) -> None:
+    """/dev/full fails every write with ENOSPC (no root needed): the sink keeps
+    shipping to etcd, warns once, and its close does not raise."""
+    ks = Keyspace(prefix)
+    with structlog.testing.capture_logs() as logs:
+        sink = EtcdOutput(
+            client, ks, "devfull", "r1", limit=1024 * 1024, log_file=Path("/dev/full")
+        )
+        for i in range(200):
+            sink.write("stdout", f"{i:04d} {'y' * 500}\n".encode())
+        await sink.flush()
+    assert sink.total == 200 * 506 and sink.log_file_error.startswith("OSError")
+    assert "No space left" in sink.log_file_error
+    text = "".join(s.text for s in await read_output(client, ks, "devfull", "r1"))
+    assert len(text) == sink.total and text.endswith("0199 " + "y" * 500 + "\n")
+    assert len(_warnings(logs, LOG_DROPPED)) == 1
+
+
 # failures inside the worker ------------------------------------------------------
 
 
