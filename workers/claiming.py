@@ -56,16 +56,20 @@ class Claiming(WorkerCore):
         """Eligible for this job now (capacity and the session are checked apart:
         see ``_tick``; a tick waits through an etcd outage until its deadline).
 
-        A worker whose clock is unknown or outside ``max_clock_skew`` stands
-        back while a peer with a good clock can take the job (invariant I7).
+        A worker whose clock is not yet compared with its peers' does not
+        claim; one outside ``max_clock_skew`` stands back while a peer with a
+        good clock can take the job (invariant I7).
         """
         if self.draining or job.suspend:
             return False
         if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
             return False
         if self.cfg.stop_claiming_on_skew and not self.clock_ok():
-            # a wrong clock claims only when no worker with a good one can
-            return not self.peers.healthy_for(self.id, job.selector)
+            # a clock not yet compared with the others never claims (it will be
+            # within a registration interval); a wrong one only when no worker
+            # with a good clock can (it claims on cluster time, corrected)
+            known = self.clock.known
+            return known and not self.peers.healthy_for(self.id, job.selector)
         return True
 
     def _full(self) -> bool:
@@ -128,17 +132,37 @@ class Claiming(WorkerCore):
                 return
             try:
                 early = now_ms < fire_ms
+                if early:
+                    await self._after_previous(job, fire_ms)
+                # while commits are slow, the previous run's release may still be
+                # on its way at the tick: ask again for a while before skipping
+                slow = self.ahead > self.cfg.claim_ahead + 0.05
+                patient = early or (slow and now_ms < fire_ms + int(self.ahead * 1000))
                 busy = await self._claim_and_run(
-                    job, TickFence(self.ks.tick(job.name), fire_ms), tick, early=early
+                    job, TickFence(self.ks.tick(job.name), fire_ms), tick, record_skip=not patient
                 )
-                if not (busy and early):
+                if not (busy and patient):
                     return
-                await self._sleep_until(fire_ms)  # the run may end before the tick: ask again then
+                if early:
+                    await self._sleep_until(fire_ms)  # the run may end before the tick
+                else:
+                    await asyncio.sleep(0.1)
                 continue
             except EtcdUnavailable as exc:
                 self.log.warning("claim failed, retrying", job=job.name, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _after_previous(self, job: JobSpec, fire_ms: int) -> None:
+        """Claims of one job go in tick order: an early claim waits (locally) while
+        the previous tick is still pending, so that with a long ``ahead`` (slow
+        commits) it cannot overtake that tick's claim and make it missed."""
+        prev = job.schedule_obj().latest_at_or_before(from_ms(fire_ms - 1), job.zone())
+        if prev is None:
+            return
+        prev_ms = tick_ms(prev)
+        until = min(fire_ms, prev_ms + int(self.ahead * 1000) + 100)
+        await self.ticks.wait_taken(job.name, prev_ms, until / 1000 - self.clock.time())
 
     async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
         """A manual run (even of a suspended job) on an eligible worker."""
@@ -208,12 +232,12 @@ class Claiming(WorkerCore):
         tick: datetime,
         *,
         manual: bool = False,
-        early: bool = False,
+        record_skip: bool = True,
     ) -> bool:
         """Claim and, if won, run (a scheduled tick starts at the tick itself).
 
         Returns True when the job was busy (``forbid``) and no skip was recorded
-        because the claim was early: the caller asks again at the tick.
+        because ``record_skip`` was off (an early claim): the caller asks again.
         """
         session, client = self.session, self.batcher
         if session is None or client is None or session.remaining() <= 0:
@@ -239,7 +263,7 @@ class Claiming(WorkerCore):
             run_id,
             self.ks.run(job.name, run_id),
             rec.to_json(),
-            _skip_record(rec) if policy is Concurrency.FORBID and not early else None,
+            _skip_record(rec) if policy is Concurrency.FORBID and record_skip else None,
         )
         self.stats["claims"] += 1
         self._claiming += 1

@@ -91,6 +91,7 @@ class TickView:
         self.prefix = prefix
         self.ticks: dict[str, int] = {}
         self.kvs: dict[str, KeyValue] = {}
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
 
     def apply(self, item: Snapshot | Batch) -> list[str]:
         """Apply an item; return the names whose fence was set (not deleted)."""
@@ -107,7 +108,31 @@ class TickView:
                 continue
             self.kvs[name] = kv
             changed.append(name)
+            for tick, fut in self._waiters.get(name, ()):
+                if tick <= self.ticks[name] and not fut.done():
+                    fut.set_result(None)
         return changed
+
+    async def wait_taken(self, name: str, tick_ms: int, timeout: float) -> bool:
+        """Wait until ``tick_ms`` of ``name`` is taken, at most ``timeout`` seconds."""
+        if self.taken(name, tick_ms):
+            return True
+        if timeout <= 0:
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (tick_ms, fut)
+        self._waiters.setdefault(name, []).append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiting = self._waiters[name]
+            waiting.remove(entry)
+            if not waiting:
+                del self._waiters[name]
 
     def taken(self, name: str, tick_ms: int) -> bool:
         return self.ticks.get(name, -1) >= tick_ms
@@ -129,11 +154,16 @@ class PeerView:
         self.peers: dict[str, Peer] = {}
         self.orphans: dict[str, KeyValue] = {}
         self.masters: set[str] = set()
+        self.loaded: set[str] = set()
+        """Which tables were listed once ("workers", "masters"): until both are,
+        nobody can say this worker is alone."""
         self.joined = asyncio.Event()
         """Set when a worker we did not know registers (peers answer with a fresh sample)."""
 
     def apply(self, item: Snapshot | Batch) -> None:
         fresh = isinstance(item, Batch)
+        if not fresh:
+            self.loaded.add("workers")
         for wid, kv in _kv_changes(item, [*self.peers, *self.orphans], self.prefix):
             if kv is None:
                 self.peers.pop(wid, None)
@@ -158,6 +188,8 @@ class PeerView:
     def apply_masters(self, item: Snapshot | Batch) -> None:
         """Masters' clocks, from ``<prefix>/masters/``: samples only, never workers."""
         fresh = isinstance(item, Batch)
+        if not fresh:
+            self.loaded.add("masters")
         for mid, kv in _kv_changes(item, self.masters, self.masters_prefix):
             name = "master:" + mid
             if kv is None or not kv.lease:
@@ -172,9 +204,13 @@ class PeerView:
             self.masters.add(mid)
             self.estimator.observe(name, clock, fresh=fresh)
 
+    def alone(self) -> bool:
+        """Known to be the only live clock (both tables listed, nobody else in them)."""
+        return self.loaded == {"workers", "masters"} and not self.others()
+
     def others(self) -> int:
-        """How many other workers hold a live registration."""
-        return len(self.peers) - (self.estimator.me in self.peers)
+        """How many other clocks are live: workers with a registration, and masters."""
+        return len(self.peers) - (self.estimator.me in self.peers) + len(self.masters)
 
     def healthy_for(self, me: str, selector: dict[str, str]) -> bool:
         """Does another worker with a good clock stand ready to claim such a job?"""

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.client import EtcdError, KeyValue
@@ -206,11 +206,14 @@ class Worker(Membership, Claiming):
             self._spawn(self._tick(job, tick_ms(latest)))
 
     def _on_ticks(self, item: Snapshot | Batch) -> None:
-        changed = self.ticks.apply(item)
+        self._check_fences(self.ticks.apply(item))
+
+    def _check_fences(self, names: Iterable[str]) -> None:
+        """Repair the fences of ``names`` that run ahead of cluster time."""
         if not self.clock_ok() or self.repairs is None:
             return  # only a worker with a good clock judges what is in the future
         limit = int(self.clock.time() * 1000) + self._fence_tolerance_ms()
-        for name in changed:
+        for name in names:
             if self.ticks.ticks[name] > limit and name not in self._repairing:
                 self._background_task(self._repair_fence(name, self.ticks.kvs[name]))
 
@@ -247,7 +250,7 @@ class Worker(Membership, Claiming):
             # the first estimate waits for a sample of every live peer: a median
             # of our own clock and one other cannot tell which of the two is wrong
             self.clock.offset, self.clock.known = est[0], True
-        elif not others:
+        elif self.peers.alone():
             self.clock.known = True  # alone: our clock is the cluster's
         ok = self.clock_ok()
         if ok != was_ok:
@@ -258,6 +261,8 @@ class Worker(Membership, Claiming):
                 bound=self.cfg.max_clock_skew,
                 known=self.clock.known,
             )
+        if ok and not was_ok:
+            self._check_fences(list(self.ticks.ticks))  # written while we could not judge
         if self.clock.known and not was_known and self.ready.is_set():
             now_ms = int(self.clock.time() * 1000)
             for spec in self.table.jobs.values():

@@ -216,11 +216,14 @@ async def test_run_and_kill_requests(store: JobStore, client: EtcdClient) -> Non
 async def test_list_workers_skew(store: JobStore, client: EtcdClient) -> None:
     ks = store.ks
     base = {"host": "h", "pid": 1, "labels": {}, "capacity": 4, "running": 0, "version": "x"}
-    await client.put(ks.worker("w1"), json.dumps({**base, "id": "w1", "clock": 100.0}).encode())
-    await client.put(ks.worker("w2"), json.dumps({**base, "id": "w2", "clock": 101.0}).encode())
-    await client.put(ks.worker("w3"), json.dumps({**base, "id": "w3", "clock": 103.0}).encode())
-    await client.put(ks.worker("w4"), json.dumps({**base, "id": "w4", "skew": 0.25}).encode())
-    await client.put(ks.worker("w5"), b"[broken")
+    lease, _ = await client.grant(30)
+    for wid, extra in [("w1", {"clock": 100.0}), ("w2", {"clock": 101.0}),
+                       ("w3", {"clock": 103.0}), ("w4", {"skew": 0.25})]:  # fmt: skip
+        value = json.dumps({**base, "id": wid, **extra}).encode()
+        await client.put(ks.worker(wid), value, lease=lease)
+    await client.put(ks.worker("w5"), b"[broken", lease=lease)
+    await client.put(ks.worker("forged"), json.dumps({**base, "id": "forged"}).encode())
     workers = await store.list_workers()
-    assert [w["id"] for w in workers] == ["w1", "w2", "w3", "w4"]
+    await client.revoke(lease)
+    assert [w["id"] for w in workers] == ["w1", "w2", "w3", "w4"]  # not the unleased one
     assert [w["skew"] for w in workers] == [-1.0, 0.0, 2.0, 0.25]
