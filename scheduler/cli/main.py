@@ -272,8 +272,11 @@ def run(ctx: typer.Context, name: str) -> None:
 def kill(ctx: typer.Context, name: str) -> None:
     """Ask the workers to stop every running run of a job."""
     with _g(ctx).client() as api:
-        api.kill(_name(name))
+        answer = api.kill(_name(name))
     render.out.print(f"kill requested: {name}", markup=False)
+    ended = answer.get("ended") if isinstance(answer, dict) else None
+    for run_id in ended or []:
+        render.out.print(f"ended (its worker is gone): {run_id}", markup=False)
 
 
 @app.command()

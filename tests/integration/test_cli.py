@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 from scheduler.config import EtcdConfig
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
+from scheduler.runs import RunRecord, RunStatus
 from tests.support import wait_for
 
 ETCRON = str(Path(sys.executable).with_name("etcron"))
@@ -240,12 +242,23 @@ async def test_suspend_resume_delete_run_kill(m: Master, tmp_path: Path) -> None
     r = await m.run("run", "report")
     assert r.code == 0 and "request" in r.out
     assert await m.etcd.count_prefix(m.ks.triggers + "report/") == 1
-    assert (await m.run("kill", "report")).code == 0
+    # a run still "running" whose worker is gone (its lease revoked): kill ends it
+    lease, _ = await m.etcd.grant(30)
+    await m.etcd.revoke(lease)
+    tick = datetime(2026, 1, 1, tzinfo=UTC)
+    orphan = RunRecord(job="report", run_id="20260101T000000Z-0rphan", tick=tick,
+                       status=RunStatus.RUNNING, worker="gone", lease=lease)  # fmt: skip
+    await m.etcd.put(m.ks.run("report", orphan.run_id), orphan.to_json())
+    r = await m.run("kill", "report")
+    assert r.code == 0 and f"ended (its worker is gone): {orphan.run_id}" in r.out
     kv, _ = await m.etcd.get(m.ks.killer("report"))
     assert kv is not None
 
     r = await m.run("history", "report", "-o", "json")
-    assert r.code == 0 and json.loads(r.out)["runs"] == []
+    assert r.code == 0
+    assert [(x["run_id"], x["status"]) for x in json.loads(r.out)["runs"]] == [
+        (orphan.run_id, "killed")
+    ]
     r = await m.run("workers", "-o", "json")
     assert r.code == 0 and "workers" in json.loads(r.out)
 
