@@ -321,7 +321,7 @@ class Claiming(WorkerCore):
     def _account(self, job: JobSpec, result: Claim, fire_ms: int) -> None:
         """Record the ticks our fence write jumped over (``workers.accounting``)."""
         prev = result.replaced
-        if prev is None or prev >= fire_ms or self.client is None or not self.clock_ok():
+        if prev is None or prev >= fire_ms or self.client is None or not self.clock.known:
             return
         if self.table.revisions.get(job.name, 0) > result.replaced_revision:
             return  # the schedule changed since: the gap is not the new schedule's

@@ -19,7 +19,9 @@ Rules:
   A registration reaches its readers one commit plus one watch delivery after
   its clock was read; that delay is measured on the worker's own registration
   and taken off every sample, so a slow etcd does not make every clock look
-  behind.
+  behind. Delays only ever make a clock look behind, so of the last few
+  samples of each clock the least delayed one counts (as NTP filters by the
+  shortest round trip).
 - **A step keeps cluster time continuous.** ``time()`` compares wall minus
   monotonic with its last reading; a jump of more than ``STEP`` seconds is a
   step: the offset moves by the same amount at once, so the timer neither
@@ -36,6 +38,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import structlog
@@ -52,6 +55,9 @@ FRESH = 10.0
 
 MAX_LATENCY = 1.0
 """The publish-to-delivery delay taken off samples is capped at this."""
+
+KEEP = 5
+"""Samples kept per clock (with registrations every 2 s: the last 10 s)."""
 
 
 @dataclass(slots=True)
@@ -89,40 +95,57 @@ class ClusterClock(Clock):
 
 
 class OffsetEstimator:
-    """Collects peers' clock samples and estimates this worker's offset."""
+    """Collects the clock samples of peers and estimates this worker's offset.
+
+    A sample can only arrive late, never early, so a delay makes its writer's
+    clock look behind. Of each clock's last ``KEEP`` samples the one that
+    looks furthest ahead (the least delayed) is used, and of our own
+    registrations' the shortest delay: a slow or jittery etcd (commits of
+    hundreds of ms) then moves the estimate by the *variation* of the best
+    delays over ``FRESH`` seconds, not by every delay.
+    """
 
     def __init__(self, me: str, host: Clock) -> None:
         self.me = me
         self.host = host
-        self.samples: dict[str, Sample] = {}
-        self.latency = 0.0
-        """Publish-to-delivery delay, measured on our own registration."""
+        self.samples: dict[str, deque[Sample]] = {}
+        self.own: deque[Sample] = deque(maxlen=KEEP)
 
     def observe(self, worker: str, clock: float, *, fresh: bool) -> None:
         """A registration arrived (``fresh``: by a watch event, not a listing)."""
-        now_mono = self.host.monotonic()
-        if worker == self.me:
-            if fresh and clock:
-                delay = self.host.time() - clock
-                self.latency = min(max(delay, 0.0), MAX_LATENCY)
+        if not (fresh and clock):
             return
-        if fresh and clock:
-            self.samples[worker] = Sample(clock, now_mono)
+        sample = Sample(clock, self.host.monotonic())
+        if worker == self.me:
+            self.own.append(sample)
+        else:
+            self.samples.setdefault(worker, deque(maxlen=KEEP)).append(sample)
 
     def forget(self, worker: str) -> None:
         self.samples.pop(worker, None)
 
-    def estimate(self) -> tuple[float, int] | None:
-        """(my offset, samples used), or None when no recent sample exists."""
+    @property
+    def latency(self) -> float:
+        """Publish-to-delivery delay, the shortest seen on our own registration."""
+        delays = [wall - s.clock for s, wall in self._fresh(self.own)]
+        return min(max(min(delays, default=0.0), 0.0), MAX_LATENCY)
+
+    def _fresh(self, samples: deque[Sample]) -> list[tuple[Sample, float]]:
+        """(sample, our wall clock when it arrived, mapped to today's wall clock)."""
         now_mono = self.host.monotonic()
         now_wall = self.host.time()
+        return [
+            (s, now_wall - (now_mono - s.arrived)) for s in samples if now_mono - s.arrived <= FRESH
+        ]
+
+    def estimate(self) -> tuple[float, int] | None:
+        """(my offset, clocks used), or None when no recent sample exists."""
+        latency = self.latency
         offsets = [0.0]
-        for s in self.samples.values():
-            age = now_mono - s.arrived
-            if age > FRESH:
-                continue
-            wall_then = now_wall - age
-            offsets.append(s.clock - wall_then + self.latency)
+        for samples in self.samples.values():
+            seen = [s.clock - wall for s, wall in self._fresh(samples)]
+            if seen:
+                offsets.append(max(seen) + latency)
         if len(offsets) == 1:
             return None
         return -_middle(offsets), len(offsets) - 1

@@ -43,14 +43,14 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     10: ("bad input", scenarios.bad_input),
     11: ("frozen etcd leader", scenarios_gray.frozen_leader),
     12: ("frozen etcd follower", scenarios_gray.frozen_follower),
-    18: ("worker cut from the etcd leader", scenarios_net.leader_link_cut),
-    19: ("one-way cut worker -> leader", scenarios_net.one_way_cut),
-    20: ("etcd leader with a slow disk", scenarios_net.slow_leader_disk),
     13: ("worker clock +1 h", scenarios_clock.clock_ahead),
     14: ("clock step +1 h while running", scenarios_clock.clock_step_forward),
     15: ("clock step -1 h while running", scenarios_clock.clock_step_back),
     16: ("±0.7 s skew, bound 1 s", scenarios_clock.skew_07),
     17: ("stale and forged keys", scenarios_clock.stale_keys),
+    18: ("worker cut from the etcd leader", scenarios_net.leader_link_cut),
+    19: ("one-way cut worker -> leader", scenarios_net.one_way_cut),
+    20: ("etcd leader with a slow disk", scenarios_net.slow_leader_disk),
 }
 SHORT = (1, 4, 3, 5)
 TIMEOUT = 240.0  # per scenario: a hang is a failure, never a stuck run

@@ -121,3 +121,21 @@ def test_the_publish_delay_is_taken_off() -> None:
     got = est.estimate()
     assert got is not None
     assert got[0] == pytest.approx(0.0)
+
+
+def test_jittery_delays_do_not_move_the_estimate() -> None:
+    """Commits of 50 ms to 900 ms (a slow etcd disk): the least delayed sample counts."""
+    host = HandClock()
+    est = OffsetEstimator("me", host)
+    delays = [0.9, 0.05, 0.6, 0.3, 0.8]
+    for d in delays:
+        # every clock (ours included) is published now and arrives d seconds later
+        published = host.time()
+        host.advance(d)
+        for wid in ("me", "a", "b"):
+            est.observe(wid, published, fresh=True)
+        host.advance(1.0)
+    got = est.estimate()
+    assert got is not None
+    assert abs(got[0]) < 0.01
+    assert est.latency == pytest.approx(0.05, abs=1e-6)
