@@ -120,7 +120,7 @@ class Claiming(WorkerCore):
                 return
             now_ms = int(self.clock.time() * 1000)
             nxt = job.schedule_obj().next_after(tick, job.zone())
-            if tick_ms(nxt) <= now_ms:
+            if tick_ms(nxt) + self._late_grace_ms() <= now_ms:
                 return  # superseded by a later tick, which is the one to catch up
             if not self._may_claim(job):
                 return
@@ -143,15 +143,24 @@ class Claiming(WorkerCore):
                 )
                 if not (busy and patient):
                     return
-                if early:
+                if early and not slow:
                     await self._sleep_until(fire_ms)  # the run may end before the tick
                 else:
-                    await asyncio.sleep(0.1)
+                    # slow commits: the release we wait for lands any moment; asking
+                    # only at the tick would start the run a commit late
+                    await asyncio.sleep(0.1 if not early else max(0.1, self.ahead / 4))
                 continue
             except EtcdUnavailable as exc:
                 self.log.warning("claim failed, retrying", job=job.name, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _late_grace_ms(self) -> int:
+        """While commits are slow, a tick whose claim was held up may still be
+        claimed for ``ahead`` after the next tick is due (claims of a job go in
+        tick order, see ``_after_previous``); otherwise not at all."""
+        slow = self.ahead > self.cfg.claim_ahead + 0.05
+        return int(self.ahead * 1000) if slow else 0
 
     async def _after_previous(self, job: JobSpec, fire_ms: int) -> None:
         """Claims of one job go in tick order: an early claim waits (locally) while
