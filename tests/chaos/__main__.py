@@ -24,6 +24,7 @@ from tests.chaos import (
     checker,
     scenarios,
     scenarios_clock,
+    scenarios_disk,
     scenarios_etcd,
     scenarios_gray,
     scenarios_net,
@@ -51,8 +52,9 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     18: ("worker cut from the etcd leader", scenarios_net.leader_link_cut),
     19: ("one-way cut worker -> leader", scenarios_net.one_way_cut),
     20: ("etcd leader with a slow disk", scenarios_net.slow_leader_disk),
+    21: ("full log_dir on one worker", scenarios_disk.full_log_dir),
 }
-SHORT = (1, 4, 3, 5)
+SHORT = (1, 4, 3, 5, 11, 13, 17)
 TIMEOUT = 240.0  # per scenario: a hang is a failure, never a stuck run
 
 COLUMNS = (
