@@ -36,6 +36,9 @@ from workers.output import EtcdOutput, prune_local_logs
 from workers.peers import rank
 from workers.runner import RunHandle, Runner, started_record
 
+MIN_PERIOD_MS = 1000
+"""No schedule fires twice within a second (cron has whole seconds, ``@every`` >= 1 s)."""
+
 MAX_CLAIM_AHEAD = 2.0
 """Seconds before its tick a claim may be sent at most (see ``_ahead``)."""
 
@@ -132,11 +135,11 @@ class Claiming(WorkerCore):
                 return
             try:
                 early = now_ms < fire_ms
-                if early:
-                    await self._after_previous(job, fire_ms)
                 # while commits are slow, the previous run's release may still be
                 # on its way at the tick: ask again for a while before skipping
                 slow = self.ahead > self.cfg.claim_ahead + 0.05
+                if early and slow:
+                    await self._after_previous(job, fire_ms)
                 patient = early or (slow and now_ms < fire_ms + int(self.ahead * 1000))
                 busy = await self._claim_and_run(
                     job, TickFence(self.ks.tick(job.name), fire_ms), tick, record_skip=not patient
@@ -165,7 +168,8 @@ class Claiming(WorkerCore):
     async def _after_previous(self, job: JobSpec, fire_ms: int) -> None:
         """Claims of one job go in tick order: an early claim waits (locally) while
         the previous tick is still pending, so that with a long ``ahead`` (slow
-        commits) it cannot overtake that tick's claim and make it missed."""
+        commits) it cannot overtake that tick's claim and make it missed. (With
+        the default ``ahead``, shorter than any period, it cannot.)"""
         prev = job.schedule_obj().latest_at_or_before(from_ms(fire_ms - 1), job.zone())
         if prev is None:
             return
@@ -330,7 +334,9 @@ class Claiming(WorkerCore):
     def _account(self, job: JobSpec, result: Claim, fire_ms: int) -> None:
         """Record the ticks our fence write jumped over (``workers.accounting``)."""
         prev = result.replaced
-        if prev is None or prev >= fire_ms or self.client is None or not self.clock.known:
+        if prev is None or fire_ms - prev <= MIN_PERIOD_MS or self.client is None:
+            return  # no tick fits between two ticks a second apart (the shortest period)
+        if not self.clock.known:
             return
         if self.table.revisions.get(job.name, 0) > result.replaced_revision:
             return  # the schedule changed since: the gap is not the new schedule's

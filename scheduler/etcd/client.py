@@ -18,9 +18,12 @@ sending it a share of the requests, each of which hangs to its deadline. So the
 client owns the choice of member:
 
 - One gRPC channel per endpoint. Unary calls go to one *active* member.
-- A monitor probes the active member every :data:`PROBE_INTERVAL` with the
-  Maintenance ``Status`` RPC (local to the member: it answers during an election
-  and without quorum), deadline :data:`PROBE_TIMEOUT`. A member that does not
+- A monitor probes the active member with the Maintenance ``Status`` RPC
+  (local to the member: it answers during an election and without quorum),
+  deadline :data:`PROBE_TIMEOUT`: within :data:`PROBE_INTERVAL` once a request
+  has been waiting on it for :data:`SLOW_REQUEST` (requests take milliseconds
+  when all is well), and every :data:`IDLE_PROBE` otherwise. A busy worker so
+  pays for a probe only when something is slow. A member that does not
   answer, or answers without a leader while another one has a leader, is left:
   every member is probed and the best one becomes active. A failed request
   (deadline, unavailable) probes at once instead of waiting for the next turn.
@@ -206,8 +209,12 @@ def _resolve(endpoint: str) -> str:
     return f"{infos[0][4][0]}:{port}"
 
 
-PROBE_INTERVAL = 0.5
-"""Seconds between two probes of the active member."""
+PROBE_INTERVAL = 0.25
+"""Seconds between two looks at the active member's waiting requests (local, cheap)."""
+SLOW_REQUEST = 0.5
+"""A request waiting this long on the active member makes the monitor probe it."""
+IDLE_PROBE = 5.0
+"""Seconds between two probes of the active member when nothing is slow."""
 PROBE_TIMEOUT = 0.75
 """A member that does not answer a probe (or a stream that gets no answer) within
 this is unresponsive. etcd answers ``Status`` from memory in milliseconds; the
@@ -482,15 +489,27 @@ class EtcdClient:
                     self.aborts += 1
 
     async def _monitor(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
+            kicked = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PROBE_INTERVAL):
                     await self._kick.wait()
+                    kicked = True
             self._kick.clear()
+            now = loop.time()
+            if not (kicked or now - last >= IDLE_PROBE or self._slow(now)):
+                continue
+            last = now
             try:
                 await self._check()
             except Exception as exc:  # never let the monitor die
                 log.warning("etcd member probe failed", error=repr(exc)[:200])
+
+    def _slow(self, now: float) -> bool:
+        """Has a request (not a stream) been waiting on the active member too long?"""
+        return any(s.via_leader and now - s.started >= SLOW_REQUEST for s in self.active.scopes)
 
     async def _check(self) -> None:
         m = self.active

@@ -23,7 +23,9 @@ A member can also go silent with its sockets open (SIGSTOP, a stuck disk). So a
 watch that has received nothing for ``idle`` seconds sends a progress request
 (``WatchProgressRequest``, answered by the member itself even during an
 election); no answer within ``stall`` means the member is stuck, and the watch
-is resumed at once on another member (``EtcdClient.pick``), by rule 3. Watches
+is resumed at once on another member (``EtcdClient.pick``), by rule 3. (A watch
+on the member the client leaves is cut at once, like every wait on it, so
+``idle``, 3 s, only bounds the rarer stall of a watch's own member.) Watches
 also ask for progress notifications (``progress_notify``), which a member sends
 on its own at ``--experimental-watch-progress-notify-interval``.
 """
@@ -119,7 +121,7 @@ class ListWatch:
         backoff: float = 0.1,
         max_backoff: float = 2.0,
         page: int = 1000,
-        idle: float = 1.0,
+        idle: float = 3.0,
         stall: float = PROBE_TIMEOUT,
     ) -> None:
         self.client = client

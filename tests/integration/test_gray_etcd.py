@@ -19,8 +19,10 @@ from scheduler.config import EtcdConfig
 from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import (
     _CHANNEL_OPTIONS,
+    IDLE_PROBE,
     PROBE_INTERVAL,
     PROBE_TIMEOUT,
+    SLOW_REQUEST,
     EtcdAmbiguous,
     EtcdClient,
     cmp_created,
@@ -33,7 +35,7 @@ from tests.support import wait_for, wait_until
 pytestmark = pytest.mark.slow
 
 # A frozen active member is found within one probe interval plus one probe deadline.
-DETECT = PROBE_INTERVAL + PROBE_TIMEOUT
+DETECT = SLOW_REQUEST + PROBE_INTERVAL + PROBE_TIMEOUT  # a stuck request: probe, no answer
 ELECTION = 1.0  # test members run with --election-timeout 500 ms
 
 
@@ -240,14 +242,14 @@ async def test_probes_keep_the_client_on_a_healthy_member(
     try:
         await wait_for(lambda: items, 5)
         probes = client.probes
-        # several probe rounds and answered progress requests, with nothing moving
+        # an idle probe round and answered progress requests, with nothing moving
         await wait_for(
             lambda: (
                 client.switches
                 or lw.stats.stalls
-                or (client.probes >= probes + 5 and lw.stats.progress >= 5)
+                or (client.probes >= probes + 1 and lw.stats.progress >= 5)
             ),
-            10,
+            IDLE_PROBE + 5,
         )
         assert client.switches == 0
         assert lw.stats.stalls == 0 and lw.stats.reconnects == 0
