@@ -39,9 +39,6 @@ from workers.runner import RunHandle, Runner, started_record
 MIN_PERIOD_MS = 1000
 """No schedule fires twice within a second (cron has whole seconds, ``@every`` >= 1 s)."""
 
-MAX_CLAIM_AHEAD = 2.0
-"""Seconds before its tick a claim may be sent at most (see ``_ahead``)."""
-
 
 def _skip_record(rec: RunRecord) -> bytes:
     """The record a ``forbid`` tick gets when its previous run is still active."""
@@ -95,7 +92,7 @@ class Claiming(WorkerCore):
             # let every other worker have its turn first; if nobody took the
             # tick, leave a trace instead of dropping it silently
             turn = max(turn, len(peers)) + 1
-        ahead = int(self.ahead * 1000)
+        ahead = self.pace.ahead_ms
         at_ms = fire_ms - ahead + int(turn * self.cfg.handoff_delay * 1000)
         delay = at_ms / 1000 - self.clock.time()
         if delay <= 0:
@@ -123,7 +120,7 @@ class Claiming(WorkerCore):
                 return
             now_ms = int(self.clock.time() * 1000)
             nxt = job.schedule_obj().next_after(tick, job.zone())
-            if tick_ms(nxt) + self._late_grace_ms() <= now_ms:
+            if tick_ms(nxt) + self.pace.late_grace_ms() <= now_ms:
                 return  # superseded by a later tick, which is the one to catch up
             if not self._may_claim(job):
                 return
@@ -137,10 +134,10 @@ class Claiming(WorkerCore):
                 early = now_ms < fire_ms
                 # while commits are slow, the previous run's release may still be
                 # on its way at the tick: ask again for a while before skipping
-                slow = self.ahead > self.cfg.claim_ahead + 0.05
+                slow = self.pace.slow
                 if early and slow:
                     await self._after_previous(job, fire_ms)
-                patient = early or (slow and now_ms < fire_ms + int(self.ahead * 1000))
+                patient = early or (slow and now_ms < fire_ms + self.pace.ahead_ms)
                 busy = await self._claim_and_run(
                     job, TickFence(self.ks.tick(job.name), fire_ms), tick, record_skip=not patient
                 )
@@ -151,19 +148,12 @@ class Claiming(WorkerCore):
                 else:
                     # slow commits: the release we wait for lands any moment; asking
                     # only at the tick would start the run a commit late
-                    await asyncio.sleep(0.1 if not early else max(0.1, self.ahead / 4))
+                    await asyncio.sleep(0.1 if not early else max(0.1, self.pace.ahead / 4))
                 continue
             except EtcdUnavailable as exc:
                 self.log.warning("claim failed, retrying", job=job.name, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    def _late_grace_ms(self) -> int:
-        """While commits are slow, a tick whose claim was held up may still be
-        claimed for ``ahead`` after the next tick is due (claims of a job go in
-        tick order, see ``_after_previous``); otherwise not at all."""
-        slow = self.ahead > self.cfg.claim_ahead + 0.05
-        return int(self.ahead * 1000) if slow else 0
 
     async def _after_previous(self, job: JobSpec, fire_ms: int) -> None:
         """Claims of one job go in tick order: an early claim waits (locally) while
@@ -174,7 +164,7 @@ class Claiming(WorkerCore):
         if prev is None:
             return
         prev_ms = tick_ms(prev)
-        until = min(fire_ms, prev_ms + int(self.ahead * 1000) + 100)
+        until = min(fire_ms, prev_ms + self.pace.ahead_ms + 100)
         await self.ticks.wait_taken(job.name, prev_ms, until / 1000 - self.clock.time())
 
     async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
@@ -285,7 +275,7 @@ class Claiming(WorkerCore):
             result = await claim(client, req)
         finally:
             self._claiming -= 1
-        self._claim_took(self.clock.monotonic() - sent)
+        self.pace.took(self.clock.monotonic() - sent)
         self.stats["txns"] += result.txns
         if not manual:
             self._account(job, result, tick_ms(tick))
@@ -314,22 +304,6 @@ class Claiming(WorkerCore):
         handle = RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token)
         await self._execute(handle, start_at)
         return False
-
-    def _claim_took(self, seconds: float) -> None:
-        """Claim further ahead when commits are slow (a slow etcd disk): the
-        claim should commit before the tick, so ``ahead`` follows 1.5 x the
-        90th percentile of recent claim round trips, between ``claim_ahead``
-        and ``MAX_CLAIM_AHEAD``."""
-        lat = self._claim_latency
-        lat.append(seconds)
-        self._claims_seen += 1
-        if self._claims_seen % 16 and len(lat) == lat.maxlen:
-            return
-        p90 = sorted(lat)[int(0.9 * (len(lat) - 1))]
-        ahead = min(MAX_CLAIM_AHEAD, max(self.cfg.claim_ahead, 1.5 * p90 + 0.05))
-        if abs(ahead - self.ahead) > 0.05:
-            self.log.info("claim ahead changed", ahead=round(ahead, 3), p90=round(p90, 3))
-        self.ahead = ahead
 
     def _account(self, job: JobSpec, result: Claim, fire_ms: int) -> None:
         """Record the ticks our fence write jumped over (``workers.accounting``)."""

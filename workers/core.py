@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,6 +18,7 @@ from scheduler.keyspace import Keyspace
 from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.guardclient import Guard
 from workers.launch import Launcher
+from workers.pace import Pace
 from workers.repair import Repairs
 from workers.runner import RunHandle, Runner
 from workers.state import JobTable, PeerView, TickView
@@ -58,10 +58,8 @@ class WorkerCore:
         self.triggers: set[str] = set()
         self._old_leases: set[int] = set()
         self._claiming = 0  # claims in flight count against capacity
-        self.ahead = self.cfg.claim_ahead
-        """Seconds before a tick its claim is sent (adapts to etcd's commit time)."""
-        self._claim_latency: deque[float] = deque(maxlen=64)
-        self._claims_seen = 0
+        self.pace = Pace(self.cfg.claim_ahead)
+        """How far ahead of its tick a claim is sent (follows etcd's commit time)."""
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()

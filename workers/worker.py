@@ -28,9 +28,10 @@ from scheduler.etcd.connect import connect_patiently
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
 from scheduler.model import JobSpec
 from scheduler.runs import from_ms, tick_ms
-from workers.claiming import MAX_CLAIM_AHEAD, Claiming
+from workers.claiming import Claiming
 from workers.executor import StopReason
 from workers.membership import Membership
+from workers.pace import MAX_CLAIM_AHEAD
 from workers.repair import Repairs
 from workers.spawn import seal_inherited_fds
 
@@ -311,7 +312,7 @@ class Worker(Membership, Claiming):
 
     async def _timer_loop(self) -> None:
         while True:
-            ahead = int(self.ahead * 1000)
+            ahead = self.pace.ahead_ms
             now_ms = int(self.clock.time() * 1000)
             for name, fire in self.timer.pop_due(now_ms + ahead):
                 job = self.table.jobs.get(name)

@@ -13,7 +13,7 @@ from tests.chaos import checker
 from tests.chaos.rig import Rig
 from tests.chaos.scenarios import Opts, Result, new_run_elsewhere, result, run_lines, started
 from tests.support import wait_for
-from workers.claiming import MAX_CLAIM_AHEAD
+from workers.pace import MAX_CLAIM_AHEAD
 
 ELECTION = 1.0  # etcd runs with --election-timeout 500 ms; an election takes up to 2x
 
