@@ -21,6 +21,7 @@ from tests.chaos import checker
 from tests.chaos.rig import Rig
 from tests.chaos.scenarios import Opts, Result, result
 from tests.chaos.scenarios_net import skipped
+from tests.support import wait_for
 
 JOBS = ["j0", "j1", "j2"]
 
@@ -53,7 +54,15 @@ async def full_log_dir(o: Opts) -> Result:
             await asyncio.sleep(o.hold)
             t1 = time.time()
             rig.heal(f)
-            await asyncio.sleep(2.0)
+            # stop the jobs, then let the last runs end: a wedged run would keep
+            # its record "running" and its lock for ever
+            await rig.put_jobs(*(j.model_copy(update={"suspend": True}) for j in jobs))
+
+            async def released() -> bool:
+                return not any([await rig.holder(j) for j in JOBS])
+
+            with contextlib.suppress(AssertionError):
+                await wait_for(released, timeout=10)
             records = {j: await rig.records(j) for j in JOBS}
             locks = {j: await rig.holder(j) for j in JOBS}
         used = os.statvfs(logs)
