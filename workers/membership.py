@@ -86,6 +86,7 @@ class Membership(WorkerCore):
                 "clock": self.host_clock.time(),
                 "skew": round(self.skew, 4),
                 "clock_ok": self.clock_ok(),
+                "clock_known": self.clock.known,
                 "draining": self.draining,
                 "jobs": len(self.table.jobs),
                 "revision": self.table.revision,

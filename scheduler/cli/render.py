@@ -186,6 +186,8 @@ def _worker_state(w: dict[str, Any]) -> str:
     if w.get("draining"):
         return "draining"
     if w.get("clock_ok") is False:
+        if w.get("clock_known") is False:
+            return "comparing clocks"  # just started: a sample of every peer is due
         return "clock-skewed (not claiming)"
     return "claiming"
 
