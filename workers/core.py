@@ -78,8 +78,8 @@ class WorkerCore:
     def clock_ok(self) -> bool:
         """Is this worker's clock known to be within ``max_clock_skew`` of the cluster's?
 
-        A worker with no live peer has nothing to compare with: its clock is
-        the cluster's.
+        Not until it was compared with every live clock (``ClusterClock.known``);
+        a worker that is alone takes its own clock as the cluster's.
         """
         if not self.clock.known:
             return False

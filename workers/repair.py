@@ -58,7 +58,6 @@ class Repairs:
         self.clock = clock
         self.ks = ks
         self.worker_id = worker_id
-        self.done = 0
         self._lease = 0
         self._lease_until = 0.0
 
@@ -116,7 +115,6 @@ class Repairs:
         return n
 
     async def _record(self, kind: str, name: str, kv: KeyValue, **extra: object) -> None:
-        self.done += 1
         writer = None
         try:
             raw = json.loads(kv.value)
