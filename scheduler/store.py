@@ -458,9 +458,10 @@ async def end_orphaned_run(
 
     The caller has checked that ``rec.lease`` is dead. One transaction, guarded
     by the record's mod revision (``kv``): the final record, and the job's lock
-    (``lock/J``, or ``lock/J/<run>`` for ``allow``) deleted only if its create
-    revision is the run's fencing token (the claim's revision, which is also the
-    record's create revision) and its lease is dead. Returns True when this call
+    (``lock/J``, or ``lock/J/<run>`` for ``allow``) deleted only if its mod
+    revision is the run's fencing token (the revision of the claim or hand-over
+    that wrote it, which is also the record's create revision) and its lease is
+    dead. Returns True when this call
     wrote the record; False when the record changed meanwhile (its worker, or
     another master, wrote it first).
     """
@@ -473,13 +474,13 @@ async def end_orphaned_run(
         ops = [op_put(kv.key, final.to_json())]
         for lock_key in (ks.lock(rec.job), ks.run_lock(rec.job, rec.run_id)):
             lock, _ = await client.get(lock_key)
-            if lock is None or lock.create_revision != token:
+            if lock is None or lock.mod_revision != token:
                 continue  # gone with its lease, or another run's: not ours to touch
             if lock.lease and lock.lease not in alive:
                 alive[lock.lease] = await client.lease_ttl(lock.lease) > 0
             if lock.lease and alive[lock.lease]:
                 continue
-            compares.append(cmp_created(lock_key, token))
+            compares.append(cmp_mod(lock_key, token))
             ops.append(op_delete(lock_key))
         res = await client.txn(compares, ops)
         if res.succeeded:

@@ -19,6 +19,8 @@ from datetime import datetime
 from scheduler.etcd.claim import (
     Claim,
     ClaimRequest,
+    Handed,
+    HandOver,
     Outcome,
     TickFence,
     TriggerFence,
@@ -32,9 +34,10 @@ from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id,
 from workers.accounting import record_gap
 from workers.core import WorkerCore
 from workers.executor import OutputSink
+from workers.handover import next_tick
 from workers.output import EtcdOutput, prune_local_logs
 from workers.peers import rank
-from workers.runner import RunHandle, Runner, started_record
+from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner, started_record
 
 MIN_PERIOD_MS = 1000
 """No schedule fires twice within a second (cron has whole seconds, ``@every`` >= 1 s)."""
@@ -305,7 +308,7 @@ class Claiming(WorkerCore):
         await self._execute(handle, start_at)
         return False
 
-    def _account(self, job: JobSpec, result: Claim, fire_ms: int) -> None:
+    def _account(self, job: JobSpec, result: Claim | Handed, fire_ms: int) -> None:
         """Record the ticks our fence write jumped over (``workers.accounting``)."""
         prev = result.replaced
         if prev is None or fire_ms - prev <= MIN_PERIOD_MS or self.client is None:
@@ -383,8 +386,9 @@ class Claiming(WorkerCore):
                 guard_remove=self.guard.remove,
                 sink_factory=self._output_sink,
                 launch=self.launcher.at,
+                next_run=self._next_run,
             )
-        self.runs[h.run_id] = h
+        self.runs[h.run_id] = h  # (a hand-over registered it already)
         self.stats["started"] += 1
         try:
             await self._runner.execute(h, start_at_ms)
@@ -392,6 +396,54 @@ class Claiming(WorkerCore):
             self.runs.pop(h.run_id, None)
             if self.cfg.log_dir is not None:
                 prune_local_logs(self.cfg.log_dir / h.job.name, self.cfg.log_file_count)
+
+    def _next_run(self, h: RunHandle) -> NextRun | None:
+        """While commits are slow, the next tick's claim to send with ``h``'s
+        release (``workers.handover``); None: a plain release."""
+        job = self.table.jobs.get(h.job.name)
+        session = self.session
+        if (
+            job is None
+            or job.concurrency is not Concurrency.FORBID
+            or h.lock_key != self.ks.lock(job.name)
+            or not self.pace.slow
+            or self._stop.is_set()
+            or session is None
+            or session.remaining() < 2 * MIN_LEASE_LEFT
+            or not self._may_claim(job)
+            or len(self.runs) - 1 + self._claiming >= self.cfg.capacity
+        ):
+            return None
+        now_ms = int(self.clock.time() * 1000)
+        fire_ms = next_tick(job, tick_ms(h.record.tick), now_ms, self.pace.ahead_ms)
+        if fire_ms is None or self.ticks.taken(job.name, fire_ms):
+            return None
+        tick = from_ms(fire_ms)
+        run_id = new_run_id(tick)
+        lease = session.lease_id
+        rec = started_record(
+            job, run_id, tick, self.id, lease, max(self.clock.now(), tick), manual=False
+        )
+        lock_value = LockValue(worker=self.id, run_id=run_id, tick=tick, lease=lease).to_json()
+        record_key = self.ks.run(job.name, run_id)
+        req = HandOver(
+            TickFence(self.ks.tick(job.name), fire_ms), lock_value, lease, record_key, rec.to_json()
+        )
+        sent = self.clock.monotonic()
+
+        def handed(result: Handed) -> None:
+            self.pace.took(self.clock.monotonic() - sent)
+            if not result.token:
+                return
+            self._account(job, result, fire_ms)
+            rec.fencing_token = result.token
+            nxt = RunHandle(job, rec, h.lock_key, record_key, result.token)
+            self.runs[run_id] = nxt  # before the lock could be seen without its run
+            self.stats["won"] += 1
+            self.stats["handovers"] += 1
+            self._spawn(self._execute(nxt, fire_ms))
+
+        return req, handed
 
     def _output_sink(self, h: RunHandle) -> OutputSink:
         assert self.client is not None

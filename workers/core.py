@@ -68,7 +68,7 @@ class WorkerCore:
         self._main: asyncio.Task[None] | None = None
         self.log = log.bind(worker=self.id)
         self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
-        self.stats |= {"missed": 0, "started": 0}
+        self.stats |= {"missed": 0, "started": 0, "handovers": 0}
 
     @property
     def skew(self) -> float:

@@ -9,8 +9,10 @@ The rules of a run, in order:
    the child's environment as ``ETCRON_FENCING_TOKEN``.
 3. Retries stay inside the same claim: the lock is held between attempts.
 4. Release with one transaction: the final record, and the lock deleted only if
-   its create revision is still our token. If etcd is unreachable the release is
+   its mod revision is still our token. If etcd is unreachable the release is
    retried until it lands; a run whose lease was lost is recorded as ``lost``.
+   While commits are slow the release may also claim the job's next tick, with
+   the lock passed on to that run (``workers.handover``).
 5. No way out skips rule 4 (``execute`` ends in a ``finally``): an error in the
    output sink or the local log file, a failed spawn, an exception in the
    worker's own bookkeeping (``failed``, with a message naming the cause), a
@@ -32,7 +34,7 @@ from datetime import datetime
 
 import structlog
 
-from scheduler.etcd.claim import release
+from scheduler.etcd.claim import Handed, HandOver, release, release_and_claim
 from scheduler.etcd.client import EtcdError, TxnSender
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
@@ -44,6 +46,9 @@ MIN_LEASE_LEFT = 0.5
 FLUSH_TIMEOUT = 10.0
 """Longest the end of a run waits for its last output chunks before the release."""
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
+
+NextRun = tuple[HandOver, Callable[[Handed], None]]
+"""The next tick's claim to send with a release, and what to do with the answer."""
 
 
 @dataclass
@@ -119,6 +124,7 @@ class Runner:
         guard_remove: Callable[[int], None],
         sink_factory: Callable[[RunHandle], OutputSink] | None = None,
         launch: Callable[[int, Callable[[], None]], Awaitable[None]] | None = None,
+        next_run: Callable[[RunHandle], NextRun | None] | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -130,6 +136,7 @@ class Runner:
         self.guard_remove = guard_remove
         self.sink_factory = sink_factory
         self.launch = launch
+        self.next_run = next_run
 
     def _user(self, job: JobSpec) -> tuple[str | None, str]:
         if job.user is None:
@@ -309,13 +316,27 @@ class Runner:
         return OutputSink()
 
     async def finish(self, h: RunHandle, *, patience: float = 120.0) -> None:
-        """Release the claim with the final record; retry while etcd is unreachable."""
+        """Release the claim with the final record; retry while etcd is unreachable.
+
+        With a hand-over (``next_run``) the same transaction claims the next
+        tick; every re-send is the same request, and its answer is passed on
+        once, after a definite reply.
+        """
         delay = 0.1
         loop = asyncio.get_running_loop()
         give_up = loop.time() + patience
+        nxt = self._next_run(h)
+        handed: Handed | None = None
         while True:
             try:
-                await release(self.client, h.lock_key, h.token, h.record_key, h.record.to_json())
+                if nxt is None:
+                    await release(
+                        self.client, h.lock_key, h.token, h.record_key, h.record.to_json()
+                    )
+                else:
+                    handed = await release_and_claim(
+                        self.client, h.lock_key, h.token, h.record_key, h.record.to_json(), nxt[0]
+                    )
                 log.info(
                     "run finished",
                     job=h.job.name,
@@ -323,8 +344,9 @@ class Runner:
                     status=str(h.record.status),
                     exit_code=h.record.exit_code,
                     attempt=h.record.attempt,
+                    handed_over=bool(handed and handed.token),
                 )
-                return
+                break
             except Exception as exc:  # EtcdError, or anything else: retried, never silent
                 if loop.time() > give_up:
                     log.error(
@@ -335,6 +357,20 @@ class Runner:
                     log.warning("release failed, retrying", job=h.job.name, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        if nxt is not None and handed is not None:
+            try:
+                nxt[1](handed)
+            except Exception:
+                log.exception("hand-over could not start the next run", job=h.job.name)
+
+    def _next_run(self, h: RunHandle) -> NextRun | None:
+        if self.next_run is None:
+            return None
+        try:
+            return self.next_run(h)
+        except Exception:  # bookkeeping must not cost the release
+            log.exception("hand-over could not be prepared", job=h.job.name)
+            return None
 
 
 def _lost_message(h: RunHandle) -> str:

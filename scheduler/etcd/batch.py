@@ -11,10 +11,16 @@ Rules:
 - Each caller's transaction is decided by its own compares, exactly as if it
   were sent alone; callers never see each other's outcome.
 - All transactions of a batch commit at one revision, which is every result's
-  ``revision`` (so a claim's fencing token is still its lock's create revision).
-- One batch is in flight at a time. What is submitted while it flies forms the
-  next batch: nothing waits when the worker is idle (the first request goes out
-  on the next turn of the event loop), and under load round trips are shared.
+  ``revision`` (so a claim's fencing token is still its lock's mod revision).
+- One batch is in flight at a time while etcd answers fast. What is submitted
+  while it flies forms the next batch: nothing waits when the worker is idle
+  (the first request goes out on the next turn of the event loop), and under
+  load round trips are shared. When a batch has been out for ``pipeline_after``
+  (etcd commits slowly: a leader with a slow disk) the next one goes without
+  waiting for it, up to ``max_in_flight``: otherwise every transaction would
+  wait for the commit in flight and then for its own, twice the commit time.
+  Batches in flight at once may write the same key (each transaction is still
+  decided by its own compares when etcd applies it).
 - etcd refuses a request that writes one key twice, so a transaction that
   writes a key already written in the forming batch waits for the next one.
   A batch holds at most ``max_batch`` transactions (etcd's ``--max-txn-ops``,
@@ -64,11 +70,21 @@ class _Pending:
 
 class TxnBatcher:
     def __init__(
-        self, client: EtcdClient, max_batch: int = 64, max_bytes: int = 1024 * 1024
+        self,
+        client: EtcdClient,
+        max_batch: int = 64,
+        max_bytes: int = 1024 * 1024,
+        *,
+        pipeline_after: float = 0.05,
+        max_in_flight: int = 4,
     ) -> None:
         self.client = client
         self.max_batch = max_batch
         self.max_bytes = max_bytes
+        self.pipeline_after = pipeline_after
+        self.max_in_flight = max_in_flight
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._last_sent = 0.0
         self.sent = 0
         """Requests sent to etcd (batches)."""
         self.txns = 0
@@ -89,10 +105,24 @@ class TxnBatcher:
         return await pending.future
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
+            if self._in_flight:
+                full = len(self._in_flight) >= self.max_in_flight
+                wait = self._last_sent + self.pipeline_after - loop.time()
+                if full or wait > 0:
+                    await asyncio.wait(
+                        self._in_flight,
+                        timeout=None if full else wait,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    continue
             batch = self._take()
             if batch:
-                await self._send(batch)
+                task = asyncio.create_task(self._send(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                self._last_sent = loop.time()
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -142,6 +172,10 @@ class TxnBatcher:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        for task in list(self._in_flight):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for p in self._queue:
             p.future.cancel()
         self._queue.clear()

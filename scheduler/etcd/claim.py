@@ -13,15 +13,30 @@ so the lock compare always holds)::
   already taken"). A missing ``ticks/J`` fails a value compare; the claim is
   then retried with ``CreateRevision(ticks/J) == 0``.
 - The revision of the winning transaction is the run's *fencing token*; the
-  lock's create revision equals it.
+  lock's mod revision equals it (and, for a claim, its create revision too).
 - When the tick is free but the lock is held (``forbid``), exactly one worker
   records the tick as skipped, with the same fence in a second transaction.
 - The transaction is sent once (no library retries). When its reply is lost the
   same transaction — same run id — is sent again: if the first one committed,
   the else branch shows our own run record and lock, and the claim is reported
   as won with the original token. A committed claim is never reported as lost.
-- Release deletes the lock only if its create revision is still our token, and
+- Release deletes the lock only if its mod revision is still our token, and
   writes the final run record in the same transaction.
+- Hand-over (``forbid``, when the next tick is near: see ``workers.handover``):
+  the release and the next tick's claim are one transaction, so a run costs one
+  commit instead of two (a release, then a claim waiting for it)::
+
+    If(  ModRevision(lock/J) == token       -- we still hold the lock
+     AND Value(ticks/J) < T' )              -- the next tick is not taken
+    Then(Put(ticks/J, T'), Put(lock/J, next run, lease=session),
+         Put(runs/J/<run>, final), Put(runs/J/<next>, running))
+    Else(Put(runs/J/<run>, final), Get(lock/J))
+
+  The lock is overwritten, not deleted and created (etcd refuses a request that
+  writes one key twice), so its create revision stays and its mod revision
+  becomes the next run's fencing token: that is why tokens and releases go by
+  the mod revision. A lost reply is resolved as for a claim: the else branch
+  shows the lock holding the next run's value if the first attempt committed.
 
 Manual runs use a trigger key instead of the tick fence: the claim deletes the
 trigger, so one request starts at most one run.
@@ -46,6 +61,7 @@ from scheduler.etcd.client import (
     Op,
     TxnSender,
     cmp_created,
+    cmp_mod,
     cmp_value,
     op_delete,
     op_get,
@@ -220,7 +236,8 @@ async def claim(
             lock, seen, record = res.responses
             if record:  # an earlier attempt of ours committed; its reply was lost
                 if lock_key is None or _holds(lock, req.lock_value):
-                    return Claim(Outcome.WON, token=lock[0].create_revision, txns=txns)
+                    token = record[0].create_revision if lock_key is None else lock[0].mod_revision
+                    return Claim(Outcome.WON, token=token, txns=txns)
                 return Claim(Outcome.BUSY, recorded=True, txns=txns)
             if req.fence.missing(seen):
                 continue
@@ -263,13 +280,13 @@ async def release(
 ) -> bool:
     """Write the final run record and delete the lock if it is still ours.
 
-    Returns True when the lock was ours (created at ``token``) and is now gone.
+    Returns True when the lock was ours (last written at ``token``) and is now gone.
     Sent once: on :class:`EtcdAmbiguous` the caller sends it again, which is
-    safe (the record is the same; a lock no longer created at ``token`` is
+    safe (the record is the same; a lock no longer written at ``token`` is
     someone else's and stays).
     """
     res = await client.txn_once(
-        [cmp_created(lock_key, token)],
+        [cmp_mod(lock_key, token)],
         [op_delete(lock_key), op_put(record_key, record_value)],
         [op_put(record_key, record_value)],
     )
@@ -298,6 +315,71 @@ async def acquire(
             return res.revision, None
         (lock,) = res.responses
         if lock and lock[0].value == value:
-            return lock[0].create_revision, None
+            return lock[0].mod_revision, None
         if lock:
             return 0, lock[0].value
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """The next tick's claim, sent with the release of the run before it."""
+
+    fence: TickFence
+    lock_value: bytes
+    lease: int
+    record_key: str
+    record_value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What :func:`release_and_claim` did."""
+
+    released: bool
+    """The lock was ours and is now the next run's, or gone."""
+    token: int = 0
+    """Non-zero: the next tick is claimed and this is its fencing token."""
+    replaced: int | None = None
+    replaced_revision: int = 0
+
+
+async def release_and_claim(
+    client: TxnSender,
+    lock_key: str,
+    token: int,
+    record_key: str,
+    record_value: bytes,
+    nxt: HandOver,
+) -> Handed:
+    """Release our lock and claim the next tick with it, in one transaction.
+
+    If the tick was taken meanwhile (a skip or missed record moved the fence)
+    the plain release follows. Sent once per call like :func:`release`; a
+    re-send of the same ``nxt`` after :class:`EtcdAmbiguous` recognises an
+    earlier attempt that committed (the lock holds ``nxt.lock_value``).
+    """
+    fence = nxt.fence
+    res = await client.txn_once(
+        [cmp_mod(lock_key, token), *fence.compares()],
+        [
+            *fence.ops(),
+            op_put(lock_key, nxt.lock_value, lease=nxt.lease),
+            op_put(record_key, record_value),
+            op_put(nxt.record_key, nxt.record_value),
+        ],
+        [op_put(record_key, record_value), op_get(lock_key)],
+    )
+    if res.succeeded:
+        prev = res.responses[0]
+        return Handed(
+            True,
+            token=res.revision,
+            replaced=fence.replaced(prev),
+            replaced_revision=prev[0].mod_revision if prev else 0,
+        )
+    lock = res.responses[1]
+    if _holds(lock, nxt.lock_value):  # an earlier attempt committed; its reply was lost
+        return Handed(True, token=lock[0].mod_revision)
+    if lock and lock[0].mod_revision == token:  # still ours: the tick was taken
+        return Handed(await release(client, lock_key, token, record_key, record_value))
+    return Handed(False)

@@ -12,6 +12,7 @@ from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim, release
 from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult, op_put
 from scheduler.keyspace import Keyspace
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -157,3 +158,57 @@ async def test_large_transactions_are_split_by_size(client: EtcdClient, prefix: 
     assert batcher.sent == 4  # at most two ~100 kB transactions fit in 300 kB
     assert batcher.txns == 7
     await batcher.close()
+
+
+class HeldReplies(EtcdClient):
+    """A real client whose requests commit in etcd but whose replies wait for ``go``
+    (a leader that commits slowly)."""
+
+    go: asyncio.Event
+    out = 0
+    most = 0
+
+    async def txn_once(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        return (await self.txn_many([(compare, success, failure)]))[0]
+
+    async def txn_many(
+        self, txns: Sequence[tuple[Sequence[Cmp], Sequence[Op], Sequence[Op]]]
+    ) -> list[TxnResult]:
+        self.out += 1
+        self.most = max(self.most, self.out)
+        try:
+            res = await super().txn_many(txns)
+            await self.go.wait()
+            return res
+        finally:
+            self.out -= 1
+
+
+async def test_while_a_batch_is_slow_the_next_one_goes_without_waiting(
+    etcd_endpoints: list[str], prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    c = await HeldReplies.connect(EtcdConfig(endpoints=etcd_endpoints))
+    c.go = asyncio.Event()
+    batcher = TxnBatcher(c, pipeline_after=0.05, max_in_flight=2)
+    try:
+        puts = [
+            asyncio.create_task(batcher.txn_once([], [op_put(ks.run("p", f"r{i}"), b"x")]))
+            for i in range(3)
+        ]
+        await wait_for(lambda: c.out == 1)
+        extra = asyncio.create_task(batcher.txn_once([], [op_put(ks.run("p", "r3"), b"x")]))
+        await wait_for(lambda: c.out == 2, timeout=5)  # went while the first was out
+        more = asyncio.create_task(batcher.txn_once([], [op_put(ks.run("p", "r4"), b"x")]))
+        await asyncio.sleep(0.2)  # (lets a third send happen if the cap did not hold)
+        assert c.most == 2, "max_in_flight was exceeded"
+        c.go.set()
+        results = await asyncio.gather(*puts, extra, more)
+        assert all(r.succeeded for r in results)
+        assert batcher.sent == 3
+    finally:
+        c.go.set()
+        await batcher.close()
+        await c.close()

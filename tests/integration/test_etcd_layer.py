@@ -8,11 +8,20 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from scheduler.config import EtcdConfig
-from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, TriggerFence, claim, release
+from scheduler.etcd.claim import (
+    ClaimRequest,
+    HandOver,
+    Outcome,
+    TickFence,
+    TriggerFence,
+    claim,
+    release,
+    release_and_claim,
+)
 from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult
 from scheduler.etcd.listwatch import Batch, ListWatch, Snapshot
 from scheduler.etcd.session import Session
-from scheduler.keyspace import Keyspace
+from scheduler.keyspace import Keyspace, decode_tick
 from tests.support import wait_for
 from tests.support.proxy import TcpProxy
 
@@ -247,3 +256,101 @@ async def test_trigger_claim_consumes_request_once(client: EtcdClient, prefix: s
     results = await asyncio.gather(*(claim(client, req(f"m{i}")) for i in range(5)))
     assert [r.outcome for r in results].count(Outcome.WON) == 1
     assert (await client.get(key))[0] is None
+
+
+def _handover(ks: Keyspace, run: str, tick: int) -> HandOver:
+    return HandOver(
+        TickFence(ks.tick("j"), tick),
+        f'{{"run_id":"{run}"}}'.encode(),
+        0,
+        ks.run("j", run),
+        b"running",
+    )
+
+
+async def test_release_and_claim_hands_the_lock_to_the_next_tick(
+    client: EtcdClient, prefix: str
+) -> None:
+    """One transaction: the old run's final record, the fence moved to the next
+    tick, the lock rewritten for the next run (mod revision = its token)."""
+    ks = Keyspace(prefix)
+    first = await claim(client, _req(ks, "a", 1000))
+    assert first.outcome is Outcome.WON
+    handed = await release_and_claim(
+        client, ks.lock("j"), first.token, ks.run("j", "a"), b"done", _handover(ks, "b", 2000)
+    )
+    assert handed.released and handed.token > first.token
+    assert handed.replaced == 1000
+    lock, _ = await client.get(ks.lock("j"))
+    assert lock is not None and lock.value == b'{"run_id":"b"}'
+    assert lock.mod_revision == handed.token and lock.create_revision == first.token
+    fence, _ = await client.get(ks.tick("j"))
+    assert fence is not None and decode_tick(fence.value) == 2000
+    assert (await client.get(ks.run("j", "a")))[0].value == b"done"  # type: ignore[union-attr]
+    assert (await client.get(ks.run("j", "b")))[0].value == b"running"  # type: ignore[union-attr]
+    # the old token no longer releases anything; the new one does
+    assert not await release(client, ks.lock("j"), first.token, ks.run("j", "a"), b"done")
+    assert (await client.get(ks.lock("j")))[0] is not None
+    assert await release(client, ks.lock("j"), handed.token, ks.run("j", "b"), b"done")
+    assert (await client.get(ks.lock("j")))[0] is None
+    # nobody can claim tick 2000 again
+    again = await claim(client, _req(ks, "c", 2000))
+    assert again.outcome is Outcome.TAKEN
+
+
+async def test_release_and_claim_of_a_taken_tick_is_a_plain_release(
+    client: EtcdClient, prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    first = await claim(client, _req(ks, "a", 1000))
+    busy = await claim(client, _req(ks, "s", 2000))  # another worker skip-records 2000
+    assert busy.outcome is Outcome.BUSY and busy.recorded
+    handed = await release_and_claim(
+        client, ks.lock("j"), first.token, ks.run("j", "a"), b"done", _handover(ks, "b", 2000)
+    )
+    assert handed.released and handed.token == 0
+    assert (await client.get(ks.lock("j")))[0] is None
+    assert (await client.get(ks.run("j", "b")))[0] is None
+    assert (await client.get(ks.run("j", "a")))[0].value == b"done"  # type: ignore[union-attr]
+
+
+async def test_release_and_claim_with_a_stale_token_leaves_the_lock(
+    client: EtcdClient, prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    first = await claim(client, _req(ks, "a", 1000))
+    handed = await release_and_claim(
+        client,
+        ks.lock("j"),
+        first.token + 1000,
+        ks.run("j", "z"),
+        b"done",
+        _handover(ks, "b", 2000),
+    )
+    assert not handed.released and handed.token == 0
+    lock, _ = await client.get(ks.lock("j"))
+    assert lock is not None and lock.value == b'{"run_id":"a"}'
+    fence, _ = await client.get(ks.tick("j"))
+    assert fence is not None and decode_tick(fence.value) == 1000
+
+
+async def test_release_and_claim_with_lost_reply_is_reported_handed(
+    etcd_endpoints: list[str], prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    c = await LostReply.connect(EtcdConfig(endpoints=etcd_endpoints))
+    try:
+        c.lose = 0
+        first = await claim(c, _req(ks, "a", 1000))
+        c.lose = 1
+        nxt = _handover(ks, "b", 2000)
+        with pytest.raises(EtcdAmbiguous):
+            await release_and_claim(c, ks.lock("j"), first.token, ks.run("j", "a"), b"done", nxt)
+        handed = await release_and_claim(
+            c, ks.lock("j"), first.token, ks.run("j", "a"), b"done", nxt
+        )
+        lock, _ = await c.get(ks.lock("j"))
+        assert lock is not None and handed.released and handed.token == lock.mod_revision
+        assert handed.token > first.token
+    finally:
+        await c.close()

@@ -26,6 +26,7 @@ from tests.support import wait_for
 from tests.support.cluster import (
     ledger_job,
     make_config,
+    overlaps,
     put_jobs,
     read_ledger,
     registration,
@@ -33,6 +34,7 @@ from tests.support.cluster import (
     workers,
 )
 from workers.accounting import UNCLAIMED
+from workers.pace import SAMPLES
 from workers.worker import Worker
 
 
@@ -239,3 +241,53 @@ async def _at_least(
 ) -> list[RunRecord] | None:
     got = await fetch()
     return got if len(got) >= n else None
+
+
+def _slow_commits(w: Worker, seconds: float = 1.0) -> None:
+    """Make the worker's pace believe claims take ``seconds`` (as on a leader with a
+    slow disk) for the next ~50 claims: the hand-over's precondition."""
+    w.pace._latency.extend([seconds] * SAMPLES)
+    w.pace._seen = 15  # the next sample recomputes ahead
+    w.pace.took(seconds)
+    assert w.pace.slow
+
+
+async def test_while_commits_are_slow_a_forbid_run_hands_its_lock_to_the_next_tick(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    """Release and next claim in one transaction: consecutive ticks run on one
+    worker, each once, in order, never overlapping, with growing tokens."""
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    await put_jobs(client, ks, ledger_job("every", ledger, body="sleep 0.2"))
+    cfgs = [make_config(etcd_endpoints, prefix, f"h{i}") for i in range(2)]
+    async with workers(cfgs) as ws:
+        for w in ws:
+            _slow_commits(w)
+        await wait_for(lambda: sum(w.stats["handovers"] for w in ws) >= 4, 20)
+        suspended = (await client.get(ks.job("every")))[0]
+        assert suspended is not None
+        spec = json.loads(suspended.value) | {"suspend": True}
+        await client.put(ks.job("every"), json.dumps(spec).encode())
+        await wait_for(lambda: not any(w.runs for w in ws), 10)
+        await wait_for(lambda: _lock_gone(client, ks.lock("every")), 10)
+    entries = read_ledger(ledger)
+    starts = [e for e in entries if e.kind == "start"]
+    ticks = [e.tick for e in starts]
+    assert len(ticks) == len(set(ticks)), "a tick ran twice"
+    assert not overlaps(entries)
+    tokens = [e.token for e in sorted(starts, key=lambda e: e.tick)]
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+    recs = {r.run_id: r for r in await runs_of(client, ks, "every")}
+    assert all(recs[e.run_id].status is RunStatus.SUCCEEDED for e in starts[:-1])
+    # the handed-over runs: consecutive seconds, no missed or skipped tick between
+    secs = sorted(int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()) for t in ticks)
+    not_run = [r for r in recs.values() if r.status in (RunStatus.MISSED, RunStatus.SKIPPED)]
+    assert not [r for r in not_run if secs[0] < r.tick.timestamp() < secs[-1]]
+    assert secs == list(range(secs[0], secs[-1] + 1)), (
+        "a tick between the first and last did not run"
+    )
+
+
+async def _lock_gone(client: EtcdClient, key: str) -> bool:
+    return (await client.get(key))[0] is None
