@@ -5,11 +5,13 @@
 #   make demo                      # runs until Ctrl-C
 #   DEMO_SECONDS=30 make demo      # shows 30 s of activity, then stops everything
 #
-# Everything listens on 127.0.0.1 only. State lives in ./run/ (removed on start).
+# Everything listens on 127.0.0.1 only. State lives in ./run/ (or $DEMO_DIR),
+# removed on start; a second demo on the same directory is refused (run.lock).
+# SIGTERM or Ctrl-C stops the cluster and ends the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-RUN=$ROOT/run
+RUN=${DEMO_DIR:-$ROOT/run}
 PY=$ROOT/.venv/bin/python
 ETCRON=$ROOT/.venv/bin/etcron
 ETCD_PORT=${ETCD_PORT:-23790}
@@ -18,17 +20,27 @@ SECONDS_TO_SHOW=${DEMO_SECONDS:-0}
 export COLUMNS=${COLUMNS:-160}
 
 [ -x "$ETCRON" ] || bash scripts/bootstrap
+exec 9>"$RUN.lock"
+if ! flock -n 9; then
+  echo "error: another demo is running on $RUN (stop it first, or set DEMO_DIR)" >&2
+  exit 1
+fi
 rm -rf "$RUN" && mkdir -p "$RUN"
 pids=()
+names=()
 cleanup() {
   trap - EXIT INT TERM
   echo; echo "== stopping the local cluster (workers drain first, etcd last)"
   for ((i=${#pids[@]}-1; i>=0; i--)); do
+    echo "   stopping ${names[$i]} (pid ${pids[$i]})"
     kill -TERM "${pids[$i]}" 2>/dev/null || true
     wait "${pids[$i]}" 2>/dev/null || true
   done
+  echo "== stopped"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 TOKEN=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
 printf '%s\n' "$TOKEN" > "$RUN/token"; chmod 600 "$RUN/token"
@@ -46,18 +58,18 @@ CFG
 
 echo "== starting etcd on 127.0.0.1:$ETCD_PORT"
 "$PY" -m scheduler.devtools.etcd_process --data-dir "$RUN/etcd" --port "$ETCD_PORT" > "$RUN/etcd.log" 2>&1 &
-pids+=($!)
+pids+=($!); names+=(etcd)
 up() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$1" >/dev/null 2>&1; }
 for _ in $(seq 100); do up "http://127.0.0.1:$ETCD_PORT/health" && break; sleep 0.2; done
 
 export ETCRON_CONFIG=$RUN/config.yaml ETCRON_SERVER=http://127.0.0.1:$API_PORT ETCRON_TOKEN=$TOKEN
 echo "== starting the master on $ETCRON_SERVER"
 "$ETCRON" master > "$RUN/master.log" 2>&1 &
-pids+=($!)
+pids+=($!); names+=(master)
 for w in worker-a worker-b; do
   echo "== starting $w"
   ETCRON_WORKER__ID=$w "$ETCRON" worker > "$RUN/$w.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); names+=("$w")
 done
 for _ in $(seq 100); do up "$ETCRON_SERVER/v1/health" && break; sleep 0.2; done
 
@@ -73,9 +85,10 @@ show() {
   "$ETCRON" logs hello 2>/dev/null || "$ETCRON" history hello -n 1 -o json | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print(r[0].get("output_tail","") if r else "")' || true
 }
 echo; echo "State, logs and the API token are in $RUN. Try: ETCRON_SERVER=$ETCRON_SERVER ETCRON_TOKEN=\$(cat run/token) .venv/bin/etcron get jobs"
-elapsed=0
+start=$SECONDS
 while :; do
-  sleep 6; elapsed=$((elapsed + 6))
+  # a background sleep and wait: a signal is handled at once, not after the sleep
+  sleep 6 & wait $! || true
   show
-  if [ "$SECONDS_TO_SHOW" -gt 0 ] && [ "$elapsed" -ge "$SECONDS_TO_SHOW" ]; then break; fi
+  if [ "$SECONDS_TO_SHOW" -gt 0 ] && [ $((SECONDS - start)) -ge "$SECONDS_TO_SHOW" ]; then break; fi
 done

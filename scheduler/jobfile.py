@@ -203,10 +203,26 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             self.add(file, line, f"a job must be a mapping of fields (got {_kind(node)})", label)
             return
+        duplicate = False
         for key, value in node.value:
             named = isinstance(key, yaml.ScalarNode) and key.value == "name"
             if named and isinstance(value, yaml.ScalarNode) and value.value:
                 label = value.value
+                name_line = value.start_mark.line + 1
+                # checked before the rest of the job, so that a duplicate is
+                # reported even when one of the copies is invalid too
+                defined = self.names.get(label)
+                if defined is not None:
+                    self.add(
+                        file,
+                        name_line,
+                        f"duplicate job name {label!r} (also defined at {defined[0]}:{defined[1]})",
+                        label,
+                        "name",
+                    )
+                    duplicate = True
+                else:
+                    self.names[label] = (file, name_line)
         for key_line, key, first_line in _duplicates(node, set()):
             self.add(file, key_line, f"duplicate key (first at line {first_line})", label, key)
         constructor = yaml.SafeLoader("")
@@ -237,19 +253,8 @@ class _Loader:
                 where = _line_of(node, path.split(".") if path else [])
                 self.add(file, where, message, label, path or None)
             return
-        name_line = _line_of(node, ["name"])
-        defined = self.names.get(spec.name)
-        if defined is not None:
-            self.add(
-                file,
-                name_line,
-                f"duplicate job name {spec.name!r} (also defined at {defined[0]}:{defined[1]})",
-                spec.name,
-                "name",
-            )
-            return
-        self.names[spec.name] = (file, name_line)
-        self.specs.append(spec)
+        if not duplicate:
+            self.specs.append(spec)
 
 
 def _mark_line(exc: yaml.MarkedYAMLError, default: int | None) -> int | None:

@@ -2,9 +2,12 @@
 
 Formats (:meth:`Schedule.parse`):
 
-- 5 fields ``minute hour day-of-month month day-of-week``. Vixie cron rule: when
-  both day fields are restricted, a day matching *either* fires
-  (``0 0 13 * 5`` = the 13th and every Friday).
+- 5 fields ``minute hour day-of-month month day-of-week``. Vixie cron rule
+  (also cronie's and robfig/cron's, so Kubernetes CronJob's): a day field whose
+  text starts with ``*`` (``*``, ``*/5``) is *unrestricted*. When both day
+  fields are restricted, a day matching *either* fires (``0 0 13 * 5`` = the
+  13th and every Friday); when one starts with ``*``, a day must match *both*
+  (``0 0 */5 * 1`` = the Mondays among the 1st, 6th, 11th, ... of a month).
 - 6 fields with **seconds first** (as Quartz and dkron): ``*/10 * * * * *``.
 - ``@yearly @annually @monthly @weekly @daily @midnight @hourly``.
 - ``@every <duration>`` (at least 1 s): fires at the multiples of the interval
@@ -72,6 +75,33 @@ class ScheduleError(ValueError):
     """An invalid schedule expression; the message says what was expected."""
 
 
+FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31 or L"),
+    ("month", "1-12 or jan-dec"),
+    ("day-of-week", "0-7 or sun-sat"),
+)
+
+
+def _bad_field(expr: str, fields: list[str], seconds: bool) -> str:
+    """Which field of an invalid cron expression is wrong, and what it takes."""
+    names = [("second", "0-59"), *FIELDS] if seconds else list(FIELDS)
+    for i, (name, allowed) in enumerate(names):
+        probe = ["*"] * len(fields)
+        probe[i] = fields[i]
+        try:
+            valid = bool(croniter.is_valid(" ".join(probe), second_at_beginning=seconds))
+        except Exception:
+            valid = False
+        if not valid:
+            return (
+                f"invalid cron expression {expr!r}: field {i + 1} ({name}) {fields[i]!r} "
+                f"is not valid (allowed: {allowed}, with * , - /)"
+            )
+    return f"invalid cron expression {expr!r}: {EXPECTED}"
+
+
 @lru_cache(maxsize=1024)
 def validate_timezone(name: str) -> ZoneInfo:
     """The :class:`ZoneInfo` for an IANA name; ValueError for anything else."""
@@ -126,7 +156,14 @@ class _Cron:
     """croniter for whole days, plus a bisect over the time-of-day fields."""
 
     def __init__(self, text: str, seconds: bool) -> None:
-        self.it: Any = croniter(text, datetime(2000, 1, 1), second_at_beginning=seconds)
+        fields = text.split()
+        dom, dow = (fields[3], fields[5]) if seconds else (fields[2], fields[4])
+        # croniter ORs the day fields whenever both expand to a restriction
+        # (``*/5`` does); cron ORs them only when neither starts with ``*``
+        day_or = not (dom.startswith("*") or dow.startswith("*"))
+        self.it: Any = croniter(
+            text, datetime(2000, 1, 1), second_at_beginning=seconds, day_or=day_or
+        )
         exp = self.it.expanded
 
         def values(i: int, full: int) -> list[int]:
@@ -318,7 +355,7 @@ def _parse(expr: str) -> Schedule:
     except Exception:
         ok = False
     if not ok:
-        raise ScheduleError(f"invalid cron expression {expr!r}: {EXPECTED}")
+        raise ScheduleError(_bad_field(expr, fields, seconds))
     try:
         engine = _Cron(text, seconds)
         engine.next(datetime(2000, 1, 1))

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from scheduler.cli.client import ApiClient, NotFound
+from scheduler.cli.client import ApiClient, InvalidInput, NotFound
 from scheduler.durations import parse_duration
 
 RUNNABLE = {"running", "succeeded", "failed", "timed_out", "killed", "lost"}
@@ -97,7 +97,7 @@ def logs(
     timestamps: bool,
     since: str | None,
 ) -> None:
-    since_ts = time.time() - parse_duration(since) if since else None
+    since_ts = time.time() - since_seconds(since) if since is not None else None
     printer = Printer(stream, timestamps, since_ts)
     rec, before = _pick(api, name, run_id, previous)
     if all_runs:
@@ -112,6 +112,14 @@ def logs(
     data = api.output(name, rec["run_id"])
     for seg in data["output"]:
         printer.segment(seg)
+
+
+def since_seconds(text: str) -> float:
+    """``--since``: a duration back from now (``1h``); anything else is invalid input (exit 2)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--since {text!r}: {exc}") from exc
 
 
 def _show(printer: Printer, item: dict[str, Any], *, headers: bool) -> None:
@@ -148,6 +156,8 @@ def register(app: typer.Typer, client_of: Any) -> None:
         ] = None,
     ) -> None:
         """Print a run's output (the latest by default), or follow it live with -f."""
+        if since is not None:
+            since_seconds(since)  # invalid input is exit 2 before any request
         with client_of(ctx) as api:
             logs(
                 api,

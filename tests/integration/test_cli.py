@@ -322,3 +322,10 @@ async def test_huge_file_exit_2_and_nothing_written(m: Master, tmp_path: Path) -
     assert r.code == 2, (r.out, r.err[-500:])
     assert "huge.yaml" in r.err
     assert await m.jobs_in_etcd() == {}
+
+
+@pytest.mark.parametrize("since", ["yesterday", "-1h", "1x"])
+async def test_logs_since_invalid_is_exit_2_without_traceback(since: str) -> None:
+    r = await cli("logs", "somejob", "--since", since)
+    assert r.code == 2, (r.out, r.err)
+    assert "--since" in r.err and "Traceback" not in r.err + r.out

@@ -291,3 +291,16 @@ def test_example_file_loads() -> None:
     for s in specs:
         argv0 = s.command[0] if s.command else "sh"
         assert argv0 in {"sh", "sleep", "find"}
+
+
+@pytest.mark.parametrize("bad_first", [True, False])
+def test_duplicate_name_is_reported_when_one_copy_is_also_invalid(
+    tmp_path: Path, bad_first: bool
+) -> None:
+    """Every problem is reported: the invalid copy's field and the duplicate name."""
+    bad = job('schedule: "61 * * * *"\nshell: "true"')
+    text = (
+        (bad + GOOD.removeprefix("jobs:\n")) if bad_first else (GOOD + bad.removeprefix("jobs:\n"))
+    )
+    found = {(p.job, p.field) for p in problems_of(write(tmp_path, text))}
+    assert found == {("backup", "schedule"), ("backup", "name")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -387,3 +388,54 @@ def test_property_matches_oracle(
     seq = s.preview(t, tz, 5)
     assert seq[0] == nxt
     assert all(a < b for a, b in itertools.pairwise(seq))
+
+
+# -- the day-field rule, against the peers' published cases ------------------------------
+# Independent of this module and of croniter: cases published in robfig/cron's
+# spec tests (the parser behind Kubernetes CronJob; seconds first), which follow
+# Vixie cron and cronie: a day field whose text starts with ``*`` is unrestricted,
+# so the other day field alone decides (AND); two restricted day fields OR.
+
+PEER_ACTIVATION = [
+    # (does it fire at this instant?, spec, instant UTC)
+    ("0 * * 1,15 * Sun", "2012-07-15 00:00", True),  # Sunday the 15th
+    ("0 * * 1,15 * Sun", "2012-06-15 00:00", True),  # Friday the 15th: either field
+    ("0 * * 1,15 * Sun", "2012-08-01 00:00", True),  # Wednesday the 1st
+    ("0 * * * * Mon", "2012-07-15 00:00", False),  # a Sunday
+    ("0 * * */10 * Sun", "2012-07-15 00:00", False),  # */10 is a star: both must match
+    ("0 * * 1,15 * *", "2012-07-09 00:00", False),
+    ("0 * * 1,15 * *", "2012-07-15 00:00", True),
+    ("0 * * */2 * Sun", "2012-07-15 00:00", True),  # the 15th is odd and a Sunday
+]
+PEER_NEXT = [
+    ("0 0 0 */5 Apr,Aug,Oct Mon", "2012-07-09 23:35", "2012-08-06 00:00:00"),
+    ("0 0 0 */5 Oct Mon", "2012-07-09 23:35", "2012-10-01 00:00:00"),
+    ("0 0 0 * Feb Mon", "2012-07-09 23:35", "2013-02-04 00:00:00"),
+    ("0 0 0 9 Apr-Oct *", "2012-07-09 23:35", "2012-08-09 00:00:00"),
+    # the same rule in five fields (cronie's man page: "*/5" in a day field is a star)
+    ("0 0 */5 * 1", "2012-07-09 23:35", "2012-07-16 00:00:00"),
+    ("0 0 1,15 * 1", "2012-07-09 23:35", "2012-07-15 00:00:00"),
+]
+
+
+@pytest.mark.parametrize(("spec", "at", "fires_then"), PEER_ACTIVATION)
+def test_day_fields_match_the_peers_activation(spec: str, at: str, fires_then: bool) -> None:
+    t = z(at)
+    nxt = Schedule.parse(spec).next_after(t - timedelta(seconds=1), ZoneInfo("UTC"))
+    assert (nxt == t) is fires_then
+
+
+@pytest.mark.parametrize(("spec", "after", "expected"), PEER_NEXT)
+def test_day_fields_match_the_peers_next(spec: str, after: str, expected: str) -> None:
+    assert fires(spec, "UTC", after, 1) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("expr", "field"),
+    [("61 * * * *", "field 1 (minute) '61'"), ("* 24 * * *", "field 2 (hour) '24'"),
+     ("0 0 32 * *", "field 3 (day-of-month) '32'"), ("* * * 13 *", "field 4 (month) '13'"),
+     ("* * * * 9", "field 5 (day-of-week) '9'"), ("70 * * * * *", "field 1 (second) '70'")],
+)  # fmt: skip
+def test_an_out_of_range_field_is_named(expr: str, field: str) -> None:
+    with pytest.raises(ScheduleError, match=re.escape(field)):
+        Schedule.parse(expr)
