@@ -39,6 +39,10 @@ from workers.output import EtcdOutput, prune_local_logs
 from workers.peers import rank
 from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner, started_record
 
+NO_ELIGIBLE = "no eligible worker"
+NO_ELIGIBLE_GRACE = 1.5
+"""Seconds after a tick before it is recorded missed for want of an eligible worker."""
+
 MIN_PERIOD_MS = 1000
 """No schedule fires twice within a second (cron has whole seconds, ``@every`` >= 1 s)."""
 
@@ -63,9 +67,7 @@ class Claiming(WorkerCore):
         claim; one outside ``max_clock_skew`` stands back while a peer with a
         good clock can take the job (invariant I7).
         """
-        if self.draining or job.suspend:
-            return False
-        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
+        if self.draining or job.suspend or not self._matches(job):
             return False
         if self.cfg.stop_claiming_on_skew and not self.clock_ok():
             # a clock not yet compared with the others never claims (it will be
@@ -88,6 +90,12 @@ class Claiming(WorkerCore):
         the tick taken by the worker ranked first.
         """
         if not self._may_claim(job):
+            if self._nobody_eligible(job, fire_ms):
+                # after every eligible worker would have had its turn (one may just have joined)
+                delay = fire_ms / 1000 - self.clock.time() + NO_ELIGIBLE_GRACE
+                asyncio.get_running_loop().call_later(
+                    max(0.0, delay), self._no_eligible, job.name, fire_ms
+                )
             return
         peers = self.peers.list()
         turn = rank(self.id, peers, job.name, fire_ms, job.selector)
@@ -102,6 +110,34 @@ class Claiming(WorkerCore):
             self._spawn(self._tick(job, fire_ms))
         else:
             asyncio.get_running_loop().call_later(delay, self._turn, job.name, fire_ms)
+
+    def _nobody_eligible(self, job: JobSpec, fire_ms: int) -> bool:
+        """Does no live worker match the job's selector, and am I the one (the first
+        of all live workers with a good clock) to record its ticks as missed?"""
+        if job.suspend or not job.selector or self.draining or not self.clock_ok():
+            return False
+        peers = self.peers.list()
+        if self._matches(job) or any(p.lease and p.matches(job.selector) for p in peers):
+            return False
+        return rank(self.id, peers, job.name, fire_ms, {}) == 0
+
+    def _matches(self, job: JobSpec) -> bool:
+        return all(self.cfg.labels.get(k) == v for k, v in job.selector.items())
+
+    def _no_eligible(self, name: str, fire_ms: int) -> None:
+        job = self.table.jobs.get(name)
+        if job is None or self._stop.is_set() or self.ticks.taken(name, fire_ms):
+            return
+        if not self._nobody_eligible(job, fire_ms):
+            return
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(job.selector.items()))
+        why = f"{NO_ELIGIBLE}: no live worker has the labels of its selector ({labels})"
+        now = self.clock.monotonic()
+        quiet = now - self._no_eligible_warned.get(name, -3600.0) < 60
+        if not quiet:  # one line a minute per job, every tick recorded
+            self._no_eligible_warned[name] = now
+            self.log.warning("ticks missed: no eligible worker", job=name, selector=labels)
+        self._background_task(self._record_missed(job, fire_ms, why, quiet=True))
 
     def _turn(self, name: str, fire_ms: int) -> None:
         job = self.table.jobs.get(name)
@@ -172,7 +208,7 @@ class Claiming(WorkerCore):
 
     async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
         """A manual run (even of a suspended job) on an eligible worker."""
-        if not all(self.cfg.labels.get(k) == v for k, v in job.selector.items()):
+        if not self._matches(job):
             return
         turn = rank(
             self.id, self.peers.list(), job.name, zlib.crc32(request.encode()), job.selector
@@ -198,6 +234,8 @@ class Claiming(WorkerCore):
         job: JobSpec,
         fire_ms: int,
         why: str = "no worker could start this tick within its starting deadline",
+        *,
+        quiet: bool = False,
     ) -> None:
         assert self.client is not None
         tick = from_ms(fire_ms)
@@ -223,7 +261,8 @@ class Claiming(WorkerCore):
             c = await claim(self.batcher or self.client, req)
             if c.outcome is Outcome.WON:
                 self.stats["missed"] += 1
-                self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
+                if not quiet:
+                    self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
                 self._account(job, c, fire_ms)
 
     async def _sleep_until(self, at_ms: int) -> None:

@@ -51,6 +51,7 @@ class WorkerCore:
         self.batcher: TxnBatcher | None = None
         self.repairs: Repairs | None = None
         self._repairing: set[str] = set()
+        self._no_eligible_warned: dict[str, float] = {}
         self.guard = Guard(config.etcd)
         self.draining = False
         self.ready = asyncio.Event()

@@ -52,7 +52,7 @@ import contextlib
 import functools
 import random
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -89,6 +89,10 @@ class EtcdAmbiguous(EtcdUnavailable):
 
 class EtcdAuthError(EtcdError):
     """Authentication failed or the user lacks a permission."""
+
+
+class EtcdTooLarge(EtcdError):
+    """A response was larger than the client may receive (``MAX_RECEIVE``): ask for less."""
 
 
 class EtcdCompacted(EtcdError):
@@ -182,6 +186,9 @@ def _map_error(exc: BaseException, what: str) -> EtcdError:
             return EtcdAuthError(f"{what}: {details}")
         if code == grpc.StatusCode.OUT_OF_RANGE:
             return EtcdCompacted(0)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+            # our own receive limit, not the member's health: never a reason to fail over
+            return EtcdTooLarge(f"{what}: {details}")
         if code in _RETRYABLE:
             return EtcdUnavailable(f"{what}: {code.name} {details}".strip())
         return EtcdError(f"{what}: {code.name} {details}".strip())
@@ -222,6 +229,15 @@ rest is room for a loaded machine."""
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 3_000
 
+MAX_RECEIVE = 32 * 1024 * 1024
+"""Largest response the client accepts. etcd accepts values up to its
+``--max-request-bytes`` (1.5 MiB by default), so one key always fits; range
+reads are paged by bytes (:data:`PAGE_BYTES`) to stay well below this."""
+PAGE_BYTES = 2 * 1024 * 1024
+"""What one page of a range read aims at (keys per page follow the sizes seen)."""
+FIRST_PAGE = 64
+"""Keys asked for in the first page of a range read, before any size is known."""
+
 _CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
@@ -231,6 +247,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # a member that comes back (restart, SIGCONT) is dialled again within a second
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", MAX_RECEIVE),
 ]
 
 UNRESPONSIVE, NO_LEADER, HEALTHY = 0, 1, 2
@@ -597,25 +614,49 @@ class EtcdClient:
     async def get_prefix(
         self, prefix: str, *, revision: int = 0, page: int = 1000, keys_only: bool = False
     ) -> tuple[list[KeyValue], int]:
-        """All keys under ``prefix`` at one revision, fetched in pages of ``page``.
+        """All keys under ``prefix`` at one revision (see :meth:`pages`)."""
+        out: list[KeyValue] = []
+        rev = revision
+        async for kvs, at in self.pages(prefix, revision=revision, page=page, keys_only=keys_only):
+            out.extend(kvs)
+            rev = at
+        return out, rev
 
-        Every page is read at the revision of the first, so the result is one
-        consistent snapshot. Raises :class:`EtcdCompacted` if that revision is
-        compacted while paging (the caller lists again).
+    async def pages(
+        self, prefix: str, *, revision: int = 0, page: int = 1000, keys_only: bool = False
+    ) -> AsyncIterator[tuple[list[KeyValue], int]]:
+        """The keys under ``prefix`` at one revision, a page at a time, with that revision.
+
+        Pages are bounded by keys (``page``) and by bytes: the number of keys
+        asked for follows the sizes seen so far, aiming at :data:`PAGE_BYTES`,
+        and a page too large to receive is asked for again with fewer keys
+        (down to one key, which always fits). Every page is read at the
+        revision of the first, so the pages make one consistent snapshot.
+        Raises :class:`EtcdCompacted` if that revision is compacted while
+        paging (the caller lists again).
         """
         end = prefix_range_end(prefix)
-        out: list[KeyValue] = []
         start: bytes = prefix.encode()
         rev = revision
+        limit = min(page, FIRST_PAGE)  # the sizes are not known yet
         while True:
-            resp = await self._call(
-                f"list {prefix}", functools.partial(_page, start, end, rev, page, keys_only)
-            )
+            try:
+                resp = await self._call(
+                    f"list {prefix}", functools.partial(_page, start, end, rev, limit, keys_only)
+                )
+            except EtcdTooLarge:
+                if limit <= 1:
+                    raise
+                limit = max(1, limit // 8)
+                continue
             if rev == 0:
                 rev = int(resp.header.revision)
-            out.extend(KeyValue.from_pb(kv) for kv in resp.kvs)
-            if not resp.more or not resp.kvs:
-                return out, rev
+            kvs = [KeyValue.from_pb(kv) for kv in resp.kvs]
+            yield kvs, rev
+            if not resp.more or not kvs:
+                return
+            size = sum(len(kv.value) + len(kv.key) for kv in kvs)
+            limit = max(1, min(page, PAGE_BYTES * len(kvs) // max(1, size)))
             start = bytes(resp.kvs[-1].key) + b"\x00"
 
     async def count_prefix(self, prefix: str) -> int:

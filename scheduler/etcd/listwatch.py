@@ -202,6 +202,10 @@ class ListWatch:
             start_revision=start_revision,
             prev_kv=False,
             progress_notify=True,
+            # a response larger than the server's send limit comes in fragments
+            # (etcd 3.4+); they are joined before anything is delivered, so the
+            # last delivered revision is always complete
+            fragment=True,
         )
         queue: asyncio.Queue[Any] = asyncio.Queue()
         queue.put_nowait(WatchRequest(create_request=create))
@@ -214,6 +218,7 @@ class ListWatch:
         metadata = (*self.client.metadata, ("hasleader", "true"))
         stream = stub.Watch(requests(), metadata=metadata)
         asked = False
+        pieces: list[Event] = []
         # grpc.aio cancels the whole call when a read is cancelled: the read runs
         # as its own task, and only the wait for it has a deadline
         reading: asyncio.Future[Any] | None = None
@@ -255,15 +260,18 @@ class ListWatch:
                     if "permission" in reason.lower() or "auth" in reason.lower():
                         raise EtcdAuthError(reason)
                     raise EtcdUnavailable(reason)
-                if not resp.events:
+                if not resp.events and not resp.fragment:
                     continue  # created, progress: the member is alive
-                events = [
+                pieces.extend(
                     Event(
                         EventKind.DELETE if ev.type == 1 else EventKind.PUT,
                         KeyValue.from_pb(ev.kv),
                     )
                     for ev in resp.events
-                ]
+                )
+                if resp.fragment or not pieces:
+                    continue  # more of this response to come
+                events, pieces = pieces, []
                 self.stats.events += len(events)
                 yield Batch(events[-1].kv.mod_revision, events)
         except grpc.aio.AioRpcError as exc:

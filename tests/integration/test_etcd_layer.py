@@ -354,3 +354,62 @@ async def test_release_and_claim_with_lost_reply_is_reported_handed(
         assert handed.token > first.token
     finally:
         await c.close()
+
+
+async def test_a_listing_larger_than_the_receive_limit_is_paged_by_bytes(
+    client: EtcdClient, prefix: str
+) -> None:
+    """36 MB of values (more than the client may receive at once, and far more than
+    gRPC's 4 MiB default): the listing comes in pages, every value intact, and the
+    member is not taken for a failed one."""
+    from scheduler.etcd.client import MAX_RECEIVE, PAGE_BYTES
+
+    big = 1200 * 1024
+    n = MAX_RECEIVE // big + 2
+    for i in range(n):
+        await client.put(f"{prefix}/big/{i:03d}", bytes([65 + i % 26]) * big)
+    active = client.active
+    pages = [kvs async for kvs, _ in client.pages(f"{prefix}/big/")]
+    kvs = [kv for page in pages for kv in page]
+    assert [kv.key for kv in kvs] == [f"{prefix}/big/{i:03d}" for i in range(n)]
+    assert all(kv.value == bytes([65 + i % 26]) * big for i, kv in enumerate(kvs))
+    assert len(pages) > 1
+    assert all(sum(len(kv.value) for kv in page) <= MAX_RECEIVE for page in pages)
+    # after the first page, pages follow the sizes seen: one ~1.2 MB value each
+    assert all(sum(len(kv.value) for kv in page) <= max(PAGE_BYTES, big) for page in pages[1:])
+    assert client.active is active
+    listed, _ = await client.get_prefix(f"{prefix}/big/")
+    assert len(listed) == n
+    await client.delete(f"{prefix}/big/", prefix=True)
+
+
+async def test_a_watch_catching_up_on_more_than_the_receive_limit_loses_nothing(
+    proxy: TcpProxy, client: EtcdClient, prefix: str
+) -> None:
+    """While the watcher is cut off, 36 MB of values are written; when it comes back
+    the watch resumes from its last revision and delivers every one (etcd sends the
+    catch-up in fragments, joined before delivery), without a re-list."""
+    from scheduler.etcd.client import MAX_RECEIVE
+
+    ks = Keyspace(prefix)
+    watched = await EtcdClient.connect(EtcdConfig(endpoints=[proxy.address]))
+    state: dict[str, bytes] = {}
+    snaps: list[int] = []
+    lw = ListWatch(watched, ks.jobs, backoff=0.05, max_backoff=0.2)
+    task = asyncio.create_task(_collect(lw, state, snaps))
+    big = 1200 * 1024
+    n = MAX_RECEIVE // big + 2
+    try:
+        await wait_for(lambda: snaps, timeout=5)
+        await proxy.cut()
+        for i in range(n):
+            await client.put(ks.job(f"big{i:03d}"), bytes([65 + i % 26]) * big)
+        await proxy.restore()
+        await wait_for(lambda: len(state) == n, timeout=30)
+        assert all(state[ks.job(f"big{i:03d}")] == bytes([65 + i % 26]) * big for i in range(n))
+        assert len(snaps) == 1, "resumed from the last delivered revision, no re-list"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watched.close()
+        await client.delete(ks.jobs, prefix=True)

@@ -34,6 +34,7 @@ from tests.support.cluster import (
     workers,
 )
 from workers.accounting import UNCLAIMED
+from workers.claiming import NO_ELIGIBLE
 from workers.pace import SAMPLES
 from workers.worker import Worker
 
@@ -291,3 +292,32 @@ async def test_while_commits_are_slow_a_forbid_run_hands_its_lock_to_the_next_ti
 
 async def _lock_gone(client: EtcdClient, key: str) -> bool:
     return (await client.get(key))[0] is None
+
+
+async def test_ticks_of_a_job_no_worker_can_run_are_recorded_missed_once(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    """A selector that matches no live worker: every tick gets one ``missed`` record
+    saying so (by one worker); once a matching worker joins, the job runs there."""
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    await put_jobs(client, ks, ledger_job("ssd-only", ledger, selector={"disk": "ssd"}))
+    cfgs = [make_config(etcd_endpoints, prefix, f"plain{i}") for i in range(2)]
+    async with workers(cfgs):
+
+        async def missed() -> list[RunRecord]:
+            recs = await runs_of(client, ks, "ssd-only")
+            return [r for r in recs if r.status is RunStatus.MISSED]
+
+        recs = await wait_for(lambda: _at_least(missed, 3), 15)
+        assert all(r.message.startswith(NO_ELIGIBLE) and "disk=ssd" in r.message for r in recs)
+        ticks = [r.tick for r in recs]
+        assert len(ticks) == len(set(ticks)), "a tick was recorded twice"
+        assert not read_ledger(ledger)
+        ssd = make_config(etcd_endpoints, prefix, "ssd", labels={"disk": "ssd"})
+        async with workers([ssd]):
+            await wait_for(lambda: any(e.kind == "start" for e in read_ledger(ledger)), 15)
+    assert {e.worker for e in read_ledger(ledger)} == {"ssd"}
+    recs = await runs_of(client, ks, "ssd-only")
+    ran = {r.tick for r in recs if r.status is not RunStatus.MISSED}
+    assert not ran & {r.tick for r in recs if r.status is RunStatus.MISSED}
