@@ -4,6 +4,11 @@ The only place in the worker that installs signal handlers. First SIGTERM or
 SIGINT: drain (stop claiming, let running jobs finish within
 ``worker.drain_grace``, record them, release locks, revoke the lease). A second
 signal: kill the children's process groups and exit.
+
+A fatal error (a ``worker.id`` another live worker holds, bad etcd
+credentials, an unreadable TLS file) ends it with one ``error:`` line on
+stderr and exit 2 or 3 (:mod:`scheduler.fatal`); a signal before the worker
+is ready (etcd down at start) is a clean stop, exit 0.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 
 import structlog
 
+from scheduler import fatal
 from scheduler.config import Config
 from workers.worker import Worker
 
@@ -40,6 +46,10 @@ async def serve(config: Config) -> int:
     try:
         await worker.start(timeout=None)  # a large job table or a slow etcd may take a while
         await worker.wait()
+    except RuntimeError:
+        if stopping is None:
+            raise
+        await asyncio.wait({stopping})  # stopped before it was ready: not an error
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -50,4 +60,7 @@ async def serve(config: Config) -> int:
 
 
 def main(config: Config) -> int:
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except Exception as exc:
+        return fatal.report(exc, log, "worker")

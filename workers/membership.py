@@ -15,6 +15,7 @@ import os
 import socket
 
 from scheduler import __version__
+from scheduler.config import ConfigError
 from scheduler.etcd.client import EtcdError, EtcdUnavailable, cmp_created, op_put
 from scheduler.etcd.session import Session
 from workers.core import WorkerCore
@@ -23,8 +24,22 @@ from workers.executor import StopReason
 REGISTER_EVERY = 2.0
 
 
-class WorkerIdInUse(Exception):
-    """Another live worker is registered under this worker's id."""
+class WorkerIdInUse(ConfigError):
+    """Another live worker is registered under this worker's id (a configuration
+    error: ``etcron worker`` exits 2 with this one line)."""
+
+    def __init__(self, worker_id: str, registration: bytes) -> None:
+        try:
+            info = json.loads(registration)
+        except ValueError:
+            info = {}
+        if not isinstance(info, dict):
+            info = {}
+        super().__init__(
+            f"worker id {worker_id!r} is already registered by a live worker "
+            f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}); "
+            "give each worker its own worker.id"
+        )
 
 
 class Membership(WorkerCore):
@@ -110,9 +125,7 @@ class Membership(WorkerCore):
                     # every lease when it regains quorum): end that lease for good
                     await client.revoke(kv.lease)
                 elif kv is not None and kv.lease != session.lease_id:
-                    raise WorkerIdInUse(
-                        f"worker id {self.id!r} is registered by another live worker"
-                    )
+                    raise WorkerIdInUse(self.id, kv.value)
             else:
                 return
         await client.put(key, self._registration(), lease=session.lease_id)

@@ -11,7 +11,7 @@ Exit codes (also in ``etcron --help`` and docs/cli.md):
 from __future__ import annotations
 
 import json as json_lib
-from collections.abc import Iterator
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -165,7 +165,9 @@ class ApiClient:
     def output(self, name: str, run_id: str) -> Any:
         return self.request("GET", f"/v1/jobs/{name}/runs/{run_id}/output")
 
-    def stream(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def stream(
+        self, path: str, params: dict[str, Any] | None = None
+    ) -> Generator[dict[str, Any], None, None]:
         """Newline-delimited JSON objects from a streaming endpoint, as they arrive."""
         try:
             with self._http.stream("GET", path, params=params, timeout=None) as resp:

@@ -6,6 +6,10 @@ Rules:
   job prints every problem (file, line, job, field) and exits 2, sending nothing.
 - Exit codes: 0 ok, 1 other failure (unknown job, conflict), 2 invalid input or
   usage, 3 master unreachable or refusing (connection error, 401/403, 503).
+  ``diff`` exits 1 when there are changes (an error there is 2 or 3, never 1).
+- Help is plain text (``-h`` or ``--help``); commands are listed in the order
+  of :data:`ORDER`; global options may also follow the command
+  (:mod:`scheduler.cli.argv`).
 - Only this module installs SIGINT/SIGTERM handlers (``etcron master``: the
   first signal stops gracefully, a second one cancels at once).
 """
@@ -20,18 +24,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from scheduler import __version__
-from scheduler.cli import logs_cmd, render
-from scheduler.cli.client import (
-    EXIT_INVALID,
-    ApiClient,
-    CliError,
-    InvalidInput,
-    Unreachable,
-)
+from scheduler.cli import argv, logs_cmd, render
+from scheduler.cli.client import EXIT_INVALID, EXIT_OTHER, CliError, InvalidInput
 from scheduler.cli.render import Format
-from scheduler.config import Config, ConfigError, load_config
+from scheduler.cli.target import DEFAULT_SERVER, Globals, read_config
+from scheduler.config import Config
 from scheduler.model import NAME_RE, JobSpec
 
 EXIT_CODES = (
@@ -40,52 +40,94 @@ EXIT_CODES = (
     "3 master unreachable or refusing (connection error, 401/403, 503)."
 )
 
+HELP = """etcron: a distributed cron scheduler on etcd.
+
+\b
+Examples:
+  etcron validate -f jobs.yaml           # offline: every problem, file and line
+  etcron apply -f jobs.yaml --dry-run    # the plan; nothing is written
+  etcron get jobs --server http://master:8070
+  etcron logs backup -f                  # follow the latest run of job backup
+"""
+
+ORDER = (
+    "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
+    "suspend", "resume", "delete", "master", "worker", "version",
+)  # fmt: skip
+
+
+class OrderedGroup(TyperGroup):
+    """Lists the commands in the order people need them (:data:`ORDER`), not A-Z."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        names = list(self.commands)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
+_SETTINGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="etcron",
-    help="etcron: a distributed cron scheduler on etcd.",
+    cls=OrderedGroup,
+    help=HELP,
     epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no box drawing, no <bool> after a flag
+    context_settings=_SETTINGS,
 )
-get_app = typer.Typer(help="Show jobs.", no_args_is_help=True)
-delete_app = typer.Typer(help="Delete jobs.", no_args_is_help=True)
+get_app = typer.Typer(
+    help="Show jobs (get jobs, get job NAME).", no_args_is_help=True, rich_markup_mode=None
+)
+delete_app = typer.Typer(
+    help="Delete a job (delete job NAME).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(get_app, name="get")
 app.add_typer(delete_app, name="delete")
 
-OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]
+OutputOpt = Annotated[
+    Format,
+    typer.Option("-o", "--output", help="table, wide (whole values, more columns), json or yaml"),
+]
 FileOpt = Annotated[Path, typer.Option("-f", "--file", help="a jobs YAML file")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", envvar="ETCRON_CONFIG", help="config file (YAML)")
 ]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the job's name", show_default=False)]
 
 
-class Globals:
-    def __init__(self, server: str, token: str | None, config: Path | None) -> None:
-        self.server = server
-        self.token = token
-        self.config = config
-
-    def client(self) -> ApiClient:
-        token = self.token
-        if token is None and self.config is not None:
-            try:
-                token = _load_config(self.config).master.resolved_token()
-            except OSError as exc:
-                raise InvalidInput(f"cannot read master.token_file: {exc}") from exc
-        return ApiClient(self.server, token)
+def _print_version(value: bool) -> None:
+    if value:
+        render.out.print(f"etcron {__version__}", markup=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def _globals(
     ctx: typer.Context,
     server: Annotated[
-        str, typer.Option(envvar="ETCRON_SERVER", help="master URL")
-    ] = "http://127.0.0.1:8070",
+        str | None,
+        typer.Option(
+            envvar="ETCRON_SERVER",
+            help=f"master URL [default: the config's master.listen, else {DEFAULT_SERVER}]",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
-        str | None, typer.Option(envvar="ETCRON_TOKEN", help="API token", show_default=False)
+        str | None,
+        typer.Option(
+            envvar="ETCRON_TOKEN",
+            help="API token [default: the config's master.token_file / master.token]",
+            show_default=False,
+        ),
     ] = None,
     config: ConfigOpt = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = Globals(server, token, config)
 
@@ -94,13 +136,6 @@ def _g(ctx: typer.Context) -> Globals:
     obj = ctx.find_object(Globals)
     assert obj is not None
     return obj
-
-
-def _load_config(path: Path | None) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise InvalidInput(f"invalid configuration:\n{exc}") from exc
 
 
 def _name(name: str) -> str:
@@ -133,7 +168,7 @@ def _wire(spec: JobSpec) -> dict[str, Any]:
 
 @app.command()
 def validate(file: FileOpt) -> None:
-    """Check a jobs file offline: YAML, fields, schedules, time zones, names."""
+    """Check a jobs file offline: YAML, fields, schedules, time zones."""
     jobs = _load_jobs(file)
     render.out.print(f"{len(jobs)} jobs OK", markup=False)
 
@@ -141,12 +176,20 @@ def validate(file: FileOpt) -> None:
 @app.command("next")
 def next_(
     ctx: typer.Context,
-    job: Annotated[str | None, typer.Argument(help="a job on the server")] = None,
+    job: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="a job on the server", show_default=False)
+    ] = None,
     schedule: Annotated[str | None, typer.Option("--schedule", help="a schedule, offline")] = None,
     tz: Annotated[str, typer.Option("--tz", help="IANA time zone")] = "UTC",
     count: Annotated[int, typer.Option("-n", min=1, max=1000, help="how many")] = 5,
 ) -> None:
-    """The next fire times of a job (from the server) or of --schedule (offline)."""
+    """The next fire times of a job, or of --schedule (offline).
+
+    \b
+    Examples:
+      etcron next backup -n 3
+      etcron next --schedule '0 3 * * 1-5' --tz Europe/Berlin
+    """
     from scheduler.schedule import Schedule, validate_timezone
 
     if (job is None) == (schedule is None):
@@ -184,7 +227,18 @@ def apply(
     ] = False,
     prune: Annotated[bool, typer.Option("--prune", help="delete jobs not in the file")] = False,
 ) -> None:
-    """Create and update the jobs of a file (validated locally first)."""
+    """Create and update the jobs of a file (validated locally first).
+
+    If any job of the file is invalid, every problem is printed and nothing is
+    sent (exit 2). Writes are guarded by the revisions the plan saw: a
+    concurrent edit is a conflict (exit 1), never overwritten.
+
+    \b
+    Examples:
+      etcron apply -f jobs.yaml --dry-run   # the plan; nothing is written
+      etcron apply -f jobs.yaml             # create and update
+      etcron apply -f jobs.yaml --prune     # and delete jobs not in the file
+    """
     jobs = _load_jobs(file)
     with _g(ctx).client() as api:
         plan = api.apply([_wire(j) for j in jobs], prune=prune, dry_run=dry_run)
@@ -197,7 +251,23 @@ def diff(
     file: FileOpt,
     prune: Annotated[bool, typer.Option("--prune", help="also show deletions")] = False,
 ) -> None:
-    """What `apply` would change, field by field. Writes nothing; exit 0."""
+    """What `apply` would change, field by field. Writes nothing.
+
+    Exit 0: no changes; 1: changes; 2: invalid input (or another error);
+    3: master unreachable or refusing (as `kubectl diff`).
+    """
+    try:
+        changes = _diff(ctx, file, prune)
+    except CliError as exc:
+        if exc.exit_code == EXIT_OTHER:
+            exc.exit_code = EXIT_INVALID  # 1 means "changes" here
+        raise
+    if changes:
+        raise typer.Exit(1)
+
+
+def _diff(ctx: typer.Context, file: Path, prune: bool) -> bool:
+    """Print the plan with the changed fields; True if anything would change."""
     jobs = {j.name: j for j in _load_jobs(file)}
     details: dict[str, list[str]] = {}
     with _g(ctx).client() as api:
@@ -211,33 +281,34 @@ def diff(
                 if old.get(key) != new.get(key)
             ]
     render.plan_lines(plan, details)
+    return any(plan.get(action) for action in ("create", "update", "delete"))
 
 
 @get_app.command("jobs")
 def get_jobs(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
-    """List jobs."""
+    """List jobs (whole values in a pipe; -o wide for more columns)."""
     with _g(ctx).client() as api:
         data = api.list_jobs()
-    if output is Format.TABLE:
-        render.jobs_table(data["jobs"], data.get("invalid", []))
+    if output.tabular:
+        render.jobs_table(data["jobs"], data.get("invalid", []), wide=output is Format.WIDE)
     else:
         jobs = [render.compact_spec(j) for j in data["jobs"]]
         render.emit({"jobs": jobs}, output)
 
 
 @get_app.command("job")
-def get_job(ctx: typer.Context, name: str, output: OutputOpt = Format.TABLE) -> None:
-    """Show one job."""
+def get_job(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.TABLE) -> None:
+    """Show one job, every field in full."""
     with _g(ctx).client() as api:
         data = api.get_job(_name(name))
-    if output is Format.TABLE:
+    if output.tabular:
         render.job_detail(data["spec"], data.get("mod_revision"))
     else:
         render.emit(render.compact_spec(data["spec"]), output)
 
 
 @delete_app.command("job")
-def delete_job(ctx: typer.Context, name: str) -> None:
+def delete_job(ctx: typer.Context, name: NameArg) -> None:
     """Delete one job (its run history stays until housekeeping removes it)."""
     with _g(ctx).client() as api:
         api.delete_job(_name(name))
@@ -245,7 +316,7 @@ def delete_job(ctx: typer.Context, name: str) -> None:
 
 
 @app.command()
-def suspend(ctx: typer.Context, name: str) -> None:
+def suspend(ctx: typer.Context, name: NameArg) -> None:
     """Stop scheduling a job (running runs continue)."""
     with _g(ctx).client() as api:
         api.suspend(_name(name))
@@ -253,7 +324,7 @@ def suspend(ctx: typer.Context, name: str) -> None:
 
 
 @app.command()
-def resume(ctx: typer.Context, name: str) -> None:
+def resume(ctx: typer.Context, name: NameArg) -> None:
     """Schedule a suspended job again."""
     with _g(ctx).client() as api:
         api.resume(_name(name))
@@ -261,15 +332,15 @@ def resume(ctx: typer.Context, name: str) -> None:
 
 
 @app.command()
-def run(ctx: typer.Context, name: str) -> None:
-    """Ask for one run now (a worker picks it up within the request's 60 s)."""
+def run(ctx: typer.Context, name: NameArg) -> None:
+    """Ask for one run now (the request expires after 60 s)."""
     with _g(ctx).client() as api:
         data = api.run(_name(name))
     render.out.print(f"run requested: {name} (request {data['request_id']})", markup=False)
 
 
 @app.command()
-def kill(ctx: typer.Context, name: str) -> None:
+def kill(ctx: typer.Context, name: NameArg) -> None:
     """Ask the workers to stop every running run of a job."""
     with _g(ctx).client() as api:
         answer = api.kill(_name(name))
@@ -282,26 +353,33 @@ def kill(ctx: typer.Context, name: str) -> None:
 @app.command()
 def history(
     ctx: typer.Context,
-    name: str,
-    limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=1000)] = 20,
+    name: NameArg,
+    limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=1000, help="how many")] = 20,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """The newest runs of a job."""
+    """The newest runs of a job: status, worker, exit code, token.
+
+    \b
+    Examples:
+      etcron history backup -n 5
+      etcron history backup | grep failed   # a pipe gets whole values
+      etcron history backup -o wide         # and start, end, attempt, message
+    """
     with _g(ctx).client() as api:
         data = api.runs(_name(name), limit)
-    if output is Format.TABLE:
-        render.runs_table(data["runs"])
+    if output.tabular:
+        render.runs_table(data["runs"], wide=output is Format.WIDE)
     else:
         render.emit(data, output)
 
 
 @app.command()
 def workers(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
-    """Live workers, with their clock skew against the cluster median."""
+    """Live workers: labels, capacity, running runs, clock skew."""
     with _g(ctx).client() as api:
         data = api.workers()
-    if output is Format.TABLE:
-        render.workers_table(data["workers"])
+    if output.tabular:
+        render.workers_table(data["workers"], wide=output is Format.WIDE)
     else:
         render.emit(data, output)
 
@@ -314,16 +392,24 @@ logs_cmd.register(app, lambda ctx: _g(ctx).client())
 
 @app.command()
 def master(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """Run a master: the HTTP API (and housekeeping). SIGTERM/SIGINT stop it gracefully."""
-    from scheduler.etcd.client import EtcdError
+    """Run a master: the HTTP API and housekeeping. SIGTERM/SIGINT stop it gracefully.
+
+    Exit 2: invalid configuration (no token, busy port, unreadable file);
+    3: etcd refused the credentials.
+    """
+    import structlog
+
+    from scheduler import fatal
     from scheduler.logconfig import configure_logging
 
-    cfg = _load_config(config or _g(ctx).config)
+    cfg = read_config(config or _g(ctx).config)
     configure_logging("master", cfg.log.level, cfg.log.format)
     try:
         asyncio.run(_serve_master(cfg))
-    except EtcdError as exc:
-        raise Unreachable(f"etcd: {exc}") from exc
+    except Exception as exc:
+        raise typer.Exit(
+            fatal.report(exc, structlog.get_logger("etcron.master"), "master")
+        ) from exc
 
 
 async def _serve_master(cfg: Config) -> None:
@@ -356,10 +442,14 @@ async def _serve_master(cfg: Config) -> None:
 
 @app.command()
 def worker(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """Run a worker daemon until SIGTERM (drains running jobs first)."""
+    """Run a worker until SIGTERM (it drains running jobs first).
+
+    Exit 2: invalid configuration (worker.id held by a live worker, unreadable
+    TLS or password file); 3: etcd refused the credentials; 1: anything else.
+    """
     from scheduler.logconfig import configure_logging
 
-    cfg = _load_config(config or _g(ctx).config)
+    cfg = read_config(config or _g(ctx).config)
     configure_logging("worker", cfg.log.level, cfg.log.format)
     import workers.daemon
 
@@ -369,19 +459,18 @@ def worker(ctx: typer.Context, config: ConfigOpt = None) -> None:
 # entry point ----------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and maps every failure to an exit code."""
     code = 0
+    command = typer.main.get_command(app)
+    args = argv.hoist(command, sys.argv[1:] if args is None else args)
     try:
         # standalone mode: usage errors print the usage and exit 2, --help exits 0
-        app(args=argv, prog_name="etcron", standalone_mode=True)
+        command.main(args=args, prog_name="etcron", standalone_mode=True)
     except CliError as exc:
         render.err.print(f"error: {exc}", markup=False)
         render.problems(exc.problems)
         code = exc.exit_code
-    except ConfigError as exc:  # e.g. the master's: no token, port busy
-        render.err.print(f"error: {exc}", markup=False)
-        code = EXIT_INVALID
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

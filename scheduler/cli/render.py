@@ -1,8 +1,11 @@
-"""CLI output: rich tables for people, JSON or YAML for scripts.
+"""CLI output: tables for people, JSON or YAML for scripts.
 
 Rules: data goes to stdout, errors and problems to stderr. ``-o json`` and
 ``-o yaml`` print exactly what the API returned (job specs without their
-default fields, so the output can be applied again).
+default fields, so the output can be applied again). Tables
+(:mod:`scheduler.cli.table`) print whole values, one row per line, when stdout
+is not a terminal; on a terminal long cells end with ``…``; ``-o wide`` prints
+whole values and more columns. Nothing is read as rich markup or ``:emoji:``.
 """
 
 from __future__ import annotations
@@ -15,19 +18,24 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
+from scheduler.cli import table
 from scheduler.durations import format_duration
 
 
 class Format(StrEnum):
     TABLE = "table"
+    WIDE = "wide"
     JSON = "json"
     YAML = "yaml"
 
+    @property
+    def tabular(self) -> bool:
+        return self in (Format.TABLE, Format.WIDE)
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 _DEFAULTS: dict[str, Any] = {
     "timezone": "UTC",
@@ -55,12 +63,15 @@ def emit(data: Any, fmt: str) -> None:
         out.print(json.dumps(data, indent=2, ensure_ascii=False), markup=False)
 
 
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for i, c in enumerate(columns):  # only the last column wraps
-        last = i == len(columns) - 1
-        table.add_column(c, overflow="fold", no_wrap=not last, min_width=len(c))
-    return table
+def print_table(
+    headers: list[str], rows: list[list[str]], *, wide: bool = False, keep: tuple[str, ...] = ()
+) -> None:
+    """Whole values in a pipe or with ``wide``; fitted to the terminal otherwise
+    (``keep``: columns cut only when nothing else can give)."""
+    width = out.width if out.is_terminal and not wide else None
+    for line in table.render(headers, rows, width, keep):
+        out.file.write(line + "\n")
+    out.file.flush()
 
 
 def _labels(labels: Any) -> str:
@@ -75,18 +86,32 @@ def _command(spec: dict[str, Any]) -> str:
     return " ".join(str(a) for a in spec.get("command") or [])
 
 
-def jobs_table(jobs: Iterable[dict[str, Any]], invalid: Iterable[dict[str, Any]] = ()) -> None:
-    table = _table("NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED", "COMMAND")
+def jobs_table(
+    jobs: Iterable[dict[str, Any]], invalid: Iterable[dict[str, Any]] = (), *, wide: bool = False
+) -> None:
+    headers = ["NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED", "COMMAND"]
+    if wide:
+        headers += ["TIMEOUT", "RETRIES", "SELECTOR", "LABELS", "DESCRIPTION"]
+    rows = []
     for j in jobs:
-        table.add_row(
+        row = [
             j["name"],
             j["schedule"],
             j.get("timezone", "UTC"),
             j.get("concurrency", "forbid"),
             "yes" if j.get("suspend") else "no",
             _command(j),
-        )
-    out.print(table)
+        ]
+        if wide:
+            row += [
+                _seconds(j.get("timeout")),
+                str(j.get("retries", 0)),
+                _labels(j.get("selector")),
+                _labels(j.get("labels")),
+                j.get("description") or "-",
+            ]
+        rows.append(row)
+    print_table(headers, rows, wide=wide, keep=("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED"))
     for bad in invalid:
         err.print(
             f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
@@ -94,13 +119,13 @@ def jobs_table(jobs: Iterable[dict[str, Any]], invalid: Iterable[dict[str, Any]]
 
 
 def job_detail(spec: dict[str, Any], mod_revision: int | None = None) -> None:
-    table = _table("FIELD", "VALUE")
+    """One field per line, values in full (a terminal folds a long line; nothing is cut)."""
+    rows = []
     for key, value in compact_spec(spec).items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        table.add_row(key, text)
+        rows.append([key, value if isinstance(value, str) else json.dumps(value)])
     if mod_revision is not None:
-        table.add_row("mod_revision", str(mod_revision))
-    out.print(table)
+        rows.append(["mod_revision", str(mod_revision)])
+    print_table(["FIELD", "VALUE"], rows, wide=True)
 
 
 def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None) -> None:
@@ -127,6 +152,15 @@ def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None
         )
 
 
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "-"
+    try:
+        return format_duration(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _when(value: Any) -> str:
     if not value:
         return "-"
@@ -146,13 +180,16 @@ def _duration(run: dict[str, Any]) -> str:
     return format_duration(max(0.0, (end - start).total_seconds()))
 
 
-def runs_table(runs: Iterable[dict[str, Any]]) -> None:
-    table = _table("RUN ID", "STATUS", "TICK", "WORKER", "DURATION", "EXIT", "TOKEN")
+def runs_table(runs: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
+    headers = ["RUN ID", "STATUS", "TICK", "WORKER", "DURATION", "EXIT", "TOKEN"]
+    if wide:
+        headers += ["START", "END", "ATTEMPT", "MANUAL", "MESSAGE"]
+    rows = []
     for r in runs:
         exit_code = r.get("exit_code")
         if exit_code is None and r.get("signal"):
             exit_code = f"signal {r['signal']}"
-        table.add_row(
+        row = [
             r["run_id"],
             str(r.get("status", "?")),
             _when(r.get("tick")),
@@ -160,25 +197,37 @@ def runs_table(runs: Iterable[dict[str, Any]]) -> None:
             _duration(r),
             "-" if exit_code is None else str(exit_code),
             str(r.get("fencing_token") or "-"),
-        )
-    out.print(table)
+        ]
+        if wide:
+            row += [
+                _when(r.get("start")),
+                _when(r.get("end")),
+                str(r.get("attempt", 1)),
+                "yes" if r.get("manual") else "no",
+                str(r.get("message") or "-"),
+            ]
+        rows.append(row)
+    print_table(headers, rows, wide=wide, keep=("RUN ID", "STATUS", "DURATION", "EXIT", "TOKEN"))
 
 
-def workers_table(workers: Iterable[dict[str, Any]]) -> None:
-    table = _table("ID", "HOST", "LABELS", "CAPACITY", "RUNNING", "SKEW", "STATE", "VERSION")
+def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
+    headers = ["ID", "HOST", "LABELS", "CAPACITY", "RUNNING", "SKEW", "STATE", "VERSION"]
+    rows = []
     for w in workers:
         skew = w.get("skew")
-        table.add_row(
-            str(w.get("id")),
-            str(w.get("host") or "-"),
-            _labels(w.get("labels")),
-            str(w.get("capacity", "-")),
-            str(w.get("running", "-")),
-            "-" if skew is None else f"{float(skew):+.3f}s",
-            _worker_state(w),
-            str(w.get("version") or "-"),
+        rows.append(
+            [
+                str(w.get("id")),
+                str(w.get("host") or "-"),
+                _labels(w.get("labels")),
+                str(w.get("capacity", "-")),
+                str(w.get("running", "-")),
+                "-" if skew is None else f"{float(skew):+.3f}s",
+                _worker_state(w),
+                str(w.get("version") or "-"),
+            ]
         )
-    out.print(table)
+    print_table(headers, rows, wide=wide, keep=("ID", "CAPACITY", "RUNNING", "SKEW", "STATE"))
 
 
 def _worker_state(w: dict[str, Any]) -> str:

@@ -5,8 +5,9 @@ yet resolve its endpoints, waits instead of exiting: ``connect_timeout``
 bounds one attempt, not the daemon's life. Attempts back off up to
 ``MAX_DELAY``; a warning is logged at the first failure and then at most once
 every ``LOG_EVERY`` seconds, so a long outage costs a line a minute, not a
-traceback. Errors that waiting cannot fix (bad credentials, a malformed
-endpoint) are raised at once.
+traceback. Errors that waiting cannot fix are raised at once: bad
+credentials, and (:func:`preflight`, a :class:`ConfigError`) a malformed
+endpoint or a TLS or password file that cannot be read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 import structlog
 
-from scheduler.config import EtcdConfig
+from scheduler.config import ConfigError, EtcdConfig
 from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdError
 
 log = structlog.get_logger("etcron.etcd")
@@ -30,6 +31,7 @@ async def connect_patiently(
     config: EtcdConfig, *, stop: asyncio.Event | None = None, what: str = "daemon"
 ) -> EtcdClient | None:
     """A connected client; None if ``stop`` is set before etcd answers."""
+    preflight(config)
     delay = 0.2
     attempts = 0
     began = time.monotonic()
@@ -60,6 +62,24 @@ async def connect_patiently(
                     await stop.wait()
         delay = min(delay * 2, MAX_DELAY)
     return None
+
+
+def preflight(config: EtcdConfig) -> None:
+    """Endpoints are ``host:port`` and the TLS and password files readable, or
+    a :class:`ConfigError` at once (not an etcd outage to wait out)."""
+    for endpoint in config.endpoints:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"etcd.endpoints: {endpoint!r} is not host:port")
+    for field in ("ca_file", "cert_file", "key_file", "password_file"):
+        path = getattr(config, field)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"etcd.{field} {path}: cannot read: {exc.strerror}") from exc
 
 
 async def _attempt(config: EtcdConfig, stop: asyncio.Event | None) -> EtcdClient | None:

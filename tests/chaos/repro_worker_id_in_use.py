@@ -46,11 +46,14 @@ def main() -> int:
             except Exception:
                 code = None
             text = log.read_text()
-            reproduced = code is not None and "WorkerIdInUse" in text
+            in_use = ("WorkerIdInUse", "already registered by a live worker")
+            reproduced = code is not None and any(s in text for s in in_use)
             print(f"worker exit code: {code}")
             print(
                 "\n".join(
-                    ln for ln in text.splitlines() if "WorkerIdInUse" in ln or "session" in ln
+                    ln
+                    for ln in text.splitlines()
+                    if any(s in ln for s in in_use) or "session" in ln
                 )
             )
             print("REPRODUCED" if reproduced else "not reproduced: the worker survived")

@@ -223,7 +223,7 @@ async def test_diff_and_prune(m: Master, tmp_path: Path) -> None:
     path = write(tmp_path, changed, "changed.yaml")
     before = await m.jobs_in_etcd()
     r = await m.run("diff", "-f", str(path), "--prune")
-    assert r.code == 0, r.err
+    assert r.code == 1, r.err  # 1: there are changes (as kubectl diff)
     assert "echo changed" in r.out and "extra" in r.out and "backup" in r.out
     assert await m.jobs_in_etcd() == before
 

@@ -63,7 +63,8 @@ async def test_logs_follow_live_then_history(master: Master, etcd_endpoints: lis
             "in order, nothing lost"
         )
         assert lines[-1][0] - lines[0][0] > 1.0, "lines arrived while the job ran, not at the end"
-        assert "oops" in err
+        rest = (await proc.stdout.read()).decode() if proc.stdout is not None else ""
+        assert "oops" in rest and "oops" not in err, "the job's stderr goes to stdout"
 
         after = await master.run("logs", "ticker", "--stream", "stdout")
         assert after.code == 0 and after.out.splitlines() == [f"line {i}" for i in range(1, 26)]
@@ -101,3 +102,44 @@ async def test_logs_follow_all_runs_shows_headers_and_status(
 
 async def _final_count(master: Master, ks: Keyspace, job: str, n: int) -> bool:
     return len([r for r in await runs_of(master.etcd, ks, job) if r.status.final]) >= n
+
+
+async def test_logs_follow_waits_for_the_first_run_and_marks_stderr(
+    master: Master, etcd_endpoints: list[str]
+) -> None:
+    ks: Keyspace = master.ks
+    job = JobSpec(
+        name="late", schedule="@every 3600s", shell="echo out-1; echo err-1 >&2; echo out-2"
+    )
+    async with workers([make_config(etcd_endpoints, ks.prefix, "logw3")]):
+        await put_jobs(master.etcd, ks, job)
+        assert (await master.run("history", "late", "-o", "json")).out.count("run_id") == 0
+        proc = await asyncio.create_subprocess_exec(
+            ETCRON, "logs", "late", "-f", env=master.env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None
+            waiting = await asyncio.wait_for(proc.stderr.readline(), 15)
+            assert waiting.decode() == "waiting for the first run of job 'late' (Ctrl-C to stop)\n"
+            assert proc.returncode is None, "it waits instead of exiting 1"
+            assert (await master.run("run", "late")).code == 0
+            lines = [ln for _, ln in await _read_lines(proc, "\0", timeout=20)]  # to EOF
+            assert await asyncio.wait_for(proc.wait(), 10) == 0, "it ends with that run"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        # both streams on stdout; each stream in order (they are read apart)
+        assert sorted(lines) == ["err-1", "out-1", "out-2"], lines
+        assert lines.index("out-1") < lines.index("out-2")
+
+        plain = await master.run("logs", "late")
+        marked = await master.run("logs", "late", "--mark-stderr")
+    assert plain.code == marked.code == 0, (plain.err, marked.err)
+    assert plain.out.splitlines() == lines and plain.err == ""
+    assert marked.out.splitlines() == [
+        ln if ln.startswith("out") else "[stderr] " + ln for ln in lines
+    ]
+    none = await master.run("logs", "late", "--previous")
+    assert none.code == 1 and "no previous run" in none.err

@@ -15,6 +15,8 @@ from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdUnavailable
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunStatus
+from tests.integration.test_cli import _env
+from tests.integration.test_daemon_errors import daemon, plain_lines
 from tests.support import wait_for
 from tests.support.cluster import put_jobs, runs_of, workers
 
@@ -174,3 +176,20 @@ async def test_worker_runs_jobs_over_tls_as_its_own_user(
         assert out.read_text() == "ok\n"
     finally:
         await master.close()
+
+
+async def test_worker_with_wrong_password_exits_3_with_one_line(secured: str, certs: Path) -> None:
+    env = {
+        "ETCRON_ETCD__ENDPOINTS": secured,
+        "ETCRON_ETCD__CA_FILE": str(certs / "ca.crt"),
+        "ETCRON_ETCD__CERT_FILE": str(certs / "worker.crt"),
+        "ETCRON_ETCD__KEY_FILE": str(certs / "worker.key"),
+        "ETCRON_ETCD__USERNAME": "etcron-worker",
+        "ETCRON_ETCD__PASSWORD": "wrong",
+        "ETCRON_LOG__FORMAT": "json",
+    }
+    code, err = await daemon("worker", env=_env(**env))
+    assert code == 3, err
+    [line] = plain_lines(err)
+    assert line.startswith("error: etcd refused the worker's credentials"), line
+    assert "authentication failed" in line and "Traceback" not in err

@@ -1,0 +1,64 @@
+"""Which master the CLI talks to, and with which token.
+
+- server: ``--server`` / ``ETCRON_SERVER``; else, with ``--config`` /
+  ``ETCRON_CONFIG``, the config's ``master.listen`` (a wildcard address such as
+  ``0.0.0.0`` means this host: ``127.0.0.1``); else ``http://127.0.0.1:8070``.
+- token: ``--token`` / ``ETCRON_TOKEN``; else the config's ``master.token_file``
+  or ``master.token``; else none (the master answers 401, exit 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scheduler.cli.client import ApiClient, InvalidInput
+from scheduler.config import Config, ConfigError, load_config
+
+DEFAULT_SERVER = "http://127.0.0.1:8070"
+
+
+def read_config(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise InvalidInput(f"invalid configuration:\n{exc}") from exc
+
+
+def server_from_listen(listen: str) -> str:
+    """The URL a client on this host uses to reach a master listening on ``listen``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InvalidInput(f"master.listen must be host:port, got {listen!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class Globals:
+    """The global options, resolved lazily (offline commands never read the config)."""
+
+    def __init__(self, server: str | None, token: str | None, config: Path | None) -> None:
+        self.server = server
+        self.token = token
+        self.config = config
+
+    def resolve(self) -> tuple[str, str | None]:
+        server, token = self.server, self.token
+        if self.config is not None and (server is None or token is None):
+            cfg = read_config(self.config)
+            if server is None:
+                server = server_from_listen(cfg.master.listen)
+            if token is None:
+                try:
+                    token = cfg.master.resolved_token()
+                except OSError as exc:
+                    raise InvalidInput(f"cannot read master.token_file: {exc}") from exc
+        return server or DEFAULT_SERVER, token
+
+    def client(self) -> ApiClient:
+        return ApiClient(*self.resolve())
