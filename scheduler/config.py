@@ -87,6 +87,12 @@ class MasterConfig(_Section):
     keep_for: Duration = 7 * 86400.0
     compact_interval: Duration = 300.0
     compact_keep_revisions: int = 10000
+    etcd_quota_bytes: Size = 2 * 1024**3
+    """etcd's ``--quota-backend-bytes`` (2 GiB unless etcd was started otherwise)."""
+    output_budget_bytes: Size = 512 * 1024**2
+    """Run output kept in etcd, all jobs together; the oldest runs' output goes first."""
+    recover_nospace: bool = True
+    """On a NOSPACE alarm the leader frees space, compacts, defragments and disarms."""
 
     def resolved_token(self) -> str | None:
         if self.token_file is not None:

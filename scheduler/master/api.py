@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scheduler import __version__
-from scheduler.etcd.client import EtcdError
+from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.master.logs_api import add_output_routes
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
@@ -53,11 +53,20 @@ class ErrorOut(BaseModel):
     problems: list[Problem] = []
 
 
+async def _alarms(store: JobStore) -> list[str]:
+    """etcd's active alarms; [] when the master's etcd user may not read them."""
+    try:
+        return sorted(set(await store.client.alarms()))
+    except EtcdAuthError:
+        return []
+
+
 class HealthOut(BaseModel):
     status: str
     etcd_revision: int | None = None
     version: str = __version__
     error: str | None = None
+    alarms: list[str] = []
 
 
 class InvalidJobOut(BaseModel):
@@ -260,14 +269,20 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
 
     @app.get("/v1/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     async def health() -> Any:
-        """No auth. 200 when etcd answers, 503 otherwise."""
+        """No auth. 200 when etcd answers and takes writes, 503 otherwise (etcd
+        unreachable, or its NOSPACE alarm: it refuses every write)."""
         try:
             rev = await store.revision()
+            alarms = await _alarms(store)
         except EtcdError as exc:
             return JSONResponse(
                 HealthOut(status="unavailable", error=str(exc)).model_dump(), status_code=503
             )
-        return HealthOut(status="ok", etcd_revision=rev)
+        if "NOSPACE" in alarms:
+            why = "etcd is out of space (NOSPACE alarm): it refuses writes; see docs/operations.md"
+            out = HealthOut(status="nospace", etcd_revision=rev, error=why, alarms=alarms)
+            return JSONResponse(out.model_dump(), status_code=503)
+        return HealthOut(status="ok", etcd_revision=rev, alarms=alarms)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERRORS)
 
