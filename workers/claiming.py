@@ -31,6 +31,7 @@ from scheduler.etcd.client import EtcdUnavailable, KeyValue
 from scheduler.etcd.session import Session
 from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from workers import orphans
 from workers.accounting import record_gap
 from workers.core import WorkerCore
 from workers.executor import OutputSink
@@ -421,20 +422,30 @@ class Claiming(WorkerCore):
                 allow_run_as=self.cfg.allow_run_as,
                 lease_left=self.lease_left,
                 now=self.clock.now,
-                guard_add=self.guard.add,
-                guard_remove=self.guard.remove,
+                guard_add=self._child_started,
+                guard_remove=self._child_ended,
                 sink_factory=self._output_sink,
                 launch=self.launcher.at,
                 next_run=self._next_run,
             )
         self.runs[h.run_id] = h  # (a hand-over registered it already)
         self.stats["started"] += 1
+        orphans.run_started(h.run_id)
         try:
             await self._runner.execute(h, start_at_ms)
         finally:
+            orphans.run_ended(h.run_id)
             self.runs.pop(h.run_id, None)
             if self.cfg.log_dir is not None:
                 prune_local_logs(self.cfg.log_dir / h.job.name, self.cfg.log_file_count)
+
+    def _child_started(self, pid: int) -> None:
+        self.guard.add(pid)
+        orphans.main_started(pid)
+
+    def _child_ended(self, pid: int) -> None:
+        orphans.main_ended(pid)
+        self.guard.remove(pid)
 
     def _next_run(self, h: RunHandle) -> NextRun | None:
         """While commits are slow, the next tick's claim to send with ``h``'s
