@@ -370,6 +370,8 @@ def _part(loc: str | int) -> str:
 
 def _short(value: Any) -> str:
     """A bounded repr: YAML aliases can make huge nested inputs cheaply."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return quote(value, 40)  # repr() refuses ints of more than 4300 digits
     return _REPR.repr(value)
 
 

@@ -336,6 +336,8 @@ def test_spec_size_limit_comes_from_the_context() -> None:
         {"timeout": "5" * 1_000_000 + "x"},
         {"output_limit": "5" * 1_000_000 + "x"},
         {"command": ["x" * 1_000_000]},
+        pytest.param({"retries": 10**5000}, id="retries-5000-digits"),  # repr() would refuse
+        pytest.param({"output_limit": 10**5000}, id="output_limit-5000-digits"),
     ],
 )
 def test_messages_never_echo_huge_input(fields: dict[str, Any]) -> None:
