@@ -38,6 +38,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -291,16 +292,26 @@ class JobSpec(BaseModel):
             )
         return v
 
-    @model_validator(mode="after")
-    def _spec_size(self, info: ValidationInfo) -> JobSpec:
-        """The whole spec, as stored, within ``max_spec_bytes`` (context) or the default."""
+    @model_validator(mode="wrap")
+    @classmethod
+    def _spec_size(
+        cls, data: Any, handler: ModelWrapValidatorHandler[JobSpec], info: ValidationInfo
+    ) -> JobSpec:
+        """The whole spec, as stored, within ``max_spec_bytes`` (context) or the default.
+
+        A spec that is already built (nested in a response model) is not checked
+        again: it may be one read from etcd.
+        """
+        if isinstance(data, JobSpec):
+            return data
+        spec = handler(data)
         if _writing(info):
             ctx = info.context if isinstance(info.context, dict) else {}
             most = int(ctx.get("max_spec_bytes", MAX_SPEC_BYTES))
-            size = len(self.to_json())
+            size = len(spec.to_json())
             if size > most:
                 raise ValueError(f"the job spec is {size} bytes as JSON; at most {most}")
-        return self
+        return spec
 
     def schedule_obj(self) -> Schedule:
         """The parsed schedule (cached by expression)."""

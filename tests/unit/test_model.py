@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scheduler.model import Concurrency, JobSpec, spec_fields, validation_messages
 from scheduler.schedule import Schedule
@@ -360,6 +360,15 @@ def test_stored_specs_are_read_without_the_write_limits() -> None:
     assert JobSpec.from_json(spec.to_json()) == spec  # suspend/resume write it back as it is
     with pytest.raises(ValidationError):
         JobSpec.model_validate(json.loads(old))
+    with pytest.raises(ValidationError, match="bytes as JSON"):
+        JobSpec.model_validate_json(json.dumps({**BASE, "description": "d" * 4000} | {
+            "env": {f"K{i}": "v" * 30_000 for i in range(3)}}))  # fmt: skip
+
+    class Listing(BaseModel):  # as the API's response models hold specs
+        jobs: list[JobSpec]
+
+    assert Listing(jobs=[spec]).jobs == [spec]  # a built spec is not checked again
+    assert Listing.model_validate({"jobs": [spec]}).jobs == [spec]
 
 
 def test_stored_specs_still_follow_the_model() -> None:
