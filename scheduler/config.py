@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scheduler.durations import parse_duration, parse_size
+from scheduler.limits import MAX_OUTPUT_LIMIT, MAX_SPEC_BYTES
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -93,6 +94,10 @@ class MasterConfig(_Section):
     """Run output kept in etcd, all jobs together; the oldest runs' output goes first."""
     recover_nospace: bool = True
     """On a NOSPACE alarm the leader frees space, compacts, defragments and disarms."""
+    max_spec_bytes: Annotated[int, BeforeValidator(parse_size), Field(gt=0, le=1024 * 1024)] = (
+        MAX_SPEC_BYTES
+    )
+    """Largest job spec (compact JSON) the API accepts; etcd refuses requests over 1.5 MiB."""
 
     def resolved_token(self) -> str | None:
         if self.token_file is not None:
@@ -116,6 +121,8 @@ class WorkerConfig(_Section):
     clock_offset: SignedDuration = 0.0
     allow_run_as: bool = False
     output_limit: Size = 1024 * 1024
+    max_output_limit: Annotated[int, BeforeValidator(parse_size), Field(gt=0)] = MAX_OUTPUT_LIMIT
+    """Output kept per run is at most this, whatever a job's ``output_limit`` asks for."""
     output_flush_interval: Duration = 0.5
     output_chunk_size: Size = 64 * 1024
     output_tail: Size = 4096

@@ -36,7 +36,7 @@ from workers.accounting import record_gap
 from workers.core import WorkerCore
 from workers.executor import OutputSink
 from workers.handover import next_tick
-from workers.output import EtcdOutput, prune_local_logs
+from workers.output import EtcdOutput, prune_local_logs, run_output_limit
 from workers.peers import rank
 from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner, started_record
 
@@ -504,7 +504,7 @@ class Claiming(WorkerCore):
             self.ks,
             h.job.name,
             h.run_id,
-            limit=h.job.output_limit or cfg.output_limit,
+            limit=run_output_limit(h.job.output_limit, cfg.output_limit, cfg.max_output_limit),
             chunk_size=cfg.output_chunk_size,
             flush_interval=cfg.output_flush_interval,
             tail=cfg.output_tail,

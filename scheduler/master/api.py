@@ -6,7 +6,9 @@ Rules:
   the token is compared in constant time (:func:`hmac.compare_digest`). A
   missing or wrong token is answered 401 before anything is read or written.
 - Job specs are validated here, all of them before any write: a bad spec is a
-  422 whose ``problems`` name the job and the field; nothing is written.
+  422 whose ``problems`` name the job and the field; nothing is written. The
+  limits of :mod:`scheduler.limits` apply, with the spec size bounded by
+  ``max_spec_bytes`` (``master.max_spec_bytes``).
 - ``If-Match: <mod_revision>`` on PUT/DELETE makes the write a compare-and-swap
   (``0`` = must not exist); a mismatch is 409. Responses carry the job's mod
   revision in ``ETag``.
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scheduler import __version__
 from scheduler.etcd.client import EtcdAuthError, EtcdError
+from scheduler.limits import MAX_SPEC_BYTES
 from scheduler.master.logs_api import add_output_routes
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
@@ -160,8 +163,9 @@ def _label(raw: Any, index: int | None) -> str:
     return f"#{index + 1}" if index is not None else "?"
 
 
-def parse_specs(raws: list[Any]) -> list[JobSpec]:
+def parse_specs(raws: list[Any], max_spec_bytes: int = MAX_SPEC_BYTES) -> list[JobSpec]:
     """Validate every raw spec; raise :class:`SpecError` listing all problems."""
+    context = {"max_spec_bytes": max_spec_bytes}
     problems: list[Problem] = []
     specs: list[JobSpec] = []
     for i, raw in enumerate(raws):
@@ -170,7 +174,7 @@ def parse_specs(raws: list[Any]) -> list[JobSpec]:
             problems.append(Problem(job=job, message="a job must be a JSON object"))
             continue
         try:
-            specs.append(JobSpec.model_validate(raw))
+            specs.append(JobSpec.model_validate(raw, context=context))
         except ValidationError as exc:
             for field, msg in validation_messages(exc):
                 problems.append(Problem(job=job, field=field or None, message=msg))
@@ -245,7 +249,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # the app ---------------------------------------------------------------------
 
 
-def create_app(store: JobStore, *, token: str) -> FastAPI:
+def create_app(store: JobStore, *, token: str, max_spec_bytes: int = MAX_SPEC_BYTES) -> FastAPI:
     """The API for one store; ``token`` must be non-empty."""
     if not token:
         raise ValueError("the API needs a non-empty token")
@@ -314,7 +318,7 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
             raise SpecError(
                 [Problem(job=name, field="name", message=f"body names {raw['name']!r}")]
             )
-        (spec,) = parse_specs([raw])
+        (spec,) = parse_specs([raw], max_spec_bytes)
         rev = await store.put_job(spec, expect_mod_revision=expect)
         response.headers["ETag"] = f'"{rev}"'
         return JobOut(name=name, mod_revision=rev, spec=spec)
@@ -334,7 +338,7 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
         """
         if len(body.jobs) > MAX_JOBS_PER_APPLY:
             raise SpecError([Problem(message=f"more than {MAX_JOBS_PER_APPLY} jobs")])
-        specs = parse_specs(body.jobs)
+        specs = parse_specs(body.jobs, max_spec_bytes)
         plan = await store.apply(specs, prune=body.prune, dry_run=body.dry_run)
         return PlanOut.model_validate(plan.summary())
 

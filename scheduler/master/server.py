@@ -117,7 +117,9 @@ async def run_master(
         return
     client = connected
     keyspace = Keyspace(config.etcd.prefix)
-    app = create_app(JobStore(client, keyspace), token=token)
+    app = create_app(
+        JobStore(client, keyspace), token=token, max_spec_bytes=config.master.max_spec_bytes
+    )
     server = _Server(
         uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10
