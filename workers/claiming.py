@@ -398,7 +398,11 @@ class Claiming(WorkerCore):
         )
         asked = b""
         while loop.time() < give_up and session.remaining() > 0:
-            token, holder = await acquire(self.client, lock_key, value, session.lease_id)
+            try:
+                token, holder = await acquire(self.client, lock_key, value, session.lease_id)
+            except EtcdUnavailable:
+                await asyncio.sleep(0.5)
+                continue
             if token:
                 return token
             if holder and holder != asked:
