@@ -1,4 +1,5 @@
-"""The CLI's HTTP client for the master API, with errors typed by exit code.
+"""The CLI's HTTP client for the master API, with errors typed by exit code
+(:mod:`scheduler.cli.errors`). Imported only by commands that talk to a master.
 
 Exit codes (also in ``etcron --help`` and docs/cli.md):
 
@@ -17,40 +18,32 @@ from typing import Any, NoReturn
 
 import httpx
 
-EXIT_OK = 0
-EXIT_OTHER = 1
-EXIT_INVALID = 2
-EXIT_UNREACHABLE = 3
+from scheduler.cli.errors import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_UNREACHABLE,
+    CliError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Refused,
+    Unreachable,
+)
 
-
-class CliError(Exception):
-    """A failure the CLI reports in one message and an exit code."""
-
-    exit_code = EXIT_OTHER
-
-    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-
-
-class InvalidInput(CliError):
-    exit_code = EXIT_INVALID
-
-
-class Unreachable(CliError):
-    exit_code = EXIT_UNREACHABLE
-
-
-class Refused(CliError):
-    exit_code = EXIT_UNREACHABLE
-
-
-class NotFound(CliError):
-    exit_code = EXIT_OTHER
-
-
-class Conflict(CliError):
-    exit_code = EXIT_OTHER
+__all__ = [
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_OTHER",
+    "EXIT_UNREACHABLE",
+    "ApiClient",
+    "CliError",
+    "Conflict",
+    "InvalidInput",
+    "NotFound",
+    "Refused",
+    "Unreachable",
+]
 
 
 def _detail(resp: httpx.Response) -> tuple[str, list[dict[str, Any]]]:

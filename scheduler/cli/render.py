@@ -10,32 +10,47 @@ whole values and more columns. Nothing is read as rich markup or ``:emoji:``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from rich.console import Console
-
-from scheduler.cli import table
+from scheduler.cli.common import Format
 from scheduler.durations import format_duration
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-class Format(StrEnum):
-    TABLE = "table"
-    WIDE = "wide"
-    JSON = "json"
-    YAML = "yaml"
-
-    @property
-    def tabular(self) -> bool:
-        return self in (Format.TABLE, Format.WIDE)
+__all__ = ["Format", "emit", "err", "out", "say", "warn"]
 
 
-out = Console(highlight=False, soft_wrap=True, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+@functools.cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console  # ~35 ms: only when something is printed with it
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
+
+
+def out() -> Console:
+    """The console on stdout (created on first use)."""
+    return _console(False)
+
+
+def err() -> Console:
+    """The console on stderr (created on first use)."""
+    return _console(True)
+
+
+def say(text: str) -> None:
+    """One line of data on stdout, printed as is (no markup, no emoji)."""
+    out().print(text, markup=False)
+
+
+def warn(text: str) -> None:
+    """One line on stderr, printed as is."""
+    err().print(text, markup=False)
+
 
 _DEFAULTS: dict[str, Any] = {
     "timezone": "UTC",
@@ -58,9 +73,11 @@ def compact_spec(spec: dict[str, Any]) -> dict[str, Any]:
 def emit(data: Any, fmt: str) -> None:
     """Print ``data`` as JSON or YAML (for table output, use the functions below)."""
     if fmt == "yaml":
-        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip(), markup=False)
+        import yaml
+
+        say(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
     else:
-        out.print(json.dumps(data, indent=2, ensure_ascii=False), markup=False)
+        say(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def print_table(
@@ -68,10 +85,13 @@ def print_table(
 ) -> None:
     """Whole values in a pipe or with ``wide``; fitted to the terminal otherwise
     (``keep``: columns cut only when nothing else can give)."""
-    width = out.width if out.is_terminal and not wide else None
+    from scheduler.cli import table
+
+    console = out()
+    width = console.width if console.is_terminal and not wide else None
     for line in table.render(headers, rows, width, keep):
-        out.file.write(line + "\n")
-    out.file.flush()
+        console.file.write(line + "\n")
+    console.file.flush()
 
 
 def _labels(labels: Any) -> str:
@@ -113,9 +133,7 @@ def jobs_table(
         rows.append(row)
     print_table(headers, rows, wide=wide, keep=("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED"))
     for bad in invalid:
-        err.print(
-            f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
-        )
+        warn(f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}")
 
 
 def job_detail(spec: dict[str, Any], mod_revision: int | None = None) -> None:
@@ -133,9 +151,9 @@ def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None
     marks = (("create", "+", "green"), ("update", "~", "yellow"), ("delete", "-", "red"))
     for action, mark, colour in marks:
         for name in plan.get(action, []):
-            out.print(f"[{colour}]{mark} {action:<9}[/]", name, markup=True)
+            out().print(f"[{colour}]{mark} {action:<9}[/]", name, markup=True)
             for line in (details or {}).get(name, []):
-                out.print(f"    {line}", markup=False)
+                say(f"    {line}")
     counts = ", ".join(
         f"{len(plan.get(a, []))} {a}" for a in ("create", "update", "delete", "unchanged")
     )
@@ -145,11 +163,9 @@ def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None
         verdict = f"applied in {plan.get('batches', 0)} transaction(s)"
     else:
         verdict = "not applied"
-    out.print(f"{counts} ({verdict})", markup=False)
+    say(f"{counts} ({verdict})")
     for bad in plan.get("invalid_in_etcd", []):
-        err.print(
-            f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
-        )
+        warn(f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}")
 
 
 def _seconds(value: Any) -> str:
@@ -244,4 +260,4 @@ def _worker_state(w: dict[str, Any]) -> str:
 def problems(items: Iterable[dict[str, Any]]) -> None:
     for p in items:
         where = ": ".join(str(p[k]) for k in ("job", "field") if p.get(k))
-        err.print(f"  {where + ': ' if where else ''}{p.get('message', '')}", markup=False)
+        warn(f"  {where + ': ' if where else ''}{p.get('message', '')}")
