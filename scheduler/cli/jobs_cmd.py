@@ -19,9 +19,11 @@ from scheduler.cli.common import (
     globals_of,
     job_name,
 )
-from scheduler.cli.errors import EXIT_INVALID, EXIT_OTHER, CliError, InvalidInput
+from scheduler.cli.errors import EXIT_INVALID, EXIT_OTHER, CliError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from scheduler.cli.client import ApiClient
+    from scheduler.cli.status import JobState
     from scheduler.model import JobSpec
 
 
@@ -80,7 +82,13 @@ def apply(
     jobs = load_jobs(file)
     with globals_of(ctx).client() as api:
         plan = api.apply([_wire(j) for j in jobs], prune=prune, dry_run=dry_run)
-    render.plan_lines(plan)
+        render.plan_lines(plan)
+        if any(j.selector for j in jobs):
+            try:
+                live = api.workers()["workers"]
+            except CliError:
+                return  # advice only: the apply itself is done
+            _warn_ineligible([_wire(j) for j in jobs], live)
 
 
 def diff(
@@ -124,16 +132,82 @@ def _diff(ctx: typer.Context, file: Path, prune: bool) -> bool:
 
 
 def get_jobs(ctx: typer.Context, output: OutputOpt = Format.TABLE) -> None:
-    """List jobs (whole values in a pipe; -o wide for more columns)."""
+    """List jobs: ACTIVE, LAST RUN and NEXT RUN too (-o wide: more columns).
+
+    A job whose selector matches no live worker gets a warning on stderr.
+    -o json / yaml print the specs only (they apply again).
+    """
     from scheduler.cli import render
 
     with globals_of(ctx).client() as api:
         data = api.list_jobs()
-    if output.tabular:
-        render.jobs_table(data["jobs"], data.get("invalid", []), wide=output is Format.WIDE)
-    else:
-        jobs = [render.compact_spec(j) for j in data["jobs"]]
-        render.emit({"jobs": jobs}, output)
+        if not output.tabular:
+            render.emit({"jobs": [render.compact_spec(j) for j in data["jobs"]]}, output)
+            return
+        live, runs = _workers_and_runs(api, [j["name"] for j in data["jobs"]])
+    wide = output is Format.WIDE
+    state = _job_states(data["jobs"], runs, wide=wide)
+    render.jobs_table(data["jobs"], data.get("invalid", []), wide=wide, state=state)
+    _warn_ineligible(data["jobs"], live)
+
+
+HISTORY_FOR_STATE = 10
+"""Run records read per job for ACTIVE and LAST RUN (the newest ones)."""
+
+
+def _workers_and_runs(
+    api: ApiClient, names: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The live workers and each job's newest runs: one request each, 8 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def runs_of(name: str) -> list[dict[str, Any]]:
+        try:
+            return list(api.runs(name, HISTORY_FOR_STATE)["runs"])
+        except NotFound:
+            return []  # deleted since the listing
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        live = pool.submit(api.workers)
+        runs = dict(zip(names, pool.map(runs_of, names), strict=True))
+        return list(live.result()["workers"]), runs
+
+
+def _job_states(
+    jobs: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]], *, wide: bool
+) -> dict[str, JobState]:
+    from datetime import UTC, datetime
+
+    from scheduler.cli import status
+    from scheduler.schedule import Schedule, validate_timezone
+
+    now = datetime.now(UTC)
+    out = {}
+    for j in jobs:
+        next_at = None
+        if not j.get("suspend"):
+            try:
+                zone = validate_timezone(j.get("timezone", "UTC"))
+                times = Schedule.parse(j["schedule"]).preview(now, zone, 1)
+                next_at = times[0] if times else None
+            except ValueError:
+                next_at = None
+        out[j["name"]] = status.job_state(runs.get(j["name"], []), next_at, now, wide=wide)
+    return out
+
+
+def _warn_ineligible(jobs: list[dict[str, Any]], live: list[dict[str, Any]]) -> None:
+    """A warning on stderr for each job with a selector that no live worker matches."""
+    from scheduler.cli import render, status
+
+    for j in jobs:
+        selector = j.get("selector") or {}
+        if selector and not status.eligible(selector, live):
+            render.warn(
+                f"warning: job {j['name']}: {status.NO_ELIGIBLE}: its selector "
+                f"({status.selector_text(selector)}) matches no live worker's labels; "
+                "its ticks are recorded missed"
+            )
 
 
 def get_job(ctx: typer.Context, name: NameArg, output: OutputOpt = Format.TABLE) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from scheduler.cli.common import Format
+from scheduler.cli.status import JobState
 from scheduler.durations import format_duration
 
 if TYPE_CHECKING:
@@ -107,9 +108,17 @@ def _command(spec: dict[str, Any]) -> str:
 
 
 def jobs_table(
-    jobs: Iterable[dict[str, Any]], invalid: Iterable[dict[str, Any]] = (), *, wide: bool = False
+    jobs: Iterable[dict[str, Any]],
+    invalid: Iterable[dict[str, Any]] = (),
+    *,
+    wide: bool = False,
+    state: dict[str, JobState] | None = None,
 ) -> None:
-    headers = ["NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED", "COMMAND"]
+    """``state``: the run columns (ACTIVE, LAST RUN, NEXT RUN) of each job, by name."""
+    headers = ["NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED"]
+    if state is not None:
+        headers += ["ACTIVE", "LAST RUN", "NEXT RUN"]
+    headers.append("COMMAND")
     if wide:
         headers += ["TIMEOUT", "RETRIES", "SELECTOR", "LABELS", "DESCRIPTION"]
     rows = []
@@ -120,8 +129,11 @@ def jobs_table(
             j.get("timezone", "UTC"),
             j.get("concurrency", "forbid"),
             "yes" if j.get("suspend") else "no",
-            _command(j),
         ]
+        if state is not None:
+            st = state.get(j["name"]) or JobState()
+            row += [str(st.active), st.last, st.next]
+        row.append(_command(j))
         if wide:
             row += [
                 _seconds(j.get("timeout")),
@@ -131,7 +143,8 @@ def jobs_table(
                 j.get("description") or "-",
             ]
         rows.append(row)
-    print_table(headers, rows, wide=wide, keep=("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED"))
+    keep = ("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED", "ACTIVE", "LAST RUN", "NEXT RUN")
+    print_table(headers, rows, wide=wide, keep=keep)
     for bad in invalid:
         warn(f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}")
 

@@ -5,7 +5,8 @@ Standard library only (used by ``run``, ``kill``, ``get jobs`` and ``apply``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,16 +61,21 @@ def parse_time(value: Any) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+def span(seconds: float) -> str:
+    """``5s``, ``3m``, ``2h``, ``4d`` (kubectl's AGE): whole units, the larger from 2 of them."""
+    whole = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if whole >= 2 * size:
+            return f"{whole // size}{unit}"
+    return f"{whole // 60}m" if whole >= 60 else f"{whole}s"
+
+
 def age(value: Any, now: datetime | None = None) -> str:
-    """``5s``, ``3m``, ``2h``, ``4d`` since ``value`` (kubectl's AGE); ``-`` if unknown."""
+    """How long ago ``value`` (an ISO time) was; ``-`` if unknown."""
     t = parse_time(value)
     if t is None:
         return "-"
-    seconds = max(0, int(((now or datetime.now(UTC)) - t).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * (2 if unit != "m" else 1):
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return span(((now or datetime.now(UTC)) - t).total_seconds())
 
 
 def ending(run: Mapping[str, Any]) -> str:
@@ -83,3 +89,36 @@ def ending(run: Mapping[str, Any]) -> str:
         how = ""
     message = str(run.get("message") or "")
     return "; ".join(x for x in (how, message) if x)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The run columns of ``get jobs``."""
+
+    active: int | str = "-"
+    last: str = "-"
+    next: str = "-"
+
+
+def job_state(
+    runs: Sequence[Mapping[str, Any]],
+    next_at: datetime | None,
+    now: datetime,
+    *,
+    wide: bool = False,
+) -> JobState:
+    """ACTIVE: running records among ``runs`` (the newest of the job); LAST RUN: the
+    newest record's status and age; NEXT RUN: in how long (``wide``: the UTC time)."""
+    active = sum(1 for r in runs if r.get("status") == "running")
+    last = "-"
+    if runs:
+        newest = runs[0]
+        when = newest.get("end") or newest.get("start") or newest.get("tick")
+        last = f"{newest.get('status', '?')} {age(when, now)} ago"
+    nxt = "-"
+    if next_at is not None:
+        if wide:
+            nxt = next_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        else:
+            nxt = f"in {span((next_at - now).total_seconds())}"
+    return JobState(active, last, nxt)

@@ -111,3 +111,44 @@ async def test_kill_says_what_it_killed_or_that_nothing_was_running(w1: Master) 
     assert r.code == 0, (r.out, r.err)
     assert r.out.strip() == f"killed {run_id} on w1", r.out
     assert (await record(w1, "long", run_id)).status == "killed"
+
+
+def row(out: str, name: str) -> str:
+    found = [ln for ln in out.splitlines() if ln.split()[:1] == [name]]
+    assert len(found) == 1, (name, out)
+    return found[0]
+
+
+async def test_get_jobs_shows_active_last_and_next_run_and_flags_no_eligible_worker(
+    w1: Master,
+) -> None:
+    assert (await run(w1, "run", "ok", "--wait")).code == 0
+    r = await run(w1, "run", "long")
+    assert r.code == 0, r.err
+    try:
+        r = await run(w1, "get", "jobs")
+        assert r.code == 0, r.err
+        header = r.out.splitlines()[0]
+        assert re.search(r"SUSPENDED\s+ACTIVE\s+LAST RUN\s+NEXT RUN\s+COMMAND$", header), header
+        assert re.search(r"\sno\s+0\s+succeeded \d+s ago\s+in \d+d\s+echo hello$", row(r.out, "ok"))
+        assert re.search(r"\sno\s+1\s+running \d+s ago\s+in \d+d\s+sleep 60$", row(r.out, "long"))
+        assert re.search(r"\sno\s+0\s+-\s+in \d+d\s+echo never$", row(r.out, "elsewhere"))
+        assert r.err.strip() == (
+            "warning: job elsewhere: no eligible worker: its selector (zone=b) matches no "
+            "live worker's labels; its ticks are recorded missed"
+        ), r.err
+
+        r = await run(w1, "get", "jobs", "-o", "json")  # specs only: it applies again
+        assert r.code == 0 and "ACTIVE" not in r.out and "running" not in r.out, r.out
+    finally:
+        assert (await run(w1, "kill", "long")).code == 0
+
+
+async def test_apply_warns_about_a_selector_no_live_worker_matches(
+    w1: Master, tmp_path: Path
+) -> None:
+    r = await run(w1, "apply", "-f", str(write(tmp_path, JOBS)))
+    assert r.code == 0, r.err
+    assert "4 unchanged" in r.out, r.out
+    assert "warning: job elsewhere: no eligible worker" in r.err, r.err
+    assert "job ok" not in r.err
