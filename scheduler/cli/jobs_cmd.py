@@ -6,6 +6,7 @@ commands (see :mod:`scheduler.cli.common`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,10 +40,19 @@ def load_jobs(path: Path) -> list[JobSpec]:
         raise InvalidInput(f"{n} problem{'s' if n != 1 else ''} in {path}:\n{lines}") from exc
 
 
-def _wire(spec: JobSpec) -> dict[str, Any]:
+def _wire(spec: JobSpec, suspended: Collection[str] = ()) -> dict[str, Any]:
+    """The spec to send. ``suspend`` is the file's only when the file sets it:
+    otherwise a job in ``suspended`` (suspended on the server) stays suspended."""
     data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
     data["name"] = spec.name
+    if "suspend" not in spec.model_fields_set and spec.name in suspended:
+        data["suspend"] = True
     return data
+
+
+def _suspended(api: ApiClient) -> set[str]:
+    """The jobs suspended on the server now (``suspend`` is kept unless the file sets it)."""
+    return {j["name"] for j in api.list_jobs()["jobs"] if j.get("suspend")}
 
 
 def register(app: typer.Typer, get_app: typer.Typer, delete_app: typer.Typer) -> None:
@@ -81,14 +91,15 @@ def apply(
 
     jobs = load_jobs(file)
     with globals_of(ctx).client() as api:
-        plan = api.apply([_wire(j) for j in jobs], prune=prune, dry_run=dry_run)
+        suspended = _suspended(api)
+        plan = api.apply([_wire(j, suspended) for j in jobs], prune=prune, dry_run=dry_run)
         render.plan_lines(plan)
         if any(j.selector for j in jobs):
             try:
                 live = api.workers()["workers"]
             except CliError:
                 return  # advice only: the apply itself is done
-            _warn_ineligible([_wire(j) for j in jobs], live)
+            _warn_ineligible([_wire(j, suspended) for j in jobs], live)
 
 
 def diff(
@@ -118,12 +129,14 @@ def _diff(ctx: typer.Context, file: Path, prune: bool) -> bool:
     jobs = {j.name: j for j in load_jobs(file)}
     details: dict[str, list[str]] = {}
     with globals_of(ctx).client() as api:
-        plan = api.apply([_wire(j) for j in jobs.values()], prune=prune, dry_run=True)
+        suspended = _suspended(api)
+        wire = {name: _wire(j, suspended) for name, j in jobs.items()}
+        plan = api.apply(list(wire.values()), prune=prune, dry_run=True)
         for name in plan.get("update", []):
             old = render.compact_spec(api.get_job(name)["spec"])
-            new = render.compact_spec(jobs[name].model_dump(mode="json"))
+            new = render.compact_spec(wire[name])
             details[name] = [
-                f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+                f"{key}: {render.yamlish(old.get(key))} -> {render.yamlish(new.get(key))}"
                 for key in sorted(old.keys() | new.keys())
                 if old.get(key) != new.get(key)
             ]

@@ -66,9 +66,35 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+DURATIONS = ("timeout", "retry_backoff", "starting_deadline", "keep_for")
+"""Spec fields the API returns as float seconds (stored so; written as ``10m``)."""
+
+
 def compact_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A spec without null and default-valued fields (what a person would write)."""
-    return {k: v for k, v in spec.items() if v is not None and _DEFAULTS.get(k, ...) != v}
+    """A spec without null and default-valued fields (what a person would write),
+    durations as written in a jobs file (``10m``, not ``600.0``). For output only:
+    the result applies again to the same spec."""
+    out = {k: v for k, v in spec.items() if v is not None and _DEFAULTS.get(k, ...) != v}
+    for key in DURATIONS:
+        if isinstance(out.get(key), int | float) and not isinstance(out[key], bool):
+            out[key] = format_duration(float(out[key]))
+    return out
+
+
+def yamlish(value: Any) -> str:
+    """A value as a jobs file writes it: ``true``, ``10m``, ``["a", "b"]``, ``{zone: a}``;
+    ``(not set)`` for a missing field."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yamlish(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and (not value or value != value.strip() or "\n" in value):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def emit(data: Any, fmt: str) -> None:
