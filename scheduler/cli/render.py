@@ -236,33 +236,39 @@ def _duration(run: dict[str, Any]) -> str:
 
 
 def runs_table(runs: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
-    headers = ["RUN ID", "STATUS", "TICK", "WORKER", "DURATION", "EXIT", "TOKEN"]
-    if wide:
-        headers += ["START", "END", "ATTEMPT", "MANUAL", "MESSAGE"]
+    """REASON: the record's message for a run that did not succeed (skipped, missed,
+    failed, ...); ``-o wide`` has every message (MESSAGE) instead, and END, MANUAL."""
+    headers = ["RUN ID", "STATUS", "TICK", "START", "WORKER", "DURATION", "EXIT", "ATTEMPT"]
+    headers += ["TOKEN", "END", "MANUAL", "MESSAGE"] if wide else ["TOKEN", "REASON"]
     rows = []
     for r in runs:
         exit_code = r.get("exit_code")
         if exit_code is None and r.get("signal"):
             exit_code = f"signal {r['signal']}"
+        status = str(r.get("status", "?"))
         row = [
             r["run_id"],
-            str(r.get("status", "?")),
+            status,
             _when(r.get("tick")),
+            _when(r.get("start")),
             str(r.get("worker") or "-"),
             _duration(r),
             "-" if exit_code is None else str(exit_code),
+            str(r.get("attempt", 1)),
             str(r.get("fencing_token") or "-"),
         ]
         if wide:
             row += [
-                _when(r.get("start")),
                 _when(r.get("end")),
-                str(r.get("attempt", 1)),
                 "yes" if r.get("manual") else "no",
                 str(r.get("message") or "-"),
             ]
+        else:
+            ok = status in ("succeeded", "running")
+            row.append("-" if ok else str(r.get("message") or "-"))
         rows.append(row)
-    print_table(headers, rows, wide=wide, keep=("RUN ID", "STATUS", "DURATION", "EXIT", "TOKEN"))
+    keep = ("RUN ID", "STATUS", "DURATION", "EXIT", "TOKEN")
+    print_table(headers, rows, wide=wide, keep=keep)
 
 
 def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> None:

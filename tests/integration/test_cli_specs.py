@@ -72,3 +72,39 @@ async def test_apply_keeps_a_suspend_the_file_does_not_set(m: Master, tmp_path: 
     r = await run(m, "apply", "-f", str(explicit))
     assert r.code == 0 and "1 update" in r.out, (r.out, r.err)
     assert "suspend" not in json.loads((await m.jobs_in_etcd())["backup"])  # resumed
+
+
+async def test_history_shows_start_attempt_and_why_a_run_did_not_run(
+    m: Master, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from scheduler.runs import RunRecord, RunStatus
+
+    assert (await run(m, "apply", "-f", str(write(tmp_path, JOB)))).code == 0
+    tick = datetime(2026, 1, 1, 3, tzinfo=UTC)
+    records = [
+        RunRecord(job="backup", run_id="20260101T030000Z-aaaaaa", tick=tick, worker="w1",
+                  status=RunStatus.FAILED, attempt=2, start=tick, end=tick, exit_code=1,
+                  message="exit status 1"),
+        RunRecord(job="backup", run_id="20260102T030000Z-bbbbbb", tick=tick, worker="w1",
+                  status=RunStatus.MISSED, message="no eligible worker: no live worker has "
+                  "the labels of its selector (zone=b)"),
+    ]  # fmt: skip
+    for rec in records:
+        await m.etcd.put(m.ks.run("backup", rec.run_id), rec.to_json())
+
+    r = await run(m, "history", "backup")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert lines[0].split() == [
+        "RUN", "ID", "STATUS", "TICK", "START", "WORKER", "DURATION", "EXIT", "ATTEMPT", "TOKEN",
+        "REASON",
+    ], lines[0]  # fmt: skip
+    missed = next(ln for ln in lines if "bbbbbb" in ln)
+    assert missed.endswith(
+        "no eligible worker: no live worker has the labels of its selector (zone=b)"
+    )
+    failed = next(ln for ln in lines if "aaaaaa" in ln)
+    assert " 2026-01-01 03:00:00Z  w1 " in failed and failed.endswith("  exit status 1"), failed
+    assert failed.split()[9] == "2", failed  # ATTEMPT
