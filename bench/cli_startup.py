@@ -4,7 +4,7 @@ Starts its own etcd (free loopback ports, data under ``/tmp/etcron-bench-*``)
 and one ``etcron master`` with a few jobs, then runs each command ``--runs``
 times (default 10) as a subprocess, stdout a pipe, and prints the median, min
 and max in milliseconds. ``python -c pass`` (the same interpreter) is the floor.
-The master and etcd are stopped by pid at the end.
+The master and etcd are stopped by pid at the end, and the directory removed.
 
 ``--tree DIR`` puts ``DIR`` first on ``PYTHONPATH`` of the timed commands and
 of the master (before any ``PYTHONPATH`` already set), so one console script
@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -154,6 +155,7 @@ def main() -> None:
                 master.kill()
                 master.wait(10)
             log.close()
+    shutil.rmtree(base, ignore_errors=True)
     machine = {
         "nproc": os.cpu_count(),
         "cpu": _cpu_model(),
