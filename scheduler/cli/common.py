@@ -19,7 +19,7 @@ import typer
 from scheduler.cli.errors import InvalidInput
 from scheduler.cli.target import Globals
 
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 """The job name rule of :data:`scheduler.model.NAME_RE` (a unit test keeps them equal)."""
 
 
