@@ -79,12 +79,25 @@ echo; "$ETCRON" get jobs
 echo; echo "== workers"; "$ETCRON" workers
 
 show() {
-  echo; echo "== $(date -u +%H:%M:%S) recent runs of 'hello'"
-  "$ETCRON" history hello -n 5 || true
-  echo "-- output of its latest run:"
-  "$ETCRON" logs hello 2>/dev/null || "$ETCRON" history hello -n 1 -o json | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print(r[0].get("output_tail","") if r else "")' || true
+  echo; echo "== $(date -u +%H:%M:%S) jobs, their last and next runs"
+  "$ETCRON" get jobs || true
+  for job in hello disk-report; do
+    echo "-- latest runs of '$job':"
+    "$ETCRON" history "$job" -n 3 || true
+  done
+  echo "-- output of the latest run of 'hello':"
+  "$ETCRON" logs hello 2>/dev/null || true
 }
-echo; echo "State, logs and the API token are in $RUN. Try: ETCRON_SERVER=$ETCRON_SERVER ETCRON_TOKEN=\$(cat run/token) .venv/bin/etcron get jobs"
+rel=${RUN#"$ROOT"/}
+cat <<TRY
+
+State, logs and the API token are in $RUN. In another terminal, from $ROOT:
+
+  export ETCRON_SERVER=$ETCRON_SERVER ETCRON_TOKEN=\$(cat $rel/token) PATH=\$PWD/.venv/bin:\$PATH
+  etcron get jobs
+  etcron logs -f hello --all-runs
+
+TRY
 start=$SECONDS
 while :; do
   # a background sleep and wait: a signal is handled at once, not after the sleep

@@ -42,7 +42,7 @@ def test_demo_stops_on_sigterm_and_refuses_a_second_demo(tmp_path: Path) -> None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     try:
-        wait_until(lambda: any("recent runs of" in line for line in lines), timeout=90)
+        wait_until(lambda: any("their last and next runs" in line for line in lines), timeout=90)
         second = subprocess.run(
             ["bash", "deploy/local-cluster.sh"],
             cwd=REPO,
@@ -65,7 +65,10 @@ def test_demo_stops_on_sigterm_and_refuses_a_second_demo(tmp_path: Path) -> None
         proc.stdout.close()
     text = "".join(lines)
     assert code == 143, text[-2000:]
+    # the lines to paste into a second terminal, as the README shows them
+    assert f"export ETCRON_SERVER=http://127.0.0.1:{env['API_PORT']} ETCRON_TOKEN=" in text
+    assert "etcron logs -f hello --all-runs" in text
     after = text[text.index("stopping the local cluster") :]
     assert "== stopped" in after
     assert "cannot reach" not in after and "Traceback" not in after
-    assert "recent runs of" not in after, "the loop went on after the signal"
+    assert "their last and next runs" not in after, "the loop went on after the signal"
