@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -59,6 +60,7 @@ class Housekeeper:
         *,
         identity: str,
         clock: Clock | None = None,
+        on_sweep: Callable[[SweepReport | None, float], None] | None = None,
     ) -> None:
         self.client = client
         self.ks = ks
@@ -67,6 +69,8 @@ class Housekeeper:
         self.clock = clock or Clock()
         self.is_leader = asyncio.Event()
         self._last_compact = 0.0
+        self.on_sweep = on_sweep
+        """Told (report, seconds) after each sweep, (None, seconds) when one failed."""
 
     async def run(self) -> None:
         """Campaign, and sweep while leader; forever (cancel to stop)."""
@@ -98,11 +102,22 @@ class Housekeeper:
             self.is_leader.set()
             log.info("housekeeping: leader", master=self.identity)
             while not session.lost.is_set():
-                await self.sweep()
+                await self._sweep_told()
                 await self.maybe_compact()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.housekeeping_interval):
                         await session.lost.wait()
+
+    async def _sweep_told(self) -> None:
+        started = self.clock.monotonic()
+        try:
+            report = await self.sweep()
+        except EtcdError:
+            if self.on_sweep is not None:
+                self.on_sweep(None, self.clock.monotonic() - started)
+            raise
+        if self.on_sweep is not None:
+            self.on_sweep(report, self.clock.monotonic() - started)
 
     async def maybe_compact(self) -> int | None:
         now = self.clock.monotonic()
