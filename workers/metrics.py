@@ -72,7 +72,6 @@ class WorkerMetrics:
         self.missed_ticks: Tally[tuple[str, str]] = Tally()
         self.skipped_ticks: Tally[tuple[str, str]] = Tally()
         self.output_bytes = 0
-        self._started: dict[str, float] = {}
         self.registry.register(_State(self))
 
     def render(self) -> bytes:
@@ -82,14 +81,13 @@ class WorkerMetrics:
 
     def run_started(self, h: RunHandle) -> None:
         """A scheduled run's child is about to be exec'd (at its tick)."""
-        now = self.worker.clock.time()
-        self._started[h.run_id] = now
+        h.exec_at = now = self.worker.clock.time()
         self.start_lag.observe(max(0.0, now - h.record.tick.timestamp()))
 
     def run_ended(self, h: RunHandle) -> None:
         """A run's final record was written (or given up on)."""
         rec = h.record
-        started = self._started.pop(h.run_id, None)
+        started = h.exec_at
         if started is None and rec.start is not None and h.child is not None and h.child.started:
             started = rec.start.timestamp()  # a manual run: started when claimed
         if started is not None and rec.end is not None:

@@ -73,6 +73,8 @@ class RunHandle:
     child: Child | None = None
     stop_reason: StopReason | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    exec_at: float | None = None
+    """Cluster time (seconds) of the first exec at the tick (``RunObserver.run_started``)."""
 
     @property
     def run_id(self) -> str:
