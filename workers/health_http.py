@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable
 
 import structlog
@@ -65,8 +66,9 @@ class HealthServer:
                 self._serve, self.host, self.port, limit=MAX_HEAD, backlog=64
             )
         except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError(
-                f"worker.listen {self.host}:{self.port}: cannot listen: {exc.strerror or exc}; "
+                f"worker.listen {self.host}:{self.port}: cannot listen: {why}; "
                 "set worker.listen to a free host:port, or off"
             ) from exc
         self.port = self._server.sockets[0].getsockname()[1]

@@ -236,8 +236,12 @@ async def test_a_busy_worker_listen_port_is_a_config_error(
         taken.listen()
         port = taken.getsockname()[1]
         w = Worker(make_config(etcd_endpoints, prefix, "busy", listen=f"127.0.0.1:{port}"))
-        with pytest.raises(ConfigError, match=f"worker.listen 127.0.0.1:{port}: cannot listen"):
+        with pytest.raises(ConfigError) as err:
             await w.start(timeout=10)
+        assert str(err.value) == (
+            f"worker.listen 127.0.0.1:{port}: cannot listen: Address already in use; "
+            "set worker.listen to a free host:port, or off"
+        )
     off = Worker(make_config(etcd_endpoints, prefix, "off", listen="off"))
     await off.start(timeout=20)
     try:
