@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scheduler.durations import parse_duration, parse_size
+from scheduler.limits import MAX_OUTPUT_LIMIT, MAX_SPEC_BYTES
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -105,8 +106,16 @@ class MasterConfig(_Section):
     compact_keep_revisions: int = 10000
     metrics_token: str | None = None
     """Bearer token for ``GET /metrics``; None: ``/metrics`` needs no token."""
-    etcd_quota: Size | None = None
-    """etcd's ``--quota-backend-bytes``, exported as ``etcron_etcd_quota_bytes``."""
+    etcd_quota_bytes: Size = 2 * 1024**3
+    """etcd's ``--quota-backend-bytes`` (2 GiB unless etcd was started otherwise)."""
+    output_budget_bytes: Size = 512 * 1024**2
+    """Run output kept in etcd, all jobs together; the oldest runs' output goes first."""
+    recover_nospace: bool = True
+    """On a NOSPACE alarm the leader frees space, compacts, defragments and disarms."""
+    max_spec_bytes: Annotated[int, BeforeValidator(parse_size), Field(gt=0, le=1024 * 1024)] = (
+        MAX_SPEC_BYTES
+    )
+    """Largest job spec (compact JSON) the API accepts; etcd refuses requests over 1.5 MiB."""
 
     def resolved_token(self) -> str | None:
         if self.token_file is not None:
@@ -130,6 +139,8 @@ class WorkerConfig(_Section):
     clock_offset: SignedDuration = 0.0
     allow_run_as: bool = False
     output_limit: Size = 1024 * 1024
+    max_output_limit: Annotated[int, BeforeValidator(parse_size), Field(gt=0)] = MAX_OUTPUT_LIMIT
+    """Output kept per run is at most this, whatever a job's ``output_limit`` asks for."""
     output_flush_interval: Duration = 0.5
     output_chunk_size: Size = 64 * 1024
     output_tail: Size = 4096

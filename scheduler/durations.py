@@ -5,19 +5,25 @@ Durations
     seconds (``"30"``) or one or more ``<number><unit>`` parts written without
     spaces, largest first or not, e.g. ``"1h30m"``, ``"1.5s"``, ``"500ms"``.
     Units: ``ms``, ``s``, ``m`` (minutes), ``h``, ``d`` (24 h), ``w`` (7 d).
-    Negative, empty, non-finite and unparseable values raise :class:`ValueError`.
+    Negative, empty, non-finite (also by overflow: ``"1e400s"`` is not a
+    duration, ``"9...9s"`` with 400 nines is too large) and unparseable values
+    raise :class:`ValueError`, whose message quotes at most 64 characters.
 
 Sizes
     An integer is bytes. A string is ``<number>[unit]``: ``B``; decimal ``KB``,
     ``MB``, ``GB`` (1000-based, also ``K``, ``M``, ``G``); binary ``KiB``,
     ``MiB``, ``GiB`` (1024-based). Case-insensitive; the result is rounded down
-    to whole bytes.
+    to whole bytes. Sizes of 2**63 bytes or more are refused (no float overflow
+    on the way: ``"9" * 400 + "MiB"`` is a clear :class:`ValueError`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
+
+from scheduler.limits import quote
 
 __all__ = ["format_duration", "parse_duration", "parse_size"]
 
@@ -31,6 +37,7 @@ _SIZES = {
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 _EXPECTED = "expected a duration like 30s, 5m, 2h, 1h30m or 500ms"
 _EXPECTED_SIZE = "expected a size like 100, 512KiB, 1MiB or 10MB"
+_MAX_SIZE = 2**63  # exclusive; no size of interest comes near it
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -40,24 +47,29 @@ def parse_duration(value: str | int | float) -> float:
     (5400.0, 0.5, 5.0)
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{_EXPECTED} (got {value!r})")
+        raise ValueError(f"{_EXPECTED} (got {quote(value)})")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{_EXPECTED}, not negative or infinite (got {value!r})")
-        return float(value)
+        try:
+            seconds = float(value)  # an int too large for a float overflows here
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"{_EXPECTED}, not negative or infinite (got {quote(value)})")
+        return seconds
     text = value.strip().lower()
     if text.startswith("-"):
-        raise ValueError(f"{_EXPECTED}, not negative (got {value!r})")
+        raise ValueError(f"{_EXPECTED}, not negative (got {quote(value)})")
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for m in _PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"{_EXPECTED} (got {value!r})")
+        total = float(text)
+    else:
+        pos, total = 0, 0.0
+        while m := _PART.match(text, pos):  # anchored: linear, also on long junk
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ValueError(f"{_EXPECTED} (got {quote(value)})")
+    if not math.isfinite(total):
+        raise ValueError(f"{_EXPECTED}; {quote(value)} is too large")
     return total
 
 
@@ -98,12 +110,17 @@ def parse_size(value: str | int) -> int:
     (1048576, 10000000, 100)
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{_EXPECTED_SIZE} (got {value!r})")
+        raise ValueError(f"{_EXPECTED_SIZE} (got {quote(value)})")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"{_EXPECTED_SIZE}, not negative (got {value})")
-        return value
-    m = _SIZE_RE.fullmatch(value.strip().lower())
-    if not m or m.group(2) not in _SIZES:
-        raise ValueError(f"{_EXPECTED_SIZE} (got {value!r})")
-    return int(float(m.group(1)) * _SIZES[m.group(2)])
+            raise ValueError(f"{_EXPECTED_SIZE}, not negative (got {quote(value)})")
+        size = value
+    else:
+        m = _SIZE_RE.fullmatch(value.strip().lower())
+        if not m or m.group(2) not in _SIZES:
+            raise ValueError(f"{_EXPECTED_SIZE} (got {quote(value)})")
+        exact = Decimal(m.group(1)) * _SIZES[m.group(2)]  # exact: no float overflow
+        size = int(exact) if exact < _MAX_SIZE else _MAX_SIZE
+    if size >= _MAX_SIZE:
+        raise ValueError(f"{_EXPECTED_SIZE}; {quote(value)} is too large")
+    return size

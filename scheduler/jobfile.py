@@ -15,6 +15,13 @@ Rules:
 - Job names are unique across everything loaded.
 - A file over 1 MiB is refused before it is parsed; a file or input without
   any job is an error ("no jobs found"); content must be UTF-8.
+- Memory and time stay proportional to the file: before a job is built, what
+  its aliases expand to is charged to the file's budget
+  (:mod:`scheduler.yamlbound`: 10 times the file's size, at least 8 MiB;
+  nesting at most 32 levels). Once it is spent, the problem is reported at the
+  field where it ran out and no further job of that file is built.
+- A value YAML cannot build (a timestamp like ``2001-13-45``, an integer of
+  thousands of digits) is a problem on its field, never a traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from scheduler.limits import QUOTE_CHARS, quote
 from scheduler.model import JobSpec, validation_messages
+from scheduler.yamlbound import ExpansionBudget
 
 # libyaml's parser when installed (about 4x faster here); nodes and marks are the same
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -103,6 +112,8 @@ class _Loader:
         self.problems: list[Problem] = []
         self.specs: list[JobSpec] = []
         self.names: dict[str, tuple[str, int]] = {}  # name -> where first defined
+        self.budget = ExpansionBudget(0)  # replaced per file by load_bytes
+        self.spent = False  # the file's alias budget ran out: build no more of its jobs
 
     def add(
         self,
@@ -112,7 +123,9 @@ class _Loader:
         job: str | None = None,
         field: str | None = None,
     ) -> None:
-        self.problems.append(Problem(file, line, job, field, message))
+        # huge input is never echoed whole (keys, names, tags)
+        message = message if len(message) <= 500 else message[:500] + "..."
+        self.problems.append(Problem(file, line, _cut(job), _cut(field), message))
 
     def result(self) -> list[JobSpec]:
         if self.problems:
@@ -148,6 +161,7 @@ class _Loader:
             return
         before = len(self.problems)
         jobs = 0
+        self.budget, self.spent = ExpansionBudget(len(data)), False
         try:
             for doc in yaml.compose_all(text, Loader=_COMPOSER):
                 jobs += self._document(doc, file)
@@ -161,6 +175,8 @@ class _Loader:
             self.add(file, line, msg)
         except yaml.YAMLError as exc:
             self.add(file, None, f"invalid YAML: {exc}")
+        except RecursionError:  # only without libyaml, whose parser stops at 1000 levels
+            self.add(file, None, "invalid YAML: nested too deeply")
         if jobs == 0 and len(self.problems) == before:
             self.add(file, None, "no jobs found (expected a top-level 'jobs:' list)")
         self.problems[before:] = sorted(self.problems[before:], key=lambda p: p.line or 0)
@@ -174,7 +190,7 @@ class _Loader:
             self.add(file, line, f"expected a mapping with a 'jobs:' list (got {_kind(doc)})")
             return 0
         for key_line, key, first_line in _duplicates(doc, set(), deep=False):
-            self.add(file, key_line, f"duplicate key {key!r} (first at line {first_line})")
+            self.add(file, key_line, f"duplicate key {quote(key)} (first at line {first_line})")
         jobs_node: yaml.Node | None = None
         for key, value in doc.value:
             name = key.value if isinstance(key, yaml.ScalarNode) else None
@@ -182,7 +198,7 @@ class _Loader:
                 jobs_node = value
             else:
                 where = key.start_mark.line + 1
-                self.add(file, where, f"unknown top-level key {name!r} (expected only 'jobs')")
+                self.add(file, where, f"unknown top-level key {quote(name)} (expected only 'jobs')")
         if jobs_node is None:
             self.add(file, line, "missing top-level 'jobs:' list")
             return 0
@@ -200,6 +216,8 @@ class _Loader:
     def _job(self, node: yaml.Node, index: int, file: str) -> None:
         line = node.start_mark.line + 1
         label = f"#{index + 1}"
+        if self.spent:
+            return
         if not isinstance(node, yaml.MappingNode):
             self.add(file, line, f"a job must be a mapping of fields (got {_kind(node)})", label)
             return
@@ -223,6 +241,8 @@ class _Loader:
                     duplicate = True
                 else:
                     self.names[label] = (file, name_line)
+        if not self._affordable(node, file, label):
+            return
         for key_line, key, first_line in _duplicates(node, set()):
             self.add(file, key_line, f"duplicate key (first at line {first_line})", label, key)
         constructor = yaml.SafeLoader("")
@@ -244,6 +264,12 @@ class _Loader:
             except yaml.MarkedYAMLError as exc:
                 self.add(file, _mark_line(exc, line), f"{exc.problem or exc}", label, key.value)
                 bad = True
+            except (ValueError, OverflowError) as exc:  # e.g. a timestamp 2001-13-45
+                where = value.start_mark.line + 1
+                text = str(exc)
+                problem = f"cannot read this value: {text[:120]}{'...' * (len(text) > 120)}"
+                self.add(file, where, problem, label, key.value)
+                bad = True
         if bad:
             return
         try:
@@ -255,6 +281,22 @@ class _Loader:
             return
         if not duplicate:
             self.specs.append(spec)
+
+    def _affordable(self, node: yaml.MappingNode, file: str, label: str) -> bool:
+        """Charge each field of a job to the file's alias budget (see module doc)."""
+        for key, value in node.value:
+            for part in (key, value):
+                problem = self.budget.charge(part)
+                if problem is not None:
+                    field = key.value if isinstance(key, yaml.ScalarNode) else None
+                    self.add(file, key.start_mark.line + 1, problem, label, field)
+                    self.spent = self.budget.left < 0
+                    return False
+        return True
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
 
 
 def _mark_line(exc: yaml.MarkedYAMLError, default: int | None) -> int | None:
@@ -269,7 +311,7 @@ def _kind(node: yaml.Node) -> str:
         return "a list"
     if node.tag.endswith(":null"):
         return "nothing"
-    return f"{node.value!r}"
+    return quote(node.value)
 
 
 def _duplicates(

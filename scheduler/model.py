@@ -14,6 +14,13 @@ Rules:
   ``512KiB``, ``1MiB``, ``10MB``.
 - Stored in etcd as compact JSON (:meth:`JobSpec.to_json`): fields in
   declaration order, fields left at their defaults omitted.
+- Limits (:mod:`scheduler.limits`, docs/jobs.md "Limits"): lengths, counts, no
+  NUL byte in any string, ``output_limit`` at most 16 MiB, durations at most a
+  year, the JSON at most 64 KiB (``max_spec_bytes`` in the validation context
+  overrides it). They apply when a spec is written: every validation except
+  :meth:`JobSpec.from_json`, which reads etcd and tolerates specs stored before
+  a limit existed (limits apply on write; reading never rejects a value that
+  the rules of its time accepted).
 """
 
 from __future__ import annotations
@@ -26,29 +33,60 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from scheduler.durations import parse_duration, parse_size
+from scheduler.durations import format_duration, parse_duration, parse_size
+from scheduler.limits import (
+    MAX_ARG_CHARS,
+    MAX_ARGS,
+    MAX_CHARS,
+    MAX_DURATION,
+    MAX_ENV,
+    MAX_ENV_KEY,
+    MAX_ENV_VALUE,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_OUTPUT_LIMIT,
+    MAX_SPEC_BYTES,
+    QUOTE_CHARS,
+    check_count,
+    check_text,
+    format_size,
+    quote,
+)
 from scheduler.schedule import Schedule, validate_timezone
 
 __all__ = [
+    "STORED",
     "Concurrency",
     "JobSpec",
     "spec_fields",
     "validation_messages",
 ]
 
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _COMMAND_OR_SHELL = "command_or_shell"
+STORED = "stored"
+"""Validation context key: true when the spec is read back from etcd (no limits)."""
+
+
+def _writing(info: ValidationInfo) -> bool:
+    """True unless the spec is read back from etcd (limits apply on write only)."""
+    ctx = info.context
+    return not (isinstance(ctx, dict) and ctx.get(STORED))
 
 
 def _duration(value: Any) -> Any:
@@ -59,9 +97,31 @@ def _size(value: Any) -> Any:
     return None if value is None else parse_size(value)
 
 
+def _text(max_chars: int, role: str = "") -> AfterValidator:
+    """A string check: at most ``max_chars`` characters and no NUL byte (when writing)."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        if _writing(info):
+            check_text(f"{info.field_name} {role}".strip(), value, max_chars)
+        return value
+
+    return AfterValidator(check)
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 OptDuration = Annotated[float | None, BeforeValidator(_duration)]
 OptSize = Annotated[int | None, BeforeValidator(_size)]
+Arg = Annotated[str, _text(MAX_ARG_CHARS, "argument")]
+EnvValue = Annotated[str, _text(MAX_ENV_VALUE, "value")]
+LabelValue = Annotated[str, _text(MAX_LABEL_VALUE, "value")]
+
+
+def _chars(field: str) -> AfterValidator:
+    return _text(MAX_CHARS[field])
+
+
+def _seconds_text(seconds: float) -> str:
+    return format_duration(seconds) if seconds < 1e12 else f"{seconds:.3g}s"
 
 
 class Concurrency(StrEnum):
@@ -78,22 +138,22 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    schedule: str
-    timezone: str = "UTC"
-    command: list[str] | None = None
-    shell: str | None = Field(default=None, validate_default=True)
-    env: dict[str, str] = Field(default_factory=dict)
-    workdir: str | None = None
-    user: str | None = None
+    schedule: Annotated[str, _chars("schedule")]
+    timezone: Annotated[str, _chars("timezone")] = "UTC"
+    command: list[Arg] | None = None
+    shell: Annotated[str, _chars("shell")] | None = Field(default=None, validate_default=True)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    workdir: Annotated[str, _chars("workdir")] | None = None
+    user: Annotated[str, _chars("user")] | None = None
     timeout: OptDuration = None
     concurrency: Concurrency = Concurrency.FORBID
     retries: int = Field(default=0, ge=0, le=10)
     retry_backoff: Duration = 10.0
     starting_deadline: OptDuration = None
-    selector: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
+    selector: dict[str, LabelValue] = Field(default_factory=dict)
+    labels: dict[str, LabelValue] = Field(default_factory=dict)
     suspend: bool = False
-    description: str = ""
+    description: Annotated[str, _chars("description")] = ""
     output_limit: OptSize = None
     keep_succeeded: int | None = Field(default=None, ge=0)
     keep_failed: int | None = Field(default=None, ge=0)
@@ -104,21 +164,35 @@ class JobSpec(BaseModel):
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(
-                f"{v!r} is not a valid job name: use 1-63 lowercase letters, digits and '-', "
+                f"{quote(v)} is not a valid job name: use 1-63 lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (no '/', spaces or uppercase)"
             )
         return v
 
     @field_validator("schedule")
     @classmethod
-    def _schedule(cls, v: str) -> str:
-        Schedule.parse(v)  # ScheduleError is a ValueError with the reason
+    def _schedule(cls, v: str, info: ValidationInfo) -> str:
+        every = Schedule.parse(v).every  # ScheduleError is a ValueError with the reason
+        if every is not None and every > MAX_DURATION and _writing(info):
+            raise ValueError(f"@every interval is {_seconds_text(every)}; at most 365d (one year)")
         return v
 
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
         validate_timezone(v)
+        return v
+
+    @field_validator("command", "env", "selector", "labels", mode="before")
+    @classmethod
+    def _counts(cls, v: Any, info: ValidationInfo) -> Any:
+        """Counted before the entries are validated one by one."""
+        if _writing(info):
+            if info.field_name == "command":
+                check_count("command", v, MAX_ARGS, "arguments")
+            else:
+                most = MAX_ENV if info.field_name == "env" else MAX_LABELS
+                check_count(str(info.field_name), v, most, "entries")
         return v
 
     @field_validator("command", mode="before")
@@ -156,13 +230,23 @@ class JobSpec(BaseModel):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+    def _env(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key in v:
+            if _writing(info) and len(key) > MAX_ENV_KEY:
+                check_text(f"env name {quote(key, 20)}", key, MAX_ENV_KEY)
             if not ENV_RE.match(key):
                 raise ValueError(
-                    f"{key!r} is not a valid environment variable name "
+                    f"{quote(key)} is not a valid environment variable name "
                     "(letters, digits and '_', not starting with a digit)"
                 )
+        return v
+
+    @field_validator("selector", "labels")
+    @classmethod
+    def _label_keys(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _writing(info):
+            for key in v:
+                check_text(f"{info.field_name} key {quote(key, 20)}", key, MAX_LABEL_KEY)
         return v
 
     @field_validator("timeout", "starting_deadline", "keep_for", "output_limit")
@@ -170,6 +254,23 @@ class JobSpec(BaseModel):
     def _positive(cls, v: float | None) -> float | None:
         if v is not None and v <= 0:
             raise ValueError("must be greater than 0 (leave it out for no limit)")
+        return v
+
+    @field_validator("timeout", "retry_backoff", "starting_deadline", "keep_for")
+    @classmethod
+    def _at_most_a_year(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v > MAX_DURATION and _writing(info):
+            raise ValueError(f"{info.field_name} is {_seconds_text(v)}; at most 365d (one year)")
+        return v
+
+    @field_validator("output_limit")
+    @classmethod
+    def _output_limit(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v > MAX_OUTPUT_LIMIT and _writing(info):
+            raise ValueError(
+                f"output_limit is {format_size(v)}; at most {format_size(MAX_OUTPUT_LIMIT)} "
+                "(workers also cap it with worker.max_output_limit)"
+            )
         return v
 
     @field_validator("shell")
@@ -191,6 +292,27 @@ class JobSpec(BaseModel):
             )
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _spec_size(
+        cls, data: Any, handler: ModelWrapValidatorHandler[JobSpec], info: ValidationInfo
+    ) -> JobSpec:
+        """The whole spec, as stored, within ``max_spec_bytes`` (context) or the default.
+
+        A spec that is already built (nested in a response model) is not checked
+        again: it may be one read from etcd.
+        """
+        if isinstance(data, JobSpec):
+            return data
+        spec = handler(data)
+        if _writing(info):
+            ctx = info.context if isinstance(info.context, dict) else {}
+            most = int(ctx.get("max_spec_bytes", MAX_SPEC_BYTES))
+            size = len(spec.to_json())
+            if size > most:
+                raise ValueError(f"the job spec is {size} bytes as JSON; at most {most}")
+        return spec
+
     def schedule_obj(self) -> Schedule:
         """The parsed schedule (cached by expression)."""
         return Schedule.parse(self.schedule)
@@ -205,9 +327,13 @@ class JobSpec(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> JobSpec:
-        """Parse :meth:`to_json` output; ValueError naming every problem."""
+        """Parse :meth:`to_json` output (a value read from etcd); ValueError naming every problem.
+
+        The limits of :mod:`scheduler.limits` are not applied: they bound what
+        is written, and a job stored before one existed stays readable.
+        """
         try:
-            return cls.model_validate_json(data)
+            return cls.model_validate_json(data, context={STORED: True})
         except ValidationError as exc:
             msgs = "; ".join(
                 f"{field}: {msg}" if field else msg for field, msg in validation_messages(exc)
@@ -224,7 +350,7 @@ def validation_messages(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
         kind = e["type"]
-        path = ".".join(str(p) for p in e["loc"])
+        path = ".".join(_part(p) for p in e["loc"])
         msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if kind == _COMMAND_OR_SHELL:
             path = "command"
@@ -247,8 +373,16 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 40
 
 
+def _part(loc: str | int) -> str:
+    """One part of an error's location; a long key (huge input) is cut."""
+    text = str(loc)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
+
+
 def _short(value: Any) -> str:
     """A bounded repr: YAML aliases can make huge nested inputs cheaply."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return quote(value, 40)  # repr() refuses ints of more than 4300 digits
     return _REPR.repr(value)
 
 

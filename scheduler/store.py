@@ -14,11 +14,19 @@ Rules this module keeps:
   re-reads and retries on conflict, so two concurrent edits both land.
 - **apply** computes a :class:`Plan` against etcd, then writes every change
   guarded by the mod revision seen by the plan. A plan of at most
-  :data:`BATCH` writes is written in one transaction (all or nothing). Larger
-  plans are written in batches of :data:`BATCH` (etcd's default
-  ``--max-txn-ops`` is 128): each batch is atomic, the whole apply is **not**;
-  a conflict in batch *k* leaves batches before *k* written. Re-running the
-  same apply converges.
+  :data:`BATCH` writes and :data:`BATCH_BYTES` bytes of specs is written in one
+  transaction (all or nothing). Larger plans are written in batches of at most
+  :data:`BATCH` writes (etcd's default ``--max-txn-ops`` is 128) and
+  :data:`BATCH_BYTES` bytes (etcd's default ``--max-request-bytes`` is
+  1.5 MiB): each batch is atomic, the whole apply is **not**; a conflict in
+  batch *k* leaves batches before *k* written. Re-running the same apply
+  converges.
+- **Limits apply on write, reading tolerates older values**: specs are read
+  with :meth:`JobSpec.from_json`, which does not apply the limits of
+  :mod:`scheduler.limits` (spec size, lengths, NUL bytes, ``output_limit`` and
+  duration caps), so a job written before a limit existed is listed, read,
+  suspended and run as before; only a value the model itself rejects is
+  reported as invalid (:class:`CorruptValue` for one job).
 - Kill and manual-run requests are short-lived keys on their own lease
   (:data:`KILL_TTL`, :data:`TRIGGER_TTL` seconds), written only if the job exists.
 - **A kill ends every running run**, also one whose worker is gone: a
@@ -61,6 +69,8 @@ log = structlog.get_logger("etcron.store")
 
 BATCH = 100
 """Most writes per transaction (etcd's default ``--max-txn-ops`` is 128)."""
+BATCH_BYTES = 1024 * 1024
+"""Most bytes of specs per transaction (etcd refuses requests over 1.5 MiB by default)."""
 UPDATE_ATTEMPTS = 8
 """How many times :meth:`JobStore.update_job` re-reads after a conflict."""
 KILL_TTL = 30
@@ -284,8 +294,7 @@ class JobStore:
         if dry_run or not writes:
             plan.applied = not dry_run
             return plan
-        for start in range(0, len(writes), BATCH):
-            batch = writes[start : start + BATCH]
+        for batch in _batches(writes):
             await self._write_batch(batch, done=plan.batches)
             plan.batches += 1
         plan.applied = True
@@ -317,7 +326,7 @@ class JobStore:
             now = seen[0].mod_revision if seen else 0
             if now != c.mod_revision:
                 moved.append(c.name)
-        partial = f"; {done} earlier batch(es) of {BATCH} were already written" if done else ""
+        partial = f"; {done} earlier batch(es) were already written" if done else ""
         raise ConflictError(
             f"job(s) {', '.join(moved) or '?'} changed in etcd since the plan was made; "
             f"nothing in this batch was written{partial}. Run apply again.",
@@ -490,6 +499,20 @@ async def end_orphaned_run(
             return False  # the record moved: whoever wrote it decided
         # only a lock moved (it went with its lease): decide again without it
     return False
+
+
+def _batches(writes: list[Change]) -> list[list[Change]]:
+    """``writes`` in order, cut into runs of at most BATCH writes and BATCH_BYTES bytes."""
+    out: list[list[Change]] = []
+    size = 0
+    for c in writes:
+        n = len(c.spec.to_json()) if c.spec is not None else 0
+        if not out or len(out[-1]) >= BATCH or size + n > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(c)
+        size += n
+    return out
 
 
 def _is_number(v: object) -> bool:

@@ -31,11 +31,12 @@ from scheduler.etcd.client import EtcdUnavailable, KeyValue
 from scheduler.etcd.session import Session
 from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from workers import orphans
 from workers.accounting import UNCLAIMED, record_gap
 from workers.core import WorkerCore
 from workers.executor import OutputSink
 from workers.handover import next_tick
-from workers.output import EtcdOutput, prune_local_logs
+from workers.output import EtcdOutput, prune_local_logs, run_output_limit
 from workers.peers import rank
 from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner, started_record
 
@@ -400,7 +401,11 @@ class Claiming(WorkerCore):
         )
         asked = b""
         while loop.time() < give_up and session.remaining() > 0:
-            token, holder = await acquire(self.client, lock_key, value, session.lease_id)
+            try:
+                token, holder = await acquire(self.client, lock_key, value, session.lease_id)
+            except EtcdUnavailable:
+                await asyncio.sleep(0.5)
+                continue
             if token:
                 return token
             if holder and holder != asked:
@@ -424,8 +429,8 @@ class Claiming(WorkerCore):
                 allow_run_as=self.cfg.allow_run_as,
                 lease_left=self.lease_left,
                 now=self.clock.now,
-                guard_add=self.guard.add,
-                guard_remove=self.guard.remove,
+                guard_add=self._child_started,
+                guard_remove=self._child_ended,
                 sink_factory=self._output_sink,
                 launch=self.launcher.at,
                 next_run=self._next_run,
@@ -433,12 +438,22 @@ class Claiming(WorkerCore):
             )
         self.runs[h.run_id] = h  # (a hand-over registered it already)
         self.stats["started"] += 1
+        orphans.run_started(h.run_id)
         try:
             await self._runner.execute(h, start_at_ms)
         finally:
+            orphans.run_ended(h.run_id)
             self.runs.pop(h.run_id, None)
             if self.cfg.log_dir is not None:
                 prune_local_logs(self.cfg.log_dir / h.job.name, self.cfg.log_file_count)
+
+    def _child_started(self, pid: int) -> None:
+        self.guard.add(pid)
+        orphans.main_started(pid)
+
+    def _child_ended(self, pid: int) -> None:
+        orphans.main_ended(pid)
+        self.guard.remove(pid)
 
     def _next_run(self, h: RunHandle) -> NextRun | None:
         """While commits are slow, the next tick's claim to send with ``h``'s
@@ -497,7 +512,7 @@ class Claiming(WorkerCore):
             self.ks,
             h.job.name,
             h.run_id,
-            limit=h.job.output_limit or cfg.output_limit,
+            limit=run_output_limit(h.job.output_limit, cfg.output_limit, cfg.max_output_limit),
             chunk_size=cfg.output_chunk_size,
             flush_interval=cfg.output_flush_interval,
             tail=cfg.output_tail,

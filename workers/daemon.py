@@ -20,6 +20,7 @@ import structlog
 
 from scheduler import fatal
 from scheduler.config import Config
+from workers import orphans
 from workers.worker import Worker
 
 log = structlog.get_logger("etcron.worker")
@@ -43,6 +44,7 @@ async def serve(config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    orphans.start()  # what a run leaves behind ends with it (workers.orphans)
     try:
         await worker.start(timeout=None)  # a large job table or a slow etcd may take a while
         await worker.wait()

@@ -8,7 +8,9 @@ Rules:
   seconds while it flows, or as soon as ``chunk_size`` bytes are waiting. Chunks
   go to ``output/<job>/<run>/<seq>``; the child is never blocked by etcd (the
   pipes are drained by the executor whatever happens here).
-- The per-run cap ``limit`` keeps the *head* (the first half, shipped live) and
+- The per-run cap ``limit`` (:func:`run_output_limit`: the job's
+  ``output_limit``, else ``worker.output_limit``, and never more than
+  ``worker.max_output_limit``) keeps the *head* (the first half, shipped live) and
   the *tail* (the last half, shipped when the run ends) and writes a marker
   chunk saying how many bytes were omitted between them. Memory is bounded by
   the cap, however much the child prints.
@@ -43,6 +45,11 @@ from workers.executor import OutputSink
 log = structlog.get_logger("etcron.output")
 
 Segment = tuple[str, float, bytes]
+
+
+def run_output_limit(job_limit: int | None, default: int, most: int) -> int:
+    """The output cap of one run: the job's own limit or the worker default, at most ``most``."""
+    return min(job_limit or default, most)
 
 
 def decode(data: bytes) -> str:

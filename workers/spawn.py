@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -98,6 +99,13 @@ def spawn(
                 setsigdef=_DEFAULT_SIGNALS,
             )
         else:
+            gid: int | None = None
+            extra: list[int] | None = None
+            if user is not None:
+                # the user's own group and supplementary groups, never the worker's
+                # (root's gid 0 would stay otherwise)
+                pw = pwd.getpwnam(user)
+                gid, extra = pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -107,6 +115,8 @@ def spawn(
                 cwd=cwd,
                 user=user,
                 start_new_session=True,
+                group=gid,
+                extra_groups=extra,
             )
             pid = popen.pid
     except BaseException:

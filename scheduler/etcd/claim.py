@@ -294,13 +294,17 @@ async def release(
 
 
 async def acquire(
-    client: EtcdClient, lock_key: str, value: bytes, lease: int
+    client: EtcdClient, lock_key: str, value: bytes, lease: int, *, deadline: float = 10.0
 ) -> tuple[int, bytes | None]:
     """Take a free lock (for ``replace`` after the old run is gone).
 
     Returns (token, None) when taken, or (0, holder value) when it is held.
     Idempotent for the same ``value`` (an earlier lost reply is recognised).
+    Raises :class:`EtcdUnavailable` when etcd gave no definite answer within
+    ``deadline`` seconds.
     """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
     while True:
         try:
             res = await client.txn_once(
@@ -309,6 +313,8 @@ async def acquire(
                 [op_get(lock_key)],
             )
         except EtcdAmbiguous:
+            if loop.time() > give_up:
+                raise
             await asyncio.sleep(0.1)
             continue
         if res.succeeded:
@@ -318,6 +324,8 @@ async def acquire(
             return lock[0].mod_revision, None
         if lock:
             return 0, lock[0].value
+        if loop.time() > give_up:
+            raise EtcdUnavailable("acquire: the lock came and went until the deadline")
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ from etcd3aio._protobuf import RequestOp, TxnRequest
 from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
-from etcd3aio.maintenance import MaintenanceService
+from etcd3aio.maintenance import AlarmType, MaintenanceService
 
 from scheduler.config import EtcdConfig
 
@@ -90,6 +90,17 @@ class EtcdAmbiguous(EtcdUnavailable):
 
 class EtcdAuthError(EtcdError):
     """Authentication failed or the user lacks a permission."""
+
+
+class EtcdNoSpace(EtcdUnavailable):
+    """etcd refuses writes: its database reached its quota (the NOSPACE alarm)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: etcd is out of space (NOSPACE alarm: the database reached its quota, "
+            "--quota-backend-bytes); writes are refused until old data is deleted, the "
+            "history compacted and defragmented, and the alarm disarmed (docs/operations.md)"
+        )
 
 
 class EtcdTooLarge(EtcdError):
@@ -187,6 +198,8 @@ def _map_error(exc: BaseException, what: str) -> EtcdError:
             return EtcdAuthError(f"{what}: {details}")
         if code == grpc.StatusCode.OUT_OF_RANGE:
             return EtcdCompacted(0)
+        if "database space exceeded" in details:
+            return EtcdNoSpace(what)  # a definite refusal, not a member failure
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
             # our own receive limit, not the member's health: never a reason to fail over
             return EtcdTooLarge(f"{what}: {details}")
@@ -602,7 +615,7 @@ class EtcdClient:
                 err = _map_error(exc, what)
                 if scope.aborted:
                     err = EtcdUnavailable(f"{what}: {scope.aborted}")
-                if not isinstance(err, EtcdUnavailable):
+                if not isinstance(err, EtcdUnavailable) or isinstance(err, EtcdNoSpace):
                     raise err from exc
                 if not scope.aborted:
                     self.stalled(m)
@@ -760,6 +773,31 @@ class EtcdClient:
             "member": int(resp.header.member_id),
         }
 
+    async def alarms(self) -> list[str]:
+        """The cluster's active alarms by name (``NOSPACE``, ``CORRUPT``), one per member."""
+        resp = await self._call("alarms", lambda m, t: m.maintenance.alarms(timeout=t))
+        names = {0: "NONE", 1: "NOSPACE", 2: "CORRUPT"}
+        return [names.get(int(a.alarm), str(a.alarm)) for a in resp.alarms]
+
+    async def disarm(self) -> int:
+        """Deactivate every active alarm (each is a member and a type, as ``etcdctl
+        alarm disarm`` does); returns how many."""
+        resp = await self._call("alarms", lambda m, t: m.maintenance.alarms(timeout=t))
+        for a in resp.alarms:
+            call = functools.partial(_deactivate, int(a.alarm), int(a.memberID))
+            await self._call("disarm", call)
+        return len(resp.alarms)
+
+    async def defragment_all(self, *, timeout: float = 60.0) -> int:
+        """Defragment every member, one at a time (each blocks its member while it
+        runs); returns how many answered."""
+        done = 0
+        for m in self._members:
+            with contextlib.suppress(Exception):
+                await m.maintenance.defragment(timeout=timeout)
+                done += 1
+        return done
+
     # leases ---------------------------------------------------------------
 
     async def grant(self, ttl: int) -> tuple[int, int]:
@@ -785,6 +823,12 @@ class EtcdClient:
         """Remaining TTL in seconds, -1 when the lease does not exist."""
         resp = await self._call("lease ttl", lambda m, t: m.lease.time_to_live(lease_id, timeout=t))
         return int(resp.TTL)
+
+
+async def _deactivate(kind: int, member_id: int, m: Member, timeout: float) -> Any:
+    return await m.maintenance.alarm_deactivate(
+        AlarmType(kind), member_id=member_id, timeout=timeout
+    )
 
 
 async def _page(

@@ -6,7 +6,9 @@ Rules:
   the token is compared in constant time (:func:`hmac.compare_digest`). A
   missing or wrong token is answered 401 before anything is read or written.
 - Job specs are validated here, all of them before any write: a bad spec is a
-  422 whose ``problems`` name the job and the field; nothing is written.
+  422 whose ``problems`` name the job and the field; nothing is written. The
+  limits of :mod:`scheduler.limits` apply, with the spec size bounded by
+  ``max_spec_bytes`` (``master.max_spec_bytes``).
 - ``If-Match: <mod_revision>`` on PUT/DELETE makes the write a compare-and-swap
   (``0`` = must not exist); a mismatch is 409. Responses carry the job's mod
   revision in ``ETag``.
@@ -27,7 +29,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scheduler import __version__
-from scheduler.etcd.client import EtcdError
+from scheduler.etcd.client import EtcdAuthError, EtcdError
+from scheduler.limits import MAX_SPEC_BYTES
 from scheduler.master.logs_api import add_output_routes
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
@@ -53,11 +56,20 @@ class ErrorOut(BaseModel):
     problems: list[Problem] = []
 
 
+async def _alarms(store: JobStore) -> list[str]:
+    """etcd's active alarms; [] when the master's etcd user may not read them."""
+    try:
+        return sorted(set(await store.client.alarms()))
+    except EtcdAuthError:
+        return []
+
+
 class HealthOut(BaseModel):
     status: str
     etcd_revision: int | None = None
     version: str = __version__
     error: str | None = None
+    alarms: list[str] = []
 
 
 class InvalidJobOut(BaseModel):
@@ -151,8 +163,9 @@ def _label(raw: Any, index: int | None) -> str:
     return f"#{index + 1}" if index is not None else "?"
 
 
-def parse_specs(raws: list[Any]) -> list[JobSpec]:
+def parse_specs(raws: list[Any], max_spec_bytes: int = MAX_SPEC_BYTES) -> list[JobSpec]:
     """Validate every raw spec; raise :class:`SpecError` listing all problems."""
+    context = {"max_spec_bytes": max_spec_bytes}
     problems: list[Problem] = []
     specs: list[JobSpec] = []
     for i, raw in enumerate(raws):
@@ -161,7 +174,7 @@ def parse_specs(raws: list[Any]) -> list[JobSpec]:
             problems.append(Problem(job=job, message="a job must be a JSON object"))
             continue
         try:
-            specs.append(JobSpec.model_validate(raw))
+            specs.append(JobSpec.model_validate(raw, context=context))
         except ValidationError as exc:
             for field, msg in validation_messages(exc):
                 problems.append(Problem(job=job, field=field or None, message=msg))
@@ -236,7 +249,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # the app ---------------------------------------------------------------------
 
 
-def create_app(store: JobStore, *, token: str) -> FastAPI:
+def create_app(store: JobStore, *, token: str, max_spec_bytes: int = MAX_SPEC_BYTES) -> FastAPI:
     """The API for one store; ``token`` must be non-empty."""
     if not token:
         raise ValueError("the API needs a non-empty token")
@@ -260,14 +273,20 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
 
     @app.get("/v1/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     async def health() -> Any:
-        """No auth. 200 when etcd answers, 503 otherwise."""
+        """No auth. 200 when etcd answers and takes writes, 503 otherwise (etcd
+        unreachable, or its NOSPACE alarm: it refuses every write)."""
         try:
             rev = await store.revision()
+            alarms = await _alarms(store)
         except EtcdError as exc:
             return JSONResponse(
                 HealthOut(status="unavailable", error=str(exc)).model_dump(), status_code=503
             )
-        return HealthOut(status="ok", etcd_revision=rev)
+        if "NOSPACE" in alarms:
+            why = "etcd is out of space (NOSPACE alarm): it refuses writes; see docs/operations.md"
+            out = HealthOut(status="nospace", etcd_revision=rev, error=why, alarms=alarms)
+            return JSONResponse(out.model_dump(), status_code=503)
+        return HealthOut(status="ok", etcd_revision=rev, alarms=alarms)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERRORS)
 
@@ -299,7 +318,7 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
             raise SpecError(
                 [Problem(job=name, field="name", message=f"body names {raw['name']!r}")]
             )
-        (spec,) = parse_specs([raw])
+        (spec,) = parse_specs([raw], max_spec_bytes)
         rev = await store.put_job(spec, expect_mod_revision=expect)
         response.headers["ETag"] = f'"{rev}"'
         return JobOut(name=name, mod_revision=rev, spec=spec)
@@ -319,7 +338,7 @@ def create_app(store: JobStore, *, token: str) -> FastAPI:
         """
         if len(body.jobs) > MAX_JOBS_PER_APPLY:
             raise SpecError([Problem(message=f"more than {MAX_JOBS_PER_APPLY} jobs")])
-        specs = parse_specs(body.jobs)
+        specs = parse_specs(body.jobs, max_spec_bytes)
         plan = await store.apply(specs, prune=body.prune, dry_run=body.dry_run)
         return PlanOut.model_validate(plan.summary())
 

@@ -16,6 +16,9 @@ the others wait for the key to vanish). Only the leader sweeps:
   most ``BATCH`` operations (etcd's default limit is 128).
 - **Compaction.** Every ``compact_interval`` the leader compacts history older
   than ``compact_keep_revisions`` revisions, so the database stops growing.
+- **Space** (``scheduler.master.space``): run output within
+  ``output_budget_bytes``; the database size and alarms watched; a NOSPACE
+  alarm recovered from (free, compact, defragment, disarm).
 """
 
 from __future__ import annotations
@@ -31,9 +34,18 @@ import structlog
 
 from scheduler.clock import Clock
 from scheduler.config import MasterConfig
-from scheduler.etcd.client import EtcdClient, EtcdError, KeyValue, cmp_created, op_delete, op_put
+from scheduler.etcd.client import (
+    EtcdClient,
+    EtcdError,
+    EtcdNoSpace,
+    KeyValue,
+    cmp_created,
+    op_delete,
+    op_put,
+)
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
+from scheduler.master.space import SpaceKeeper
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
 from scheduler.store import end_orphaned_run
@@ -49,6 +61,7 @@ class SweepReport:
     deleted: int = 0
     marked_lost: int = 0
     malformed: int = 0
+    output_dropped: int = 0
 
 
 class Housekeeper:
@@ -69,6 +82,7 @@ class Housekeeper:
         self.clock = clock or Clock()
         self.is_leader = asyncio.Event()
         self._last_compact = 0.0
+        self.space = SpaceKeeper(client, ks, config)
         self.on_sweep = on_sweep
         """Told (report, seconds) after each sweep, (None, seconds) when one failed."""
 
@@ -102,16 +116,26 @@ class Housekeeper:
             self.is_leader.set()
             log.info("housekeeping: leader", master=self.identity)
             while not session.lost.is_set():
-                await self._sweep_told()
-                await self.maybe_compact()
+                await self.tend()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.housekeeping_interval):
                         await session.lost.wait()
 
-    async def _sweep_told(self) -> None:
+    async def tend(self) -> None:
+        """One round of the leader's work: space first (a full etcd refuses the
+        sweep's writes), then the sweep and compaction."""
+        space = await self.space.check()
+        full = "NOSPACE" in space.alarms
+        await self._sweep_told(full=full)
+        if full and self.config.recover_nospace:
+            await self.space.recover()
+        elif not full:
+            await self.maybe_compact()
+
+    async def _sweep_told(self, *, full: bool) -> None:
         started = self.clock.monotonic()
         try:
-            report = await self.sweep()
+            report = await self.sweep(full=full)
         except EtcdError:
             if self.on_sweep is not None:
                 self.on_sweep(None, self.clock.monotonic() - started)
@@ -132,7 +156,9 @@ class Housekeeper:
         log.info("compacted etcd history", revision=target)
         return target
 
-    async def sweep(self) -> SweepReport:
+    async def sweep(self, *, full: bool = False) -> SweepReport:
+        """Retention, the output budget and lost runs. ``full`` (a NOSPACE alarm):
+        only deletes, which etcd still accepts, and a tighter output budget."""
         report = SweepReport()
         kvs, _ = await self.client.get_prefix(self.ks.runs)
         jobs = await self._jobs()
@@ -146,8 +172,16 @@ class Housekeeper:
         deletes: list[tuple[str, str]] = []
         for job, runs in by_job.items():
             report.runs_seen += len(runs)
-            report.marked_lost += await self._mark_lost(runs)
+            if not full:
+                try:
+                    report.marked_lost += await self._mark_lost(runs)
+                except EtcdNoSpace:
+                    full = True
             deletes.extend((job, r.run_id) for r in self._expired(jobs.get(job), runs))
+        gone = set(deletes)
+        kept = [
+            (r, kv) for job, runs in by_job.items() for r, kv in runs if (job, r.run_id) not in gone
+        ]
         for i in range(0, len(deletes), BATCH // 2):
             ops = []
             for job, run_id in deletes[i : i + BATCH // 2]:
@@ -157,7 +191,8 @@ class Housekeeper:
                 ]
             await self.client.txn([], ops)
         report.deleted = len(deletes)
-        if report.deleted or report.marked_lost:
+        report.output_dropped = await self.space.drop_output(kept, pressed=full)
+        if report.deleted or report.marked_lost or report.output_dropped:
             log.info("housekeeping sweep", **report.__dict__)
         return report
 

@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler.config import MasterConfig
-from scheduler.etcd.client import EtcdClient, EtcdError
+from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdError
 from scheduler.keyspace import Keyspace
 from scheduler.metrics import CONTENT_TYPE, EtcdMetrics, new_registry, render
 
@@ -47,7 +47,7 @@ class MasterMetrics:
     def __init__(self, client: EtcdClient, ks: Keyspace, config: MasterConfig) -> None:
         self.client = client
         self.ks = ks
-        self.quota = config.etcd_quota
+        self.quota = config.etcd_quota_bytes
         self.registry = new_registry()
         self.etcd = EtcdMetrics(self.registry)
         r = self.registry
@@ -87,11 +87,18 @@ class MasterMetrics:
             "Run records (and their output) deleted by retention",
             registry=r,
         )
+        self.output_dropped = Counter(
+            "etcron_housekeeping_output_dropped_total",
+            "Runs whose stored output the output budget deleted (their records stay)",
+            registry=r,
+        )
         self.leader: asyncio.Event | None = None
         """``Housekeeper.is_leader`` once housekeeping runs (``etcron_master_leader``)."""
         self.etcd_up = False
         self.db_size: int | None = None
         self.jobs: int | None = None
+        self.nospace: bool | None = None
+        """etcd's NOSPACE alarm is raised (None: the alarms cannot be read)."""
         r.register(_State(self))
 
     def sweep_done(self, report: Any, seconds: float) -> None:
@@ -103,6 +110,7 @@ class MasterMetrics:
         self.sweep_duration.observe(seconds)
         self.marked_lost.inc(report.marked_lost)
         self.deleted.inc(report.deleted)
+        self.output_dropped.inc(report.output_dropped)
 
     def request_done(self, route: str, method: str, code: int, seconds: float) -> None:
         self.requests.labels(route, method if method in METHODS else "other", str(code)).inc()
@@ -115,6 +123,10 @@ class MasterMetrics:
                 status = await self.client.status()
                 self.db_size = status["db_size"]
                 self.jobs = await self.client.count_prefix(self.ks.jobs)
+                try:
+                    self.nospace = "NOSPACE" in await self.client.alarms()
+                except EtcdAuthError:  # the master's etcd user may not read them
+                    self.nospace = None
             self.etcd_up = True
         except (EtcdError, TimeoutError):
             self.etcd_up = False
@@ -145,9 +157,16 @@ class _State(Collector):
                 "etcd database size (of the member that answered)",
                 value=m.db_size,
             )
-        if m.quota is not None:
+        yield GaugeMetricFamily(
+            "etcron_etcd_quota_bytes",
+            "etcd's backend quota, as configured (master.etcd_quota_bytes)",
+            value=m.quota,
+        )
+        if m.nospace is not None:
             yield GaugeMetricFamily(
-                "etcron_etcd_quota_bytes", "etcd's backend quota (master.etcd_quota)", value=m.quota
+                "etcron_etcd_nospace_alarm",
+                "1 while etcd's NOSPACE alarm is raised: etcd refuses every write",
+                value=float(m.nospace),
             )
         if m.jobs is not None:
             yield GaugeMetricFamily("etcron_jobs", "Job definitions in etcd", value=m.jobs)

@@ -121,7 +121,9 @@ async def run_master(
     metrics = MasterMetrics(client, keyspace, config.master)
     client.observe = metrics.etcd.observe
     app = MetricsMiddleware(
-        create_app(JobStore(client, keyspace), token=token),
+        create_app(
+            JobStore(client, keyspace), token=token, max_spec_bytes=config.master.max_spec_bytes
+        ),
         metrics,
         token=config.master.metrics_token,
     )

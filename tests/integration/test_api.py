@@ -296,3 +296,93 @@ async def test_run_master_serves_refuses_and_stops(etcd_endpoints: list[str], pr
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(20):
             await task
+
+
+# limits (issue 12): 422 naming the field and the limit; nothing written ----------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "message"),
+    [
+        ({"description": "d" * 5000}, "description", "description is 5000 characters; at most 4096"),
+        ({"output_limit": "100GiB"}, "output_limit", "output_limit is 100 GiB; at most 16 MiB"),
+        ({"timeout": "9" * 400 + "s"}, "timeout", "is too large"),
+        ({"retry_backoff": 1e300}, "retry_backoff", "at most 365d (one year)"),
+        ({"shell": None, "command": ["/bin/echo", "a\0b"]}, "command.1", "contains a NUL byte"),
+        ({"env": {"A": "\0"}}, "env.A", "env value contains a NUL byte"),
+        ({"workdir": "/tmp\0"}, "workdir", "workdir contains a NUL byte"),
+        ({"env": {f"V{i}": "v" * 30_000 for i in range(7)}}, None,
+         "the job spec is 210"),  # 210 KB: a 422, not etcd's 'request too large' as a 503
+    ],
+)  # fmt: skip
+async def test_limits_are_422_naming_field_and_limit(
+    api: httpx.AsyncClient,
+    ec: EtcdClient,
+    ks: Keyspace,
+    extra: dict[str, Any],
+    field: str | None,
+    message: str,
+) -> None:
+    r = await api.put("/v1/jobs/big", json=spec("big", **extra), headers=AUTH)
+    assert r.status_code == 422, r.text[:500]
+    (problem,) = r.json()["problems"]
+    assert (problem["job"], problem["field"]) == ("big", field)
+    assert message in problem["message"]
+    assert len(r.text) < 2000  # the input is not echoed back
+    r = await api.post("/v1/apply", json={"jobs": [spec("ok"), spec("big", **extra)]}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == field
+    assert await _keys(ec, ks) == {}
+
+
+async def test_stored_jobs_over_the_new_limits_still_list_read_and_suspend(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    """Limits apply on write; a job written before them is not made unreadable."""
+    old = spec("old", description="d" * 10_000, output_limit=100 * 1024**3,
+               timeout=2 * 365 * 86400.0, env={"A": "x\0y", "B": "b" * 70_000})  # fmt: skip
+    await ec.put(ks.job("old"), json.dumps(old).encode())
+    r = await api.get("/v1/jobs", headers=AUTH)
+    assert r.status_code == 200 and not r.json()["invalid"]
+    assert [j["name"] for j in r.json()["jobs"]] == ["old"]
+    r = await api.get("/v1/jobs/old", headers=AUTH)
+    assert r.status_code == 200 and r.json()["spec"]["output_limit"] == 100 * 1024**3
+    r = await api.post("/v1/jobs/old/suspend", headers=AUTH)
+    assert r.status_code == 200 and r.json()["suspend"] is True
+    kv, _ = await ec.get(ks.job("old"))
+    assert kv is not None and json.loads(kv.value)["env"] == old["env"]
+    # writing it again through the API is held to the limits
+    r = await api.put("/v1/jobs/old", json=old, headers=AUTH)
+    assert r.status_code == 422
+    assert {p["field"] for p in r.json()["problems"]} == {
+        "description", "output_limit", "timeout", "env.A", "env.B"
+    }  # fmt: skip
+
+
+async def test_master_applies_its_configured_max_spec_bytes(
+    etcd_endpoints: list[str], prefix: str, ec: EtcdClient, ks: Keyspace
+) -> None:
+    port = _free_port()
+    cfg = Config(
+        etcd=EtcdConfig(endpoints=etcd_endpoints, prefix=prefix),
+        master=MasterConfig(listen=f"127.0.0.1:{port}", token=TOKEN, max_spec_bytes=2048),
+    )
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_master(cfg, ready=ready, stop=stop))
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            body = spec("mid", description="m" * 3000)  # fine by default, not here
+            r = await http.put("/v1/jobs/mid", json=body, headers=AUTH)
+            assert r.status_code == 422
+            (problem,) = r.json()["problems"]
+            assert problem["field"] is None and problem["message"].endswith("; at most 2048")
+            assert await _keys(ec, ks) == {}
+            r = await http.put(
+                "/v1/jobs/mid", json=spec("mid", description="m" * 1000), headers=AUTH
+            )
+            assert r.status_code == 200
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await task

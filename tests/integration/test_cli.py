@@ -324,6 +324,69 @@ async def test_huge_file_exit_2_and_nothing_written(m: Master, tmp_path: Path) -
     assert await m.jobs_in_etcd() == {}
 
 
+def _one_job(*lines: str) -> str:
+    return "jobs:\n  - name: a\n    schedule: '@daily'\n" + "".join(f"    {x}\n" for x in lines)
+
+
+LIMIT_INPUTS = {  # (file text, "line: job 'a': field 'x': message fragment")
+    "output-limit-infinite": (
+        _one_job("shell: x", f"output_limit: {'9' * 400}MiB"),
+        "5: job 'a': field 'output_limit': expected a size like 100, 512KiB, 1MiB or 10MB; '999",
+    ),
+    "output-limit-huge": (
+        _one_job("shell: x", "output_limit: 100GiB"),
+        "5: job 'a': field 'output_limit': output_limit is 100 GiB; at most 16 MiB",
+    ),
+    "backoff-infinite": (
+        _one_job("shell: x", f"retry_backoff: {'9' * 400}s"),
+        "5: job 'a': field 'retry_backoff': expected a duration like 30s",
+    ),
+    "nul-argument": (
+        _one_job('command: ["/bin/echo", "a\\0b"]'),
+        "4: job 'a': field 'command.1': command argument contains a NUL byte",
+    ),
+    "nul-env": (
+        _one_job("shell: x", "env:", '  HOME: "/root\\0"'),
+        "6: job 'a': field 'env.HOME': env value contains a NUL byte",
+    ),
+    "nul-workdir": (
+        _one_job("shell: x", 'workdir: "/srv\\0"'),
+        "5: job 'a': field 'workdir': workdir contains a NUL byte",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIMIT_INPUTS))
+async def test_limits_exit_2_with_location_and_no_traceback(
+    m: Master, tmp_path: Path, case: str
+) -> None:
+    text, expected = LIMIT_INPUTS[case]
+    path = write(tmp_path, text, f"{case}.yaml")
+    validate, apply = await asyncio.gather(
+        cli("validate", "-f", str(path)), m.run("apply", "-f", str(path))
+    )
+    for r in (validate, apply):
+        assert r.code == 2, (r.out, r.err)
+        assert f"{path}:{expected}" in r.err, r.err
+        assert "Traceback" not in r.err and len(r.err) < 2000
+    assert await m.jobs_in_etcd() == {}
+
+
+async def test_alias_bomb_exit_2_before_anything_is_built_or_sent(
+    m: Master, tmp_path: Path
+) -> None:
+    """208 KB reusing one 200 KB string 2,000 times: before, apply --dry-run took 24 s and
+    1.2 GB in the CLI and 1.35 GB in the master."""
+    lines = ["jobs:", "  - name: bomb", '    schedule: "@daily"']
+    lines += [f"    description: &big {'x' * 200_000}", "    command:"] + ["      - *big"] * 2000
+    path = write(tmp_path, "\n".join(lines) + "\n", "bomb.yaml")
+    r = await m.run("apply", "-f", str(path), "--dry-run")
+    assert r.code == 2, (r.out, r.err[-500:])
+    assert f"{path}:5: job 'bomb': field 'command': YAML aliases expand to more than 8 MiB" in r.err
+    assert "Traceback" not in r.err and len(r.err) < 2000
+    assert await m.jobs_in_etcd() == {}
+
+
 @pytest.mark.parametrize("since", ["yesterday", "-1h", "1x"])
 async def test_logs_since_invalid_is_exit_2_without_traceback(since: str) -> None:
     r = await cli("logs", "somejob", "--since", since)

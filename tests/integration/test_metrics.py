@@ -285,7 +285,7 @@ async def test_master_metrics(client: EtcdClient, etcd_endpoints: list[str], pre
             listen=f"127.0.0.1:{_free_port()}",
             token=TOKEN,
             housekeeping_interval=0.5,
-            etcd_quota="2GiB",
+            etcd_quota_bytes="3GiB",
         ),
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -317,7 +317,8 @@ async def test_master_metrics(client: EtcdClient, etcd_endpoints: list[str], pre
     assert value(m, "etcron_jobs") == 1
     assert value(m, "etcron_etcd_up") == 1
     assert value(m, "etcron_etcd_db_size_bytes") > 0
-    assert value(m, "etcron_etcd_quota_bytes") == 2 * 1024**3
+    assert value(m, "etcron_etcd_quota_bytes") == 3 * 1024**3
+    assert value(m, "etcron_etcd_nospace_alarm") == 0
     assert value(m, "etcron_etcd_request_duration_seconds_count", op="status") >= 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -108,6 +109,27 @@ async def test_output_cap_keeps_head_and_tail_with_marker(
     assert shipped <= 64 * 1024
     assert rec.output_bytes > 3_000_000 and rec.output_omitted == rec.output_bytes - shipped
     assert rec.output_tail.rstrip().endswith("LAST")
+
+
+async def test_worker_caps_output_of_a_job_stored_before_the_limit(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str
+) -> None:
+    """A job stored with output_limit 100 GiB (before the 16 MiB limit) is still run,
+    and keeps at most worker.max_output_limit, not what it asks for."""
+    ks = Keyspace(prefix)
+    old = {"name": "greedy", "schedule": "@every 3600s", "output_limit": 100 * 1024**3,
+           "shell": "echo FIRST; head -c 300000 /dev/zero | tr '\\0' 'x'; echo; echo LAST"}  # fmt: skip
+    job = JobSpec.from_json(json.dumps(old))  # as a worker reads it: no write limits
+    assert job.output_limit == 100 * 1024**3
+    cfg = make_config(etcd_endpoints, prefix, "w1", max_output_limit="32KiB")
+    async with workers([cfg]):
+        await put_jobs(client, ks, job)
+        await client.put(ks.trigger("greedy", "r"), b"{}")
+        rec = await _final_run(client, ks, "greedy", timeout=20)
+    segs = await read_output(client, ks, "greedy", rec.run_id)
+    shipped = sum(len(s.text) for s in segs if s.stream != "etcron")
+    assert shipped <= 32 * 1024 and rec.output_bytes > 300_000
+    assert rec.status is RunStatus.SUCCEEDED and rec.output_tail.rstrip().endswith("LAST")
 
 
 async def test_binary_output_is_shown_not_crashed_on(

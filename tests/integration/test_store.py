@@ -13,7 +13,7 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
-from scheduler.store import BATCH, ConflictError, JobNotFound, JobStore, Plan
+from scheduler.store import BATCH, BATCH_BYTES, ConflictError, JobNotFound, JobStore, Plan
 
 
 def job(name: str, **kw: object) -> JobSpec:
@@ -172,6 +172,20 @@ async def test_large_apply_is_written_in_batches(store: JobStore) -> None:
     assert len(plan.names("delete")) == n - 10 and plan.batches == 3
     jobs, _, _ = await store.list_jobs()
     assert len(jobs) == 10
+
+
+async def test_apply_of_big_specs_is_cut_by_bytes_too(store: JobStore) -> None:
+    """40 specs of ~60 KB (each within the 64 KiB limit) are 2.4 MB: one transaction
+    would exceed etcd's 1.5 MiB request limit and fail as 'etcd unavailable'."""
+    specs = [
+        job(f"big{i:02d}", env={f"V{k}": f"{i % 10}" * 20_000 for k in range(3)}) for i in range(40)
+    ]
+    assert all(60_000 < len(s.to_json()) <= 64 * 1024 for s in specs)
+    plan = await store.apply(specs, prune=False, dry_run=False)
+    per_batch = BATCH_BYTES // len(specs[0].to_json())
+    assert plan.batches == -(-40 // per_batch) and len(plan.names("create")) == 40
+    jobs, bad, _ = await store.list_jobs()
+    assert jobs == sorted(specs, key=lambda s: s.name) and not bad
 
 
 async def test_runs_newest_first_and_malformed_skipped(store: JobStore, client: EtcdClient) -> None:

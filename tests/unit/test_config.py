@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from scheduler.config import Config, ConfigError, load_config
+from workers.output import run_output_limit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 
@@ -123,3 +124,34 @@ def test_example_config_documents_every_setting_and_loads() -> None:
     assert cfg.model_dump(exclude={"worker": {"id"}}) == Config().model_dump(
         exclude={"worker": {"id"}}
     )
+
+
+def test_limits_settings() -> None:
+    cfg = load_config(
+        environ={
+            "ETCRON_MASTER__MAX_SPEC_BYTES": "128KiB",
+            "ETCRON_WORKER__MAX_OUTPUT_LIMIT": "4MiB",
+        }
+    )
+    assert (cfg.master.max_spec_bytes, cfg.worker.max_output_limit) == (128 * 1024, 4 * 1024**2)
+    assert Config().master.max_spec_bytes == 64 * 1024
+    assert Config().worker.max_output_limit == 16 * 1024**2
+    with pytest.raises(ConfigError, match=r"master\.max_spec_bytes"):
+        load_config(environ={"ETCRON_MASTER__MAX_SPEC_BYTES": "2MiB"})  # etcd refuses > 1.5 MiB
+    with pytest.raises(ConfigError, match=r"worker\.max_output_limit"):
+        load_config(environ={"ETCRON_WORKER__MAX_OUTPUT_LIMIT": "0"})
+
+
+@pytest.mark.parametrize(
+    ("job", "default", "most", "limit"),
+    [
+        (None, 1024, 4096, 1024),  # the worker default
+        (2048, 1024, 4096, 2048),  # the job's own
+        (100 * 1024**3, 1024, 4096, 4096),  # a job stored before the 16 MiB limit: capped
+        (None, 8192, 4096, 4096),  # a worker default above the cap: capped too
+    ],
+)
+def test_run_output_limit_is_capped_by_the_worker(
+    job: int | None, default: int, most: int, limit: int
+) -> None:
+    assert run_output_limit(job, default, most) == limit

@@ -45,6 +45,25 @@ def test_parse_duration_bad(value: object) -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    ["9" * 400 + "s", "9" * 400, "9" * 400 + "w", "1" + "0" * 310 + "ms", 10**400, "1e400s",
+     "1e400", "Infinity", "-inf"],
+)  # fmt: skip
+def test_parse_duration_overflow_is_an_error_not_infinity(value: object) -> None:
+    """Before: '9' * 400 + 's' parsed as inf, which a job stored as null."""
+    with pytest.raises(ValueError, match="expected a duration like 30s") as info:
+        parse_duration(value)  # type: ignore[arg-type]
+    assert len(str(info.value)) < 200  # the input is not echoed whole
+
+
+def test_parse_duration_does_not_echo_huge_input() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_duration("5" * 1_000_000 + "x")
+    assert len(str(info.value)) < 200
+    assert "'5555" in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("seconds", "text"),
     [
         (0, "0s"),
@@ -98,3 +117,21 @@ def test_parse_size_good(value: str | int, size: int) -> None:
 def test_parse_size_bad(value: object) -> None:
     with pytest.raises(ValueError, match="expected a size like"):
         parse_size(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9" * 400 + "MiB", "9" * 400, "9" * 20 + "GiB", 2**63, pytest.param(10**5000, id="10**5000"),
+     "9223372036854775808", "8589934592GiB"],
+)  # fmt: skip
+def test_parse_size_too_large_is_a_clear_error(value: object) -> None:
+    """Before: '9' * 400 + 'MiB' raised OverflowError (a traceback in `etcron validate`)."""
+    with pytest.raises(ValueError, match="expected a size like") as info:
+        parse_size(value)  # type: ignore[arg-type]
+    assert len(str(info.value)) < 200
+
+
+def test_parse_size_is_exact_up_to_its_bound() -> None:
+    assert parse_size(2**63 - 1) == 2**63 - 1
+    assert parse_size("8589934591GiB") == 8589934591 * 1024**3  # just under 2**63
+    assert parse_size("0.5KiB") == 512

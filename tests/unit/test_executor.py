@@ -185,3 +185,40 @@ async def test_launcher_starts_a_batch_at_the_instant_and_drops_cancelled() -> N
     assert all(t >= at_ms / 1000 for _, t in started)
     await launcher.at(at_ms, lambda: start("late"))  # a passed instant starts at once
     assert started[-1][0] == "late"
+
+
+def _root_group_file(where: str) -> str:
+    os.chmod(where, 0o755)
+    secret = os.path.join(where, "root-group-only")
+    with open(secret, "w") as f:
+        f.write("secret\n")
+    os.chown(secret, 0, 0)
+    os.chmod(secret, 0o040)  # readable by the group root only
+    return secret
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run-as needs root")
+async def test_run_as_takes_the_users_groups_not_roots() -> None:
+    """A job run as ``nobody`` gets nobody's gid and supplementary groups: not
+    root's group, so a root-group-only file stays closed to it."""
+    import grp
+    import pwd
+    import shutil
+    import tempfile
+
+    pw = pwd.getpwnam("nobody")
+    expected = sorted(set(os.getgrouplist("nobody", pw.pw_gid)))
+    where = tempfile.mkdtemp(dir="/tmp")  # a directory nobody may enter
+    secret = _root_group_file(where)
+    sink = Streams()
+    script = f"id -u; id -g; id -G; cat {secret} || echo refused"
+    try:
+        out = await child(["/bin/sh", "-c", script], sink, user="nobody").run(5)
+    finally:
+        shutil.rmtree(where)
+    assert out.ok, sink.by_stream
+    uid, gid, groups, last = sink.by_stream["stdout"].decode().split("\n")[:4]
+    assert int(uid) == pw.pw_uid and int(gid) == pw.pw_gid
+    assert sorted(int(g) for g in groups.split()) == expected
+    assert 0 not in {int(g) for g in groups.split()}, grp.getgrgid(0).gr_name
+    assert last == "refused"

@@ -9,8 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from scheduler.jobfile import MAX_FILE_BYTES, JobFileError, Problem, load_jobs, load_jobs_text
+from scheduler.yamlbound import FACTOR, ExpansionBudget
+
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,9 +232,103 @@ def test_alias_bomb_does_not_hang(tmp_path: Path) -> None:
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     text = job('schedule: "@daily"\nshell: "true"\nlabels:\n' + "\n".join(f"  {x}" for x in lines))
     start = time.perf_counter()
-    got = problems_of(write(tmp_path, text))
+    (p,) = problems_of(write(tmp_path, text))
     assert time.perf_counter() - start < 2
-    assert {p.field for p in got} >= {"labels.a0", "labels.a8"}
+    assert (p.line, p.job, p.field) == (5, "backup", "labels")
+    assert p.message.startswith("YAML aliases expand to more than 8 MiB")
+
+
+def test_one_big_string_used_2000_times_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    """208 KB that reuse one 200 KB string 2,000 times: before, 400 MB of specs were built."""
+    lines = ["jobs:", "  - name: bomb", '    schedule: "@daily"']
+    lines += [f"    description: &big {'x' * 200_000}", "    command:"]
+    lines += ["      - *big"] * 2000
+    lines += ["  - name: after", '    schedule: "@daily"', "    command: [*big]"]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    assert 200_000 < path.stat().st_size < 250_000
+    (p,) = problems_of(path)  # the second job is not built once the budget is spent
+    assert (p.file, p.line, p.job, p.field) == (str(path), 5, "bomb", "command")
+    assert p.message == (
+        "YAML aliases expand to more than 8 MiB "
+        "(the bound is 10 times the file's size, at least 8 MiB); use fewer aliases"
+    )
+
+
+def test_merge_keys_count_each_time_they_are_used(tmp_path: Path) -> None:
+    """Merging one mapping 10 times, 6 levels deep, would flatten to 10**7 keys: charged first."""
+    lines = ["defs:", "  - &m0 {" + ", ".join(f"k{i}: {'v' * 50}" for i in range(10)) + "}"]
+    lines += [f"  - &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 10)}]}}" for i in range(1, 7)]
+    lines += ["jobs:", "  - <<: *m6", "    name: bomb", '    schedule: "@daily"']
+    got = problems_of(write(tmp_path, "\n".join(lines) + "\n"))
+    assert [(p.line, p.job, p.field) for p in got] == [(1, None, None), (10, "bomb", "<<")]
+    assert got[0].message == "unknown top-level key 'defs' (expected only 'jobs')"
+    assert got[1].message.startswith("YAML aliases expand to more than 8 MiB")
+
+
+def test_recursive_alias_is_a_problem(tmp_path: Path) -> None:
+    (p,) = problems_of(write(tmp_path, job('schedule: "@daily"\nshell: "true"\nlabels: &a [*a]')))
+    assert (p.line, p.job, p.field) == (5, "backup", "labels")
+    assert p.message == "a YAML alias is used inside its own anchor (a recursive structure)"
+
+
+@pytest.mark.parametrize("depth", [33, 300, 900])
+def test_deep_nesting_is_a_problem_not_a_recursion_error(tmp_path: Path, depth: int) -> None:
+    """Before: 300 levels of [[[...]]] raised RecursionError out of `etcron validate`."""
+    text = job(f'schedule: "@daily"\nshell: "true"\nlabels: {"[" * depth}{"]" * depth}')
+    (p,) = problems_of(write(tmp_path, text))
+    assert (p.line, p.job, p.field) == (5, "backup", "labels")
+    assert p.message == "YAML nesting is more than 32 levels deep"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" + "a," * 50_000 + "]", "-\n" * 50_000, "{" + "a: b, " * 25_000 + "}",
+     "- &a x\n" + "- *a\n" * 10_000],
+)  # fmt: skip
+def test_files_without_alias_blowup_stay_within_their_budget(text: str) -> None:
+    budget = ExpansionBudget(len(text))
+    budget.total = budget.left = FACTOR * len(text)  # without the 8 MiB floor
+    assert budget.charge(yaml.compose(text, Loader=_COMPOSER)) is None
+
+
+def test_values_yaml_cannot_build_are_problems(tmp_path: Path) -> None:
+    text = job(f'schedule: "@daily"\nshell: "true"\ndescription: 2001-13-45\nretries: {"9" * 5000}')
+    got = problems_of(write(tmp_path, text))
+    assert [(p.line, p.field) for p in got] == [(5, "description"), (6, "retries")]
+    assert got[0].message == "cannot read this value: month must be in 1..12"
+    assert got[1].message.startswith("cannot read this value: Exceeds the limit")
+    assert all(len(p.message) < 200 for p in got)
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "field", "message"),
+    [
+        ('output_limit: 100GiB', 5, "output_limit", "output_limit is 100 GiB; at most 16 MiB"),
+        (f'output_limit: {"9" * 400}MiB', 5, "output_limit", "is too large"),
+        (f'retry_backoff: {"9" * 400}s', 5, "retry_backoff", "is too large"),
+        ('timeout: .inf', 5, "timeout", "not negative or infinite"),
+        ('timeout: 400d', 5, "timeout", "timeout is 400d; at most 365d (one year)"),
+        ('description: "nul\\0"', 5, "description", "description contains a NUL byte"),
+        ('env:\n  A: "1"\n  B: "\\0"', 7, "env.B", "env value contains a NUL byte"),
+        ('workdir: "/srv\\0"', 5, "workdir", "workdir contains a NUL byte"),
+        (f'description: {"d" * 5000}', 5, "description", "description is 5000 characters; at most 4096"),
+    ],
+)  # fmt: skip
+def test_limits_are_reported_with_location(
+    tmp_path: Path, body: str, line: int, field: str, message: str
+) -> None:
+    path = write(tmp_path, job('schedule: "@daily"\nshell: "true"\n' + body))
+    (p,) = problems_of(path)
+    assert (p.file, p.line, p.job, p.field) == (str(path), line, "backup", field)
+    assert message in p.message
+
+
+def test_nul_byte_in_an_argument_names_the_argument(tmp_path: Path) -> None:
+    (p,) = problems_of(
+        write(tmp_path, job('schedule: "@daily"\ncommand:\n  - /bin/echo\n  - "a\\0b"'))
+    )
+    assert (p.line, p.job, p.field) == (6, "backup", "command.1")
+    assert p.message == "command argument contains a NUL byte (at character 2); none is allowed"
 
 
 def test_anchors_and_merge_keys_are_supported(tmp_path: Path) -> None:

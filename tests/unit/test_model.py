@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scheduler.model import Concurrency, JobSpec, spec_fields, validation_messages
 from scheduler.schedule import Schedule
@@ -214,3 +215,162 @@ def test_from_json_errors_are_value_errors(data: bytes, message: str) -> None:
         JobSpec.from_json(data)
     assert message in str(info.value)
     assert not isinstance(info.value, ValidationError)
+
+
+# limits (scheduler/limits.py): applied when a spec is written ---------------------
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"description": "d" * 5000}, "description", "description is 5000 characters; at most 4096"),
+        ({"schedule": "@every " + "1" * 300 + "s"}, "schedule", "schedule is 308 characters; at most 256"),
+        ({"timezone": "Europe/" + "x" * 100}, "timezone", "timezone is 107 characters; at most 64"),
+        ({"command": None, "shell": "x" * (32 * KIB + 1)}, "shell", "shell is 32769 characters; at most 32768"),
+        ({"command": ["a"] * 1025}, "command", "command has 1025 arguments; at most 1024"),
+        ({"command": ["a", "b" * (32 * KIB + 1)]}, "command.1", "command argument is 32769 characters; at most 32768"),
+        ({"env": {f"K{i}": "" for i in range(257)}}, "env", "env has 257 entries; at most 256"),
+        ({"env": {"A": "v" * (32 * KIB + 1)}}, "env.A", "env value is 32769 characters; at most 32768"),
+        ({"env": {"A" * 257: "v"}}, "env", "is 257 characters; at most 256"),
+        ({"workdir": "/" + "w" * 4096}, "workdir", "workdir is 4097 characters; at most 4096"),
+        ({"user": "u" * 257}, "user", "user is 257 characters; at most 256"),
+        ({"labels": {f"k{i}": "" for i in range(65)}}, "labels", "labels has 65 entries; at most 64"),
+        ({"selector": {"k" * 257: "v"}}, "selector", "is 257 characters; at most 256"),
+        ({"selector": {"k": "v" * 1025}}, "selector.k", "selector value is 1025 characters; at most 1024"),
+        ({"output_limit": "100GiB"}, "output_limit", "output_limit is 100 GiB; at most 16 MiB"),
+        ({"output_limit": 16 * MIB + 1}, "output_limit", "output_limit is 16777217 bytes; at most 16 MiB"),
+        ({"output_limit": "9" * 400 + "MiB"}, "output_limit", "is too large"),
+        ({"timeout": "366d"}, "timeout", "timeout is 366d; at most 365d (one year)"),
+        ({"retry_backoff": "53w"}, "retry_backoff", "retry_backoff is 371d; at most 365d"),
+        ({"starting_deadline": 1e300}, "starting_deadline", "starting_deadline is 1e+300s; at most 365d"),
+        ({"keep_for": "8761h"}, "keep_for", "keep_for is 365d1h; at most 365d"),
+        ({"schedule": "@every 400d"}, "schedule", "@every interval is 400d; at most 365d"),
+        ({"timeout": "9" * 400 + "s"}, "timeout", "is too large"),
+        ({"retry_backoff": "9" * 400 + "s"}, "retry_backoff", "is too large"),
+        ({"timeout": "1e400s"}, "timeout", "expected a duration"),
+        ({"timeout": float("inf")}, "timeout", "not negative or infinite"),
+        ({"timeout": float("nan")}, "timeout", "not negative or infinite"),
+        ({"name": "backup\n"}, "name", "not a valid job name"),
+        ({"env": {"FOO\n": "x"}}, "env", "not a valid environment variable name"),
+    ],
+)  # fmt: skip
+def test_limits(fields: dict[str, Any], field: str, message: str) -> None:
+    got = problems(**fields)
+    assert any(f == field and message in m for f, m in got), got
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"command": ["/bin/echo", "a\0b"]}, "command.1"),
+        ({"command": ["\0"]}, "command.0"),
+        ({"command": None, "shell": "echo \0"}, "shell"),
+        ({"env": {"A": "x\0"}}, "env.A"),
+        ({"workdir": "/srv\0/x"}, "workdir"),
+        ({"user": "nobody\0"}, "user"),
+        ({"description": "\0"}, "description"),
+        ({"schedule": "@daily\0"}, "schedule"),
+        ({"timezone": "UTC\0"}, "timezone"),
+        ({"selector": {"disk\0": "ssd"}}, "selector"),
+        ({"selector": {"disk": "ssd\0"}}, "selector.disk"),
+        ({"labels": {"\0": "x"}}, "labels"),
+        ({"labels": {"team": "\0ops"}}, "labels.team"),
+    ],
+)
+def test_nul_bytes_are_refused_in_every_string(fields: dict[str, Any], field: str) -> None:
+    got = problems(**fields)
+    assert any(f == field and "contains a NUL byte" in m for f, m in got), got
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": "\0"}, {"name": "a\0b"}, {"env": {"A\0": "1"}}],
+)
+def test_nul_bytes_in_names_fail_the_name_rules(fields: dict[str, Any]) -> None:
+    got = problems(**fields)
+    assert any("not a valid" in m for _, m in got), got
+
+
+def test_limits_are_inclusive() -> None:
+    spec = make(
+        description="d" * 4096,
+        output_limit="16MiB",
+        timeout="365d",
+        schedule="@every 365d",
+        command=["a"] * 1024,
+        env={f"K{i}": "" for i in range(256)},
+        labels={f"k{i}": "v" for i in range(64)},
+        user="u" * 256,
+    )
+    assert spec.output_limit == 16 * MIB and spec.timeout == 365 * 86400.0
+
+
+def test_spec_size_is_bounded_as_stored_json() -> None:
+    big = {f"K{i}": "v" * 30_000 for i in range(3)}  # each value within its own limit
+    got = problems(env=big)
+    (message,) = [m for f, m in got if f == ""]
+    size = len(
+        JobSpec.model_validate({**BASE, "env": big}, context={"max_spec_bytes": 10**6}).to_json()
+    )
+    assert message == f"the job spec is {size} bytes as JSON; at most 65536"
+    assert size > 64 * KIB
+
+
+def test_spec_size_limit_comes_from_the_context() -> None:
+    small = {**BASE, "description": "x" * 200}
+    assert JobSpec.model_validate(small).description == "x" * 200
+    with pytest.raises(ValidationError, match=r"bytes as JSON; at most 128"):
+        JobSpec.model_validate(small, context={"max_spec_bytes": 128})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"name": "N" * 1_000_000},
+        {"schedule": "x" * 1_000_000},
+        {"env": {"B" * 1_000_000: "1"}},
+        {"env": {"1" * 100: "1"}},
+        {"labels": {"k" * 1_000_000: "v"}},
+        {"timeout": "5" * 1_000_000 + "x"},
+        {"output_limit": "5" * 1_000_000 + "x"},
+        {"command": ["x" * 1_000_000]},
+        pytest.param({"retries": 10**5000}, id="retries-5000-digits"),  # repr() would refuse
+        pytest.param({"output_limit": 10**5000}, id="output_limit-5000-digits"),
+    ],
+)
+def test_messages_never_echo_huge_input(fields: dict[str, Any]) -> None:
+    got = problems(**fields)
+    assert got
+    for field, message in got:
+        assert len(field) < 100 and len(message) < 300, (field[:100], message[:400])
+
+
+def test_stored_specs_are_read_without_the_write_limits() -> None:
+    """Limits apply on write; a job stored before they existed stays readable."""
+    old = json.dumps(
+        {**BASE, "description": "d" * 10_000, "output_limit": 100 * 1024**3,
+         "timeout": 2 * 365 * 86400.0, "env": {"A": "x\0y"}, "schedule": "@every 800d",
+         "labels": {f"k{i}": "v" * 2000 for i in range(100)}}
+    )  # fmt: skip
+    assert len(old) > 64 * KIB
+    spec = JobSpec.from_json(old)
+    assert spec.output_limit == 100 * 1024**3 and spec.env == {"A": "x\0y"}
+    assert JobSpec.from_json(spec.to_json()) == spec  # suspend/resume write it back as it is
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate(json.loads(old))
+    with pytest.raises(ValidationError, match="bytes as JSON"):
+        JobSpec.model_validate_json(json.dumps({**BASE, "description": "d" * 4000} | {
+            "env": {f"K{i}": "v" * 30_000 for i in range(3)}}))  # fmt: skip
+
+    class Listing(BaseModel):  # as the API's response models hold specs
+        jobs: list[JobSpec]
+
+    assert Listing(jobs=[spec]).jobs == [spec]  # a built spec is not checked again
+    assert Listing.model_validate({"jobs": [spec]}).jobs == [spec]
+
+
+def test_stored_specs_still_follow_the_model() -> None:
+    with pytest.raises(ValueError, match="retry_backoff"):
+        JobSpec.from_json(json.dumps({**BASE, "retry_backoff": None}))

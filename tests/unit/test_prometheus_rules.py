@@ -56,9 +56,9 @@ def _exported() -> set[str]:
     worker.metrics.runs["a", "failed"] += 1
     worker.metrics.missed_ticks["a", "deadline"] += 1
     worker.metrics.skipped_ticks["a", "previous_running"] += 1
-    config = MasterConfig(etcd_quota="1GiB")
+    config = MasterConfig()
     master = MasterMetrics(cast(EtcdClient, None), Keyspace("/cron"), config)
-    master.db_size, master.jobs = 1, 1
+    master.db_size, master.jobs, master.nospace = 1, 1, False
     master.request_done("/v1/jobs", "GET", 200, 0.01)
     master.sweep_duration.observe(1.0)
     names: set[str] = set()

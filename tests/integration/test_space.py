@@ -1,0 +1,109 @@
+"""etcd's quota as a budget, not a cliff: under a NOSPACE alarm claims fail with a
+clear message and nothing is corrupted; the elected master frees space, compacts,
+defragments and disarms, and claims work again (a real etcd with a small quota)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from scheduler.config import EtcdConfig, MasterConfig
+from scheduler.devtools.etcd_process import EtcdCluster
+from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim
+from scheduler.etcd.client import EtcdClient, EtcdNoSpace
+from scheduler.keyspace import Keyspace
+from scheduler.master.housekeeping import Housekeeper
+from scheduler.model import JobSpec
+from scheduler.runs import RunRecord, RunStatus
+
+QUOTA = 16 * 1024 * 1024
+CHUNK = 400 * 1024
+
+
+def _claim(ks: Keyspace, run: str, tick: int) -> ClaimRequest:
+    return ClaimRequest(
+        TickFence(ks.tick("keep"), tick),
+        ks.lock("keep"),
+        b'{"run_id":"%s"}' % run.encode(),
+        0,
+        run,
+        ks.run("keep", run),
+        b"running",
+        None,
+    )
+
+
+async def _fill(client: EtcdClient, ks: Keyspace) -> list[RunRecord]:
+    """Finished runs of job 'noisy' with two output chunks each, until etcd is full."""
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    written: list[RunRecord] = []
+    for i in range(200):
+        tick = t0 + timedelta(seconds=i)
+        rec = RunRecord(
+            job="noisy",
+            run_id=f"{tick:%Y%m%dT%H%M%S}Z-{i:06x}",
+            tick=tick,
+            status=RunStatus.SUCCEEDED,
+            output_bytes=2 * CHUNK,
+            output_chunks=2,
+        )
+        try:
+            for seq in range(2):
+                await client.put(ks.output_chunk("noisy", rec.run_id, seq), b"x" * CHUNK)
+            await client.put(ks.run("noisy", rec.run_id), rec.to_json())
+        except EtcdNoSpace:
+            return written
+        written.append(rec)
+    raise AssertionError("etcd never ran out of space")
+
+
+@pytest.mark.slow
+async def test_nospace_fails_claims_clearly_and_the_leader_recovers(tmp_path: Path) -> None:
+    cluster = EtcdCluster(tmp_path / "etcd", 1, extra_args=["--quota-backend-bytes", str(QUOTA)])
+    await asyncio.to_thread(cluster.start)
+    client = await EtcdClient.connect(EtcdConfig(endpoints=cluster.endpoints))
+    ks = Keyspace("/space")
+    try:
+        spec = JobSpec(name="keep", schedule="* * * * * *", shell="true")
+        await client.put(ks.job("keep"), spec.to_json())
+        noisy = JobSpec(name="noisy", schedule="@daily", shell="yes | head -c 800000")
+        await client.put(ks.job("noisy"), noisy.to_json())
+        first = await claim(client, _claim(ks, "r1", 1000))
+        assert first.outcome is Outcome.WON
+        written = await _fill(client, ks)
+        assert len(written) > 5
+        assert "NOSPACE" in await client.alarms()
+        active = client.active
+        with pytest.raises(EtcdNoSpace, match="out of space"):
+            await claim(client, _claim(ks, "r2", 2000))
+        assert client.active is active, "a full etcd is not a failed member"
+        # nothing corrupted: reads work and give what was written
+        kv, _ = await client.get(ks.job("keep"))
+        assert kv is not None and JobSpec.from_json(kv.value) == spec
+
+        keeper = Housekeeper(
+            client,
+            ks,
+            MasterConfig(
+                etcd_quota_bytes=QUOTA, output_budget_bytes=2 * 1024 * 1024, keep_succeeded=5
+            ),
+            identity="m",
+        )
+        await keeper.tend()
+        assert await client.alarms() == []
+        assert keeper.space.last.recovered
+        assert keeper.space.last.db_size < 0.9 * QUOTA
+        # writes work again, and what was kept is intact
+        again = await claim(client, _claim(ks, "r3", 3000))
+        assert again.outcome in (Outcome.WON, Outcome.BUSY)
+        kv, _ = await client.get(ks.job("keep"))
+        assert kv is not None and JobSpec.from_json(kv.value) == spec
+        kvs, _ = await client.get_prefix(ks.job_runs("noisy"))
+        kept = sorted(RunRecord.from_json(kv.value).run_id for kv in kvs)
+        assert kept == sorted(r.run_id for r in written)[-5:]
+    finally:
+        await client.close()
+        await asyncio.to_thread(cluster.stop)
