@@ -1,6 +1,7 @@
-from importlib.metadata import PackageNotFoundError, version
+"""etcron: a distributed cron scheduler on etcd.
 
-try:
-    __version__ = version("etcron")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+``__version__`` is the one source of the version (``pyproject.toml`` reads it):
+a constant, so that ``etcron version`` does not pay for ``importlib.metadata``.
+"""
+
+__version__ = "0.1.0"

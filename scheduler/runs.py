@@ -54,6 +54,8 @@ class RunRecord(BaseModel):
     run_id: str
     tick: datetime
     manual: bool = False
+    request_id: str = ""
+    """The manual run request (``POST /v1/jobs/<job>/run``) this run answers."""
     status: RunStatus
     worker: str | None = None
     lease: int = 0

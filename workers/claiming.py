@@ -224,7 +224,7 @@ class Claiming(WorkerCore):
                 return
             try:
                 await self._claim_and_run(
-                    job, TriggerFence(trigger_key), self.clock.now(), manual=True
+                    job, TriggerFence(trigger_key), self.clock.now(), manual=True, request=request
                 )
                 return
             except EtcdUnavailable:
@@ -280,6 +280,7 @@ class Claiming(WorkerCore):
         *,
         manual: bool = False,
         record_skip: bool = True,
+        request: str = "",
     ) -> bool:
         """Claim and, if won, run (a scheduled tick starts at the tick itself).
 
@@ -291,7 +292,14 @@ class Claiming(WorkerCore):
             raise EtcdUnavailable("no live session")
         run_id = new_run_id(tick, manual=manual)
         rec = started_record(
-            job, run_id, tick, self.id, session.lease_id, max(self.clock.now(), tick), manual=manual
+            job,
+            run_id,
+            tick,
+            self.id,
+            session.lease_id,
+            max(self.clock.now(), tick),
+            manual=manual,
+            request_id=request,
         )
         policy = job.concurrency
         lock_key = (

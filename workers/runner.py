@@ -417,12 +417,14 @@ def started_record(
     now: datetime,
     *,
     manual: bool,
+    request_id: str = "",
 ) -> RunRecord:
     return RunRecord(
         job=job.name,
         run_id=run_id,
         tick=tick,
         manual=manual,
+        request_id=request_id,
         status=RunStatus.RUNNING,
         worker=worker,
         lease=lease,

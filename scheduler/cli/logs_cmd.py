@@ -19,12 +19,15 @@ import sys
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from scheduler.cli.client import ApiClient, InvalidInput, NotFound
+from scheduler.cli.errors import InvalidInput, NotFound
 from scheduler.durations import parse_duration
+
+if TYPE_CHECKING:
+    from scheduler.cli.client import ApiClient
 
 RUNNABLE = {"running", "succeeded", "failed", "timed_out", "killed", "lost"}
 

@@ -10,32 +10,48 @@ whole values and more columns. Nothing is read as rich markup or ``:emoji:``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from rich.console import Console
-
-from scheduler.cli import table
+from scheduler.cli.common import Format
+from scheduler.cli.status import JobState
 from scheduler.durations import format_duration
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-class Format(StrEnum):
-    TABLE = "table"
-    WIDE = "wide"
-    JSON = "json"
-    YAML = "yaml"
-
-    @property
-    def tabular(self) -> bool:
-        return self in (Format.TABLE, Format.WIDE)
+__all__ = ["Format", "emit", "err", "out", "say", "warn"]
 
 
-out = Console(highlight=False, soft_wrap=True, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+@functools.cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console  # ~35 ms: only when something is printed with it
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
+
+
+def out() -> Console:
+    """The console on stdout (created on first use)."""
+    return _console(False)
+
+
+def err() -> Console:
+    """The console on stderr (created on first use)."""
+    return _console(True)
+
+
+def say(text: str) -> None:
+    """One line of data on stdout, printed as is (no markup, no emoji)."""
+    out().print(text, markup=False)
+
+
+def warn(text: str) -> None:
+    """One line on stderr, printed as is."""
+    err().print(text, markup=False)
+
 
 _DEFAULTS: dict[str, Any] = {
     "timezone": "UTC",
@@ -50,17 +66,45 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+DURATIONS = ("timeout", "retry_backoff", "starting_deadline", "keep_for")
+"""Spec fields the API returns as float seconds (stored so; written as ``10m``)."""
+
+
 def compact_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A spec without null and default-valued fields (what a person would write)."""
-    return {k: v for k, v in spec.items() if v is not None and _DEFAULTS.get(k, ...) != v}
+    """A spec without null and default-valued fields (what a person would write),
+    durations as written in a jobs file (``10m``, not ``600.0``). For output only:
+    the result applies again to the same spec."""
+    out = {k: v for k, v in spec.items() if v is not None and _DEFAULTS.get(k, ...) != v}
+    for key in DURATIONS:
+        if isinstance(out.get(key), int | float) and not isinstance(out[key], bool):
+            out[key] = format_duration(float(out[key]))
+    return out
+
+
+def yamlish(value: Any) -> str:
+    """A value as a jobs file writes it: ``true``, ``10m``, ``["a", "b"]``, ``{zone: a}``;
+    ``(not set)`` for a missing field."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yamlish(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and (not value or value != value.strip() or "\n" in value):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def emit(data: Any, fmt: str) -> None:
     """Print ``data`` as JSON or YAML (for table output, use the functions below)."""
     if fmt == "yaml":
-        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip(), markup=False)
+        import yaml
+
+        say(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
     else:
-        out.print(json.dumps(data, indent=2, ensure_ascii=False), markup=False)
+        say(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def print_table(
@@ -68,10 +112,13 @@ def print_table(
 ) -> None:
     """Whole values in a pipe or with ``wide``; fitted to the terminal otherwise
     (``keep``: columns cut only when nothing else can give)."""
-    width = out.width if out.is_terminal and not wide else None
+    from scheduler.cli import table
+
+    console = out()
+    width = console.width if console.is_terminal and not wide else None
     for line in table.render(headers, rows, width, keep):
-        out.file.write(line + "\n")
-    out.file.flush()
+        console.file.write(line + "\n")
+    console.file.flush()
 
 
 def _labels(labels: Any) -> str:
@@ -87,9 +134,17 @@ def _command(spec: dict[str, Any]) -> str:
 
 
 def jobs_table(
-    jobs: Iterable[dict[str, Any]], invalid: Iterable[dict[str, Any]] = (), *, wide: bool = False
+    jobs: Iterable[dict[str, Any]],
+    invalid: Iterable[dict[str, Any]] = (),
+    *,
+    wide: bool = False,
+    state: dict[str, JobState] | None = None,
 ) -> None:
-    headers = ["NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED", "COMMAND"]
+    """``state``: the run columns (ACTIVE, LAST RUN, NEXT RUN) of each job, by name."""
+    headers = ["NAME", "SCHEDULE", "TIMEZONE", "CONCURRENCY", "SUSPENDED"]
+    if state is not None:
+        headers += ["ACTIVE", "LAST RUN", "NEXT RUN"]
+    headers.append("COMMAND")
     if wide:
         headers += ["TIMEOUT", "RETRIES", "SELECTOR", "LABELS", "DESCRIPTION"]
     rows = []
@@ -100,8 +155,11 @@ def jobs_table(
             j.get("timezone", "UTC"),
             j.get("concurrency", "forbid"),
             "yes" if j.get("suspend") else "no",
-            _command(j),
         ]
+        if state is not None:
+            st = state.get(j["name"]) or JobState()
+            row += [str(st.active), st.last, st.next]
+        row.append(_command(j))
         if wide:
             row += [
                 _seconds(j.get("timeout")),
@@ -111,11 +169,10 @@ def jobs_table(
                 j.get("description") or "-",
             ]
         rows.append(row)
-    print_table(headers, rows, wide=wide, keep=("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED"))
+    keep = ("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED", "ACTIVE", "LAST RUN", "NEXT RUN")
+    print_table(headers, rows, wide=wide, keep=keep)
     for bad in invalid:
-        err.print(
-            f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
-        )
+        warn(f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}")
 
 
 def job_detail(spec: dict[str, Any], mod_revision: int | None = None) -> None:
@@ -133,9 +190,9 @@ def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None
     marks = (("create", "+", "green"), ("update", "~", "yellow"), ("delete", "-", "red"))
     for action, mark, colour in marks:
         for name in plan.get(action, []):
-            out.print(f"[{colour}]{mark} {action:<9}[/]", name, markup=True)
+            out().print(f"[{colour}]{mark} {action:<9}[/]", name, markup=True)
             for line in (details or {}).get(name, []):
-                out.print(f"    {line}", markup=False)
+                say(f"    {line}")
     counts = ", ".join(
         f"{len(plan.get(a, []))} {a}" for a in ("create", "update", "delete", "unchanged")
     )
@@ -145,11 +202,9 @@ def plan_lines(plan: dict[str, Any], details: dict[str, list[str]] | None = None
         verdict = f"applied in {plan.get('batches', 0)} transaction(s)"
     else:
         verdict = "not applied"
-    out.print(f"{counts} ({verdict})", markup=False)
+    say(f"{counts} ({verdict})")
     for bad in plan.get("invalid_in_etcd", []):
-        err.print(
-            f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}", markup=False
-        )
+        warn(f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}")
 
 
 def _seconds(value: Any) -> str:
@@ -181,33 +236,39 @@ def _duration(run: dict[str, Any]) -> str:
 
 
 def runs_table(runs: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
-    headers = ["RUN ID", "STATUS", "TICK", "WORKER", "DURATION", "EXIT", "TOKEN"]
-    if wide:
-        headers += ["START", "END", "ATTEMPT", "MANUAL", "MESSAGE"]
+    """REASON: the record's message for a run that did not succeed (skipped, missed,
+    failed, ...); ``-o wide`` has every message (MESSAGE) instead, and END, MANUAL."""
+    headers = ["RUN ID", "STATUS", "TICK", "START", "WORKER", "DURATION", "EXIT", "ATTEMPT"]
+    headers += ["TOKEN", "END", "MANUAL", "MESSAGE"] if wide else ["TOKEN", "REASON"]
     rows = []
     for r in runs:
         exit_code = r.get("exit_code")
         if exit_code is None and r.get("signal"):
             exit_code = f"signal {r['signal']}"
+        status = str(r.get("status", "?"))
         row = [
             r["run_id"],
-            str(r.get("status", "?")),
+            status,
             _when(r.get("tick")),
+            _when(r.get("start")),
             str(r.get("worker") or "-"),
             _duration(r),
             "-" if exit_code is None else str(exit_code),
+            str(r.get("attempt", 1)),
             str(r.get("fencing_token") or "-"),
         ]
         if wide:
             row += [
-                _when(r.get("start")),
                 _when(r.get("end")),
-                str(r.get("attempt", 1)),
                 "yes" if r.get("manual") else "no",
                 str(r.get("message") or "-"),
             ]
+        else:
+            ok = status in ("succeeded", "running")
+            row.append("-" if ok else str(r.get("message") or "-"))
         rows.append(row)
-    print_table(headers, rows, wide=wide, keep=("RUN ID", "STATUS", "DURATION", "EXIT", "TOKEN"))
+    keep = ("RUN ID", "STATUS", "DURATION", "EXIT", "TOKEN")
+    print_table(headers, rows, wide=wide, keep=keep)
 
 
 def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
@@ -244,4 +305,4 @@ def _worker_state(w: dict[str, Any]) -> str:
 def problems(items: Iterable[dict[str, Any]]) -> None:
     for p in items:
         where = ": ".join(str(p[k]) for k in ("job", "field") if p.get(k))
-        err.print(f"  {where + ': ' if where else ''}{p.get('message', '')}", markup=False)
+        warn(f"  {where + ': ' if where else ''}{p.get('message', '')}")

@@ -10,14 +10,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from scheduler.cli.client import ApiClient, InvalidInput
-from scheduler.config import Config, ConfigError, load_config
+from scheduler.cli.errors import InvalidInput
+
+if TYPE_CHECKING:  # the config (pydantic) and the client (httpx) load only when used
+    from scheduler.cli.client import ApiClient
+    from scheduler.config import Config
 
 DEFAULT_SERVER = "http://127.0.0.1:8070"
 
 
 def read_config(path: Path | None) -> Config:
+    from scheduler.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -61,4 +67,6 @@ class Globals:
         return server or DEFAULT_SERVER, token
 
     def client(self) -> ApiClient:
+        from scheduler.cli.client import ApiClient
+
         return ApiClient(*self.resolve())

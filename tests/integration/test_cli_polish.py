@@ -68,7 +68,8 @@ async def test_tables_in_a_pipe_print_whole_values_one_row_per_line(
     assert r.code == 0, r.err
     row = line_with(r.out, run_id)
     assert row.split() == [
-        run_id, "succeeded", "2026-01-01", "00:00:00Z", WORKER, "3s", "0", "987654321012",
+        run_id, "succeeded", "2026-01-01", "00:00:00Z", "2026-01-01", "00:00:01Z", WORKER,
+        "3s", "0", "1", "987654321012", "-",
     ], row  # fmt: skip
     assert "TOKEN" in r.out.splitlines()[0]
 
@@ -87,7 +88,7 @@ async def test_tables_in_a_pipe_print_whole_values_one_row_per_line(
 
     r = await run(m, "history", "wide", "-o", "wide")
     assert r.code == 0, r.err
-    assert line_with(r.out, run_id).endswith("2026-01-01 00:00:04Z  1        no      all good")
+    assert line_with(r.out, run_id).endswith("2026-01-01 00:00:04Z  no      all good")
 
     r = await run(m, "get", "jobs", "-o", "json")
     assert json.loads(r.out)["jobs"][0]["command"] == COMMAND.split()
