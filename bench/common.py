@@ -217,6 +217,7 @@ class WorkerProc:
         **cfg: Any,
     ) -> None:
         cfg.setdefault("lease_ttl", 6)
+        cfg.setdefault("listen", "127.0.0.1:0")  # /metrics etc. on a free port
         self.id = worker_id
         self.config = Config(
             etcd=etcd_config(endpoint),

@@ -233,7 +233,7 @@ class Helper:
         self.log = base / f"{worker_id}.log"
         self.config = Config(
             etcd=etcd_config(endpoint),
-            worker=WorkerConfig(id=worker_id, lease_ttl=6),
+            worker=WorkerConfig(id=worker_id, lease_ttl=6, listen="127.0.0.1:0"),
             log=LogConfig(level="info", format="json"),
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -66,9 +66,11 @@ export ETCRON_CONFIG=$RUN/config.yaml ETCRON_SERVER=http://127.0.0.1:$API_PORT E
 echo "== starting the master on $ETCRON_SERVER"
 "$ETCRON" master > "$RUN/master.log" 2>&1 &
 pids+=($!); names+=(master)
+port=$API_PORT
 for w in worker-a worker-b; do
-  echo "== starting $w"
-  ETCRON_WORKER__ID=$w "$ETCRON" worker > "$RUN/$w.log" 2>&1 &
+  port=$((port + 1))  # each worker's /metrics, /healthz, /readyz
+  echo "== starting $w (metrics and health on 127.0.0.1:$port)"
+  ETCRON_WORKER__ID=$w ETCRON_WORKER__LISTEN=127.0.0.1:$port "$ETCRON" worker > "$RUN/$w.log" 2>&1 &
   pids+=($!); names+=("$w")
 done
 for _ in $(seq 100); do up "$ETCRON_SERVER/v1/health" && break; sleep 0.2; done

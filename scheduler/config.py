@@ -55,6 +55,22 @@ def _split_labels(value: Any) -> Any:
     return value
 
 
+def _listen(value: Any) -> Any:
+    """``host:port`` or ``[v6]:port``; ``""`` or ``off`` turns the listener off."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("", "off"):
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, [v6]:port, '' or off, got {value!r}")
+    return text
+
+
+Listen = Annotated[str, BeforeValidator(_listen)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +104,8 @@ class MasterConfig(_Section):
     keep_for: Duration = 7 * 86400.0
     compact_interval: Duration = 300.0
     compact_keep_revisions: int = 10000
+    metrics_token: str | None = None
+    """Bearer token for ``GET /metrics``; None: ``/metrics`` needs no token."""
     etcd_quota_bytes: Size = 2 * 1024**3
     """etcd's ``--quota-backend-bytes`` (2 GiB unless etcd was started otherwise)."""
     output_budget_bytes: Size = 512 * 1024**2
@@ -129,6 +147,8 @@ class WorkerConfig(_Section):
     log_dir: Path | None = None
     log_file_max: Size = 10 * 1024 * 1024
     log_file_count: int = 5
+    listen: Listen = "127.0.0.1:8071"
+    """``/metrics``, ``/healthz``, ``/readyz``; ``""`` or ``off``: no listener."""
 
 
 class LogConfig(_Section):

@@ -32,7 +32,7 @@ from scheduler.etcd.session import Session
 from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
 from workers import orphans
-from workers.accounting import record_gap
+from workers.accounting import UNCLAIMED, record_gap
 from workers.core import WorkerCore
 from workers.executor import OutputSink
 from workers.handover import next_tick
@@ -262,6 +262,7 @@ class Claiming(WorkerCore):
             c = await claim(self.batcher or self.client, req)
             if c.outcome is Outcome.WON:
                 self.stats["missed"] += 1
+                self.metrics.missed(job.name, why)
                 if not quiet:
                     self.log.warning("tick missed", job=job.name, tick=str(tick), reason=why)
                 self._account(job, c, fire_ms)
@@ -338,6 +339,7 @@ class Claiming(WorkerCore):
             if result.lock is not None:
                 self._check_lock(job, result.lock)
             if result.recorded:
+                self.metrics.skipped(job.name)
                 self.log.info(
                     "tick skipped: previous run still active", job=job.name, tick=str(tick)
                 )
@@ -373,6 +375,7 @@ class Claiming(WorkerCore):
         assert self.client is not None
         n = await record_gap(self.client, self.ks, job, prev, fire_ms, self.id, self.clock.now())
         self.stats["missed"] += n
+        self.metrics.missed(job.name, UNCLAIMED, n)
 
     def _check_lock(self, job: JobSpec, lock: KeyValue) -> None:
         """A lock no live run stands behind is repaired (``workers.repair``)."""
@@ -439,6 +442,7 @@ class Claiming(WorkerCore):
                 sink_factory=self._output_sink,
                 launch=self.launcher.at,
                 next_run=self._next_run,
+                observer=self.metrics,
             )
         self.runs[h.run_id] = h  # (a hand-over registered it already)
         self.stats["started"] += 1

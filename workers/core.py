@@ -17,7 +17,9 @@ from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.guardclient import Guard
+from workers.health_http import HealthServer
 from workers.launch import Launcher
+from workers.metrics import WorkerMetrics
 from workers.pace import Pace
 from workers.repair import Repairs
 from workers.runner import RunHandle, Runner
@@ -70,6 +72,9 @@ class WorkerCore:
         self.log = log.bind(worker=self.id)
         self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
         self.stats |= {"missed": 0, "started": 0, "handovers": 0}
+        self.metrics = WorkerMetrics(self)
+        self.http: HealthServer | None = None
+        """``/metrics``, ``/healthz``, ``/readyz`` on ``worker.listen`` (``workers.health_http``)."""
 
     @property
     def skew(self) -> float:
@@ -85,6 +90,21 @@ class WorkerCore:
         if not self.clock.known:
             return False
         return abs(self.clock.offset) <= self.cfg.max_clock_skew
+
+    def readiness(self) -> str:
+        """Why this worker is not ready to claim, or "" when it is (``/readyz``)."""
+        if self.draining:
+            return "draining"
+        if self.session is None or self.session.remaining() <= 0:
+            return "no etcd session"
+        if not {self.ks.jobs, self.ks.ticks, self.ks.workers} <= self._loaded:
+            return "job table not loaded yet"
+        if not self.clock.known:
+            return "clock not yet compared with the other workers' clocks"
+        if not self.clock_ok():
+            bound = self.cfg.max_clock_skew
+            return f"clock skew {self.skew:+.3f}s is above worker.max_clock_skew ({bound}s)"
+        return ""
 
     def lease_left(self) -> float:
         return self.session.remaining() if self.session is not None else 0.0

@@ -31,6 +31,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
@@ -51,6 +52,15 @@ NextRun = tuple[HandOver, Callable[[Handed], None]]
 """The next tick's claim to send with a release, and what to do with the answer."""
 
 
+class RunObserver(Protocol):
+    """Told when a scheduled run is exec'd at its tick and when a run ended
+    (``workers.metrics``); both must be quick and must not raise."""
+
+    def run_started(self, h: RunHandle) -> None: ...
+
+    def run_ended(self, h: RunHandle) -> None: ...
+
+
 @dataclass
 class RunHandle:
     """A run this worker holds a claim for."""
@@ -63,6 +73,8 @@ class RunHandle:
     child: Child | None = None
     stop_reason: StopReason | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    exec_at: float | None = None
+    """Cluster time (seconds) of the first exec at the tick (``RunObserver.run_started``)."""
 
     @property
     def run_id(self) -> str:
@@ -125,6 +137,7 @@ class Runner:
         sink_factory: Callable[[RunHandle], OutputSink] | None = None,
         launch: Callable[[int, Callable[[], None]], Awaitable[None]] | None = None,
         next_run: Callable[[RunHandle], NextRun | None] | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
@@ -137,6 +150,7 @@ class Runner:
         self.sink_factory = sink_factory
         self.launch = launch
         self.next_run = next_run
+        self.observer = observer
 
     def _user(self, job: JobSpec) -> tuple[str | None, str]:
         if job.user is None:
@@ -152,6 +166,8 @@ class Runner:
     def _start(self, h: RunHandle, child: Child) -> None:
         """Start ``child`` unless the run was stopped or the lease is not proven (rule 2)."""
         if h.stop_reason is None and self.lease_left() >= MIN_LEASE_LEFT:
+            if self.observer is not None:
+                self.observer.run_started(h)
             child.start()
 
     async def execute(self, h: RunHandle, start_at_ms: int | None = None) -> RunRecord:
@@ -309,6 +325,8 @@ class Runner:
         rec.end = self.now()
         rec.message = result.error or _lost_message(h)
         await self.finish(h)
+        if self.observer is not None:
+            self.observer.run_ended(h)
 
     def _sink(self, h: RunHandle) -> OutputSink:
         if self.sink_factory is not None:

@@ -30,6 +30,7 @@ from scheduler.model import JobSpec
 from scheduler.runs import from_ms, tick_ms
 from workers.claiming import Claiming
 from workers.executor import StopReason
+from workers.health_http import HealthServer
 from workers.membership import Membership
 from workers.pace import MAX_CLAIM_AHEAD
 from workers.repair import Repairs
@@ -113,9 +114,22 @@ class Worker(Membership, Claiming):
     async def _run(self) -> None:
         _use_pidfd_child_watcher()
         seal_inherited_fds()
+        if self.cfg.listen:  # before etcd: /healthz answers while it is down
+            self.http = HealthServer(
+                self.cfg.listen, metrics=self.metrics.render, readiness=self.readiness
+            )
+            await self.http.start()
+        try:
+            await self._run_connected()
+        finally:
+            if self.http is not None:
+                await self.http.close()
+
+    async def _run_connected(self) -> None:
         client = await connect_patiently(self.config.etcd, stop=self._stop, what="worker")
         if client is None:
             return  # stopped while waiting for etcd
+        client.observe = self.metrics.etcd.observe
         self.client = client
         self.batcher = TxnBatcher(self.client)
         self.repairs = Repairs(client, self.ks, self.id, self.clock)
@@ -188,6 +202,7 @@ class Worker(Membership, Claiming):
         for name, spec in self.table.apply(item):
             if spec is None:
                 self.timer.remove(name)
+                self.metrics.forget(name)
                 continue
             nxt = spec.schedule_obj().next_after(from_ms(now_ms), spec.zone())
             self.timer.schedule(name, tick_ms(nxt))

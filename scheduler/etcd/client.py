@@ -52,6 +52,7 @@ import contextlib
 import functools
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -371,6 +372,8 @@ class EtcdClient:
         """Requests and stream waits cut short by failover."""
         self.probes = 0
         """Status probes sent."""
+        self.observe: Callable[[str, float, bool], None] | None = None
+        """Told ``(what, seconds, ok)`` when a request ends (``scheduler.metrics``)."""
 
     # lifecycle ------------------------------------------------------------
 
@@ -580,6 +583,25 @@ class EtcdClient:
         otherwise an unavailable member is retried, on the new member after a
         failover, until the deadline.
         """
+        if self.observe is None:
+            return await self._call_on(what, fn, once=once, timeout=timeout)
+        sent = time.perf_counter()
+        try:
+            result = await self._call_on(what, fn, once=once, timeout=timeout)
+        except EtcdError:
+            self.observe(what, time.perf_counter() - sent, False)
+            raise
+        self.observe(what, time.perf_counter() - sent, True)
+        return result
+
+    async def _call_on(
+        self,
+        what: str,
+        fn: Callable[[Member, float], Awaitable[T]],
+        *,
+        once: bool,
+        timeout: float | None,
+    ) -> T:
         loop = asyncio.get_running_loop()
         end = loop.time() + (timeout or self.timeout)
         delay = 0.05

@@ -118,6 +118,7 @@ class Session:
         loop = asyncio.get_running_loop()
         stuck: Member | None = None
         failures = 0
+        sent = self.clock.monotonic()
         while not self.lost.is_set():
             member = self.client.pick(avoid=stuck)
             queue: asyncio.Queue[None] = asyncio.Queue()
@@ -143,6 +144,8 @@ class Session:
             except (TimeoutError, grpc.aio.AioRpcError, EtcdError) as exc:
                 failures += 1
                 stalled = isinstance(exc, TimeoutError)
+                if self.client.observe is not None:
+                    self.client.observe("keepalive", self.clock.monotonic() - sent, False)
                 if failures == 1:
                     log.info(
                         "keepalive failed, retrying",
@@ -171,6 +174,8 @@ class Session:
             self._lose("etcd reports the lease expired or revoked")
             return
         self.keepalives += 1
+        if self.client.observe is not None:
+            self.client.observe("keepalive", self.clock.monotonic() - sent, True)
         self._deadline = max(self._deadline, sent + resp.TTL)
         self._changed.set()
         self._notify()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -72,6 +73,7 @@ class Housekeeper:
         *,
         identity: str,
         clock: Clock | None = None,
+        on_sweep: Callable[[SweepReport | None, float], None] | None = None,
     ) -> None:
         self.client = client
         self.ks = ks
@@ -81,6 +83,8 @@ class Housekeeper:
         self.is_leader = asyncio.Event()
         self._last_compact = 0.0
         self.space = SpaceKeeper(client, ks, config)
+        self.on_sweep = on_sweep
+        """Told (report, seconds) after each sweep, (None, seconds) when one failed."""
 
     async def run(self) -> None:
         """Campaign, and sweep while leader; forever (cancel to stop)."""
@@ -122,11 +126,22 @@ class Housekeeper:
         sweep's writes), then the sweep and compaction."""
         space = await self.space.check()
         full = "NOSPACE" in space.alarms
-        await self.sweep(full=full)
+        await self._sweep_told(full=full)
         if full and self.config.recover_nospace:
             await self.space.recover()
         elif not full:
             await self.maybe_compact()
+
+    async def _sweep_told(self, *, full: bool) -> None:
+        started = self.clock.monotonic()
+        try:
+            report = await self.sweep(full=full)
+        except EtcdError:
+            if self.on_sweep is not None:
+                self.on_sweep(None, self.clock.monotonic() - started)
+            raise
+        if self.on_sweep is not None:
+            self.on_sweep(report, self.clock.monotonic() - started)
 
     async def maybe_compact(self) -> int | None:
         now = self.clock.monotonic()

@@ -32,11 +32,12 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.connect import connect_patiently
 from scheduler.keyspace import Keyspace
 from scheduler.master.api import create_app
+from scheduler.master.metrics import MasterMetrics, MetricsMiddleware
 from scheduler.store import JobStore
 
 log = structlog.get_logger("etcron.master")
 
-Housekeeping = Callable[[EtcdClient, Keyspace, Config], Coroutine[Any, Any, None]]
+Housekeeping = Callable[[EtcdClient, Keyspace, Config, MasterMetrics], Coroutine[Any, Any, None]]
 """A long-running coroutine started next to the API (cancelled at stop)."""
 
 
@@ -117,8 +118,14 @@ async def run_master(
         return
     client = connected
     keyspace = Keyspace(config.etcd.prefix)
-    app = create_app(
-        JobStore(client, keyspace), token=token, max_spec_bytes=config.master.max_spec_bytes
+    metrics = MasterMetrics(client, keyspace, config.master)
+    client.observe = metrics.etcd.observe
+    app = MetricsMiddleware(
+        create_app(
+            JobStore(client, keyspace), token=token, max_spec_bytes=config.master.max_spec_bytes
+        ),
+        metrics,
+        token=config.master.metrics_token,
     )
     server = _Server(
         uvicorn.Config(
@@ -129,7 +136,9 @@ async def run_master(
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="master-http")
     try:
         if housekeeping is not None:
-            tasks.append(asyncio.create_task(_logged(housekeeping(client, keyspace, config))))
+            tasks.append(
+                asyncio.create_task(_logged(housekeeping(client, keyspace, config, metrics)))
+            )
         if stop is not None:
             tasks.append(asyncio.create_task(_stop_on(stop, server)))
         up = asyncio.create_task(server.up.wait())
@@ -161,16 +170,23 @@ async def run_master(
         log.info("master stopped")
 
 
-async def leader_housekeeping(client: EtcdClient, keyspace: Keyspace, config: Config) -> None:
+async def leader_housekeeping(
+    client: EtcdClient, keyspace: Keyspace, config: Config, metrics: MasterMetrics
+) -> None:
     """The :data:`Housekeeping` the ``etcron master`` command uses: leader-elected
-    sweeps, and the master's clock published for the workers' cluster time."""
+    sweeps (told to ``metrics``), and the master's clock published for the
+    workers' cluster time."""
     from scheduler.master.housekeeping import Housekeeper
     from scheduler.master.presence import publish_presence
 
     identity = f"{socket.gethostname()}:{os.getpid()}"
     async with asyncio.TaskGroup() as tg:
         tg.create_task(publish_presence(client, keyspace, f"{socket.gethostname()}-{os.getpid()}"))
-        tg.create_task(Housekeeper(client, keyspace, config.master, identity=identity).run())
+        keeper = Housekeeper(
+            client, keyspace, config.master, identity=identity, on_sweep=metrics.sweep_done
+        )
+        metrics.leader = keeper.is_leader
+        tg.create_task(keeper.run())
 
 
 async def _logged(coro: Coroutine[Any, Any, None]) -> None:

@@ -33,6 +33,7 @@ def make_config(endpoints: list[str], prefix: str, worker_id: str = "w1", **work
     worker.setdefault("kill_grace", 1.0)
     worker.setdefault("drain_grace", 10.0)
     worker.setdefault("handoff_delay", 0.2)
+    worker.setdefault("listen", "127.0.0.1:0")  # a free port: many workers on one host
     return Config(
         etcd=EtcdConfig(endpoints=endpoints, prefix=prefix),
         worker=WorkerConfig(id=worker_id, **worker),
