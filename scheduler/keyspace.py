@@ -17,6 +17,7 @@ Every key etcron reads or writes is built here, under a configurable prefix
 | ``leader``                            | the leader master     | its session      |
 | ``masters/<id>``                      | each master (clock)   | its session      |
 | ``repairs/<kind>/<name>``             | the repairing worker  | none (last one)  |
+| ``budget``                            | the leader master     | none             |
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ class Keyspace:
     @property
     def leader(self) -> str:
         return f"{self.prefix}/leader"
+
+    @property
+    def budget(self) -> str:
+        """The leader's word on etcd's space: ``{"output_spent": bool}`` (workers read it)."""
+        return f"{self.prefix}/budget"
 
     @staticmethod
     def tail(key: str, prefix: str) -> str:

@@ -526,4 +526,5 @@ class Claiming(WorkerCore):
             tail=cfg.output_tail,
             log_file=log_file,
             log_file_max=cfg.log_file_max,
+            spent=lambda: self.budget.spent,
         )

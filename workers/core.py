@@ -15,6 +15,7 @@ from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
+from workers.budget import OutputBudget
 from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.guardclient import Guard
 from workers.health_http import HealthServer
@@ -54,6 +55,8 @@ class WorkerCore:
         self.repairs: Repairs | None = None
         self._repairing: set[str] = set()
         self._no_eligible_warned: dict[str, float] = {}
+        self.budget = OutputBudget()
+        """The leader's word on etcd's space (``workers.budget``)."""
         self.guard = Guard(config.etcd)
         self.draining = False
         self.ready = asyncio.Event()

@@ -33,6 +33,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,8 +71,11 @@ class EtcdOutput(OutputSink):
         tail: int = 4096,
         log_file: Path | None = None,
         log_file_max: int = 10 * 1024 * 1024,
+        spent: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(tail=tail)
+        self.spent = spent
+        """True while etcd's output budget is spent (``workers.budget``): ship nothing."""
         self.client = client
         self.ks = ks
         self.job = job
@@ -173,6 +177,9 @@ class EtcdOutput(OutputSink):
             await self._put(segs)
 
     async def _put(self, segs: list[Segment]) -> None:
+        if self.spent():  # the budget is spent: the record keeps the tail, the rest is omitted
+            self.omitted += sum(len(data) for tag, _, data in segs if tag != "m")
+            return
         value = json.dumps(
             {"seq": self.seq, "segs": [[s, round(t, 3), decode(d)] for s, t, d in segs]}
         ).encode()

@@ -147,6 +147,7 @@ class Worker(Membership, Claiming):
                     self._timer_loop(),
                     self._register_loop(),
                     self.guard.supervise(),
+                    self.budget.follow(client, self.ks.budget),
                 ]
                 tasks = [tg.create_task(c) for c in loops]
                 await self._stop.wait()

@@ -22,6 +22,7 @@ ctl role add etcron-worker >/dev/null
 ctl role grant-permission etcron-worker --prefix=true read "$P/jobs/" >/dev/null
 ctl role grant-permission etcron-worker --prefix=true readwrite "$P/killer/" >/dev/null
 ctl role grant-permission etcron-worker --prefix=true read "$P/masters/" >/dev/null
+ctl role grant-permission etcron-worker read "$P/budget" >/dev/null
 for d in lock ticks workers runs output trigger repairs; do
   ctl role grant-permission etcron-worker --prefix=true readwrite "$P/$d/" >/dev/null
 done

@@ -131,6 +131,7 @@ class Housekeeper:
             await self.space.recover()
         elif not full:
             await self.maybe_compact()
+        await self.space.tell_workers()
 
     async def _sweep_told(self, *, full: bool) -> None:
         started = self.clock.monotonic()

@@ -11,6 +11,11 @@ etcd refuses every write once its database reaches ``--quota-backend-bytes``
   alarms, warns past 80 % of ``master.etcd_quota_bytes`` (at most every 10
   minutes) and reports both in :attr:`SpaceKeeper.last` (the API's health
   shows the alarms).
+- **tells the workers when the output budget is spent** (``budget`` key:
+  ``{"output_spent": true}`` while the output still over the budget after the
+  oldest went, or the database is past 90 % of the quota, or NOSPACE): a
+  worker then keeps each run's tail in its record and stops shipping chunks
+  (``workers.output``), recording the bytes as omitted.
 - **recovers from NOSPACE** (``master.recover_nospace``, on by default): deletes
   what retention and the output budget allow (deletes are accepted under the
   alarm), compacts to the current revision, defragments every member one at a
@@ -22,6 +27,8 @@ etcd refuses every write once its database reaches ``--quota-backend-bytes``
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -84,6 +91,9 @@ class SpaceKeeper:
         self.config = config
         self.last = SpaceReport()
         self._warned = 0.0
+        self._spent: bool | None = None
+        self.output_left = 0
+        """Stored output past the budget after the last sweep dropped what it could."""
 
     async def drop_output(
         self, runs: list[tuple[RunRecord, KeyValue]], *, pressed: bool = False
@@ -97,6 +107,8 @@ class SpaceKeeper:
         budget = self.config.output_budget_bytes // (2 if pressed else 1)
         kvs = {id(r): kv for r, kv in runs}
         doomed = over_budget([r for r, _ in runs], budget)
+        total = sum(stored_output(r) for r, _ in runs) - sum(stored_output(r) for r in doomed)
+        self.output_left = max(0, total - self.config.output_budget_bytes)
         for rec in doomed:
             dropped = rec.model_copy(
                 update={"output_chunks": 0, "output_omitted": rec.output_bytes}
@@ -134,6 +146,24 @@ class SpaceKeeper:
             log.warning("etcd database is filling up", db_size=rep.db_size, quota=quota)
         self.last = rep
         return rep
+
+    async def tell_workers(self) -> bool:
+        """Write ``budget`` when the verdict changed; the verdict (spent or not)."""
+        rep = self.last
+        spent = (
+            self.output_left > 0
+            or "NOSPACE" in rep.alarms
+            or (rep.quota > 0 and rep.db_size > DISARM_BELOW * rep.quota)
+        )
+        if spent != self._spent:
+            with contextlib.suppress(EtcdError):  # under NOSPACE the put fails: workers
+                await self.client.put(  # find out anyway, as their chunks fail
+                    self.ks.budget, json.dumps({"output_spent": spent}).encode()
+                )
+                self._spent = spent
+                say = log.warning if spent else log.info
+                say("output budget", spent=spent, db_size=rep.db_size, quota=rep.quota)
+        return spent
 
     async def recover(self) -> bool:
         """After the caller freed what it could: compact, defragment, disarm if

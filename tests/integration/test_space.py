@@ -107,3 +107,48 @@ async def test_nospace_fails_claims_clearly_and_the_leader_recovers(tmp_path: Pa
     finally:
         await client.close()
         await asyncio.to_thread(cluster.stop)
+
+
+async def test_a_spent_output_budget_keeps_runs_to_their_tail(
+    etcd_endpoints: list[str], prefix: str
+) -> None:
+    """The leader says the output budget is spent (here: the database is past 90 % of
+    a quota set below its size); workers then ship no chunks: the record keeps the
+    output's tail and counts the rest as omitted. When it is no longer spent, output
+    is shipped again."""
+    from tests.support import wait_for
+    from tests.support.cluster import make_config, put_jobs, runs_of, workers
+
+    ks = Keyspace(prefix)
+    client = await EtcdClient.connect(EtcdConfig(endpoints=etcd_endpoints))
+    try:
+        tight = Housekeeper(client, ks, MasterConfig(etcd_quota_bytes=1), identity="m")
+        await tight.space.check()
+        assert await tight.space.tell_workers()
+        job = JobSpec(name="chatty", schedule="@every 3600s", shell="seq 1 40000")
+        await put_jobs(client, ks, job)
+        async with workers([make_config(etcd_endpoints, prefix, "b1")]) as (w,):
+            await wait_for(lambda: w.budget.spent, timeout=15)
+            await client.put(ks.trigger("chatty", "r1"), b"{}")
+
+            async def final(n: int) -> list[RunRecord]:
+                recs = [r for r in await runs_of(client, ks, "chatty") if r.status.final]
+                return recs if len(recs) >= n else []
+
+            (rec,) = await wait_for(lambda: final(1), timeout=20)
+            assert rec.status is RunStatus.SUCCEEDED
+            assert rec.output_chunks == 0 and rec.output_omitted == rec.output_bytes > 0
+            assert rec.output_tail.rstrip().endswith("40000")
+            chunks, _ = await client.get_prefix(ks.run_output("chatty", rec.run_id))
+            assert chunks == []
+
+            roomy = Housekeeper(client, ks, MasterConfig(), identity="m")
+            await roomy.space.check()
+            assert not await roomy.space.tell_workers()
+            await wait_for(lambda: not w.budget.spent, timeout=15)
+            await client.put(ks.trigger("chatty", "r2"), b"{}")
+            recs = await wait_for(lambda: final(2), timeout=20)
+            shipped = next(r for r in recs if r.run_id != rec.run_id)
+            assert shipped.output_chunks > 0
+    finally:
+        await client.close()
