@@ -110,6 +110,8 @@ class MasterConfig(_Section):
     """etcd's ``--quota-backend-bytes`` (2 GiB unless etcd was started otherwise)."""
     output_budget_bytes: Size = 512 * 1024**2
     """Run output kept in etcd, all jobs together; the oldest runs' output goes first."""
+    output_budget_per_job_bytes: Size = 64 * 1024**2
+    """Run output kept in etcd for one job (0: no per-job budget)."""
     recover_nospace: bool = True
     """On a NOSPACE alarm the leader frees space, compacts, defragments and disarms."""
     max_spec_bytes: Annotated[int, BeforeValidator(parse_size), Field(gt=0, le=1024 * 1024)] = (

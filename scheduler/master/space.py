@@ -3,8 +3,9 @@
 etcd refuses every write once its database reaches ``--quota-backend-bytes``
 (the NOSPACE alarm): no claim, no release, no record. So the leader:
 
-- **budgets run output**: the output chunks of all runs together stay under
-  ``master.output_budget_bytes``; past it the oldest runs' chunks are deleted
+- **budgets run output**: the output chunks of each job's runs stay under
+  ``master.output_budget_per_job_bytes`` and of all runs together under
+  ``master.output_budget_bytes``; past either the oldest runs' chunks are deleted
   (their records stay, with the output tail they carry). Under a NOSPACE alarm
   the target is half the budget.
 - **watches the database**: each sweep reads the size (``Status``) and the
@@ -69,19 +70,28 @@ def stored_output(rec: RunRecord) -> int:
     return max(0, rec.output_bytes - rec.output_omitted)
 
 
-def over_budget(runs: list[RunRecord], budget: int) -> list[RunRecord]:
-    """The final runs whose output chunks go, oldest first, to bring the total of
-    all runs' stored output under ``budget`` (running runs are never picked)."""
-    total = sum(stored_output(r) for r in runs)
-    doomed: list[RunRecord] = []
-    for rec in sorted((r for r in runs if r.status.final), key=lambda r: r.run_id):
+def over_budget(runs: list[RunRecord], budget: int, per_job: int = 0) -> list[RunRecord]:
+    """The final runs whose output chunks go, oldest first: first each job's past
+    ``per_job`` (0: no per-job budget), then all jobs' past ``budget`` together
+    (running runs are never picked)."""
+    final = sorted((r for r in runs if r.status.final and stored_output(r)), key=lambda r: r.run_id)
+    doomed: dict[str, RunRecord] = {}
+    if per_job:
+        by_job: dict[str, int] = {}
+        for r in runs:
+            by_job[r.job] = by_job.get(r.job, 0) + stored_output(r)
+        for rec in final:
+            if by_job[rec.job] > per_job:
+                doomed[rec.run_id] = rec
+                by_job[rec.job] -= stored_output(rec)
+    total = sum(stored_output(r) for r in runs) - sum(stored_output(r) for r in doomed.values())
+    for rec in final:
         if total <= budget:
             break
-        size = stored_output(rec)
-        if size:
-            doomed.append(rec)
-            total -= size
-    return doomed
+        if rec.run_id not in doomed:
+            doomed[rec.run_id] = rec
+            total -= stored_output(rec)
+    return sorted(doomed.values(), key=lambda r: r.run_id)
 
 
 class SpaceKeeper:
@@ -106,7 +116,8 @@ class SpaceKeeper:
         """
         budget = self.config.output_budget_bytes // (2 if pressed else 1)
         kvs = {id(r): kv for r, kv in runs}
-        doomed = over_budget([r for r, _ in runs], budget)
+        per_job = self.config.output_budget_per_job_bytes // (2 if pressed else 1)
+        doomed = over_budget([r for r, _ in runs], budget, per_job)
         total = sum(stored_output(r) for r, _ in runs) - sum(stored_output(r) for r in doomed)
         self.output_left = max(0, total - self.config.output_budget_bytes)
         for rec in doomed:
