@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import re
 
+from scheduler.clip import quote
+
 __all__ = ["format_duration", "parse_duration", "parse_size"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -40,24 +42,31 @@ def parse_duration(value: str | int | float) -> float:
     (5400.0, 0.5, 5.0)
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{_EXPECTED} (got {value!r})")
+        raise ValueError(f"{_EXPECTED} (got {quote(value)})")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{_EXPECTED}, not negative or infinite (got {value!r})")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range
+            seconds = math.inf
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"{_EXPECTED}, not negative or infinite (got {quote(value)})")
+        return seconds
     text = value.strip().lower()
     if text.startswith("-"):
-        raise ValueError(f"{_EXPECTED}, not negative (got {value!r})")
+        raise ValueError(f"{_EXPECTED}, not negative (got {quote(value)})")
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for m in _PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"{_EXPECTED} (got {value!r})")
+        total = float(text)
+    else:
+        pos, total = 0, 0.0
+        for m in _PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ValueError(f"{_EXPECTED} (got {quote(value)})")
+    if not math.isfinite(total):
+        raise ValueError(f"{_EXPECTED}, not infinite (got {quote(value)})")
     return total
 
 
@@ -68,7 +77,7 @@ def format_duration(seconds: float) -> str:
     ('1m30s', '500ms', '1h30m', '0s')
     """
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"expected a finite duration >= 0 (got {seconds!r})")
+        raise ValueError(f"expected a finite duration >= 0 (got {quote(seconds)})")
     if seconds == 0:
         return "0s"
     if seconds < 1:
@@ -98,12 +107,15 @@ def parse_size(value: str | int) -> int:
     (1048576, 10000000, 100)
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{_EXPECTED_SIZE} (got {value!r})")
+        raise ValueError(f"{_EXPECTED_SIZE} (got {quote(value)})")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"{_EXPECTED_SIZE}, not negative (got {value})")
+            raise ValueError(f"{_EXPECTED_SIZE}, not negative (got {quote(value)})")
         return value
     m = _SIZE_RE.fullmatch(value.strip().lower())
     if not m or m.group(2) not in _SIZES:
-        raise ValueError(f"{_EXPECTED_SIZE} (got {value!r})")
-    return int(float(m.group(1)) * _SIZES[m.group(2)])
+        raise ValueError(f"{_EXPECTED_SIZE} (got {quote(value)})")
+    size = float(m.group(1)) * _SIZES[m.group(2)]
+    if not math.isfinite(size):
+        raise ValueError(f"{_EXPECTED_SIZE}, not infinite (got {quote(value)})")
+    return int(size)

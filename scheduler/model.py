@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from scheduler.clip import quote
 from scheduler.durations import parse_duration, parse_size
 from scheduler.schedule import Schedule, validate_timezone
 
@@ -104,7 +105,7 @@ class JobSpec(BaseModel):
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(
-                f"{v!r} is not a valid job name: use 1-63 lowercase letters, digits and '-', "
+                f"{quote(v)} is not a valid job name: use 1-63 lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (no '/', spaces or uppercase)"
             )
         return v
@@ -160,7 +161,7 @@ class JobSpec(BaseModel):
         for key in v:
             if not ENV_RE.match(key):
                 raise ValueError(
-                    f"{key!r} is not a valid environment variable name "
+                    f"{quote(key)} is not a valid environment variable name "
                     "(letters, digits and '_', not starting with a digit)"
                 )
         return v
