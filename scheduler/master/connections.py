@@ -11,9 +11,10 @@ Rules:
   sockets are the oldest idle ones, and go first.
 - Nothing is logged per connection: at most one warning per ``warn_every``
   seconds, with the counts since the previous one.
-- :func:`connection_cap` keeps ``max_connections`` within the process's file
-  descriptor limit (raising the soft limit when the hard one allows), so the
-  master never fails an ``accept()`` or an etcd call for want of descriptors.
+- :func:`connection_budget` keeps ``max_connections`` and the accept batch
+  within the process's file descriptor limit (raising the soft limit when the
+  hard one allows), so the master never fails an ``accept()`` or an etcd call
+  for want of descriptors.
 """
 
 from __future__ import annotations
@@ -116,17 +117,21 @@ def _fds_in_use() -> int:
         return 16
 
 
-def connection_cap(max_connections: int, accept_batch: int) -> tuple[int, int]:
-    """(connections the master may hold, the soft descriptor limit now in force).
+def connection_budget(max_connections: int, max_batch: int = 512) -> tuple[int, int, int]:
+    """(connections the master may hold, accept batch, soft descriptor limit in force).
 
-    Room is kept for the descriptors in use now, ``FD_RESERVE``, and twice
-    ``accept_batch`` (connections accepted in one turn of the event loop before
-    the excess ones are closed). The soft ``RLIMIT_NOFILE`` is raised towards
-    the hard one if that room does not fit.
+    The accept batch is the listen backlog and how many connections are
+    accepted in one turn of the event loop, before the excess ones are closed:
+    twice it is kept free, with ``FD_RESERVE`` and the descriptors in use now.
+    A large backlog queues a burst of connections instead of dropping SYNs
+    (which costs a legitimate client a 1 s retransmit). The soft
+    ``RLIMIT_NOFILE`` is raised towards the hard one if all this does not fit;
+    if it still does not, the batch shrinks (to a quarter of the room, at
+    least 16), then the connections.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    spare = _fds_in_use() + FD_RESERVE + 2 * accept_batch
-    need = spare + max_connections
+    in_use = _fds_in_use()
+    need = in_use + FD_RESERVE + 2 * max_batch + max_connections
     if soft != resource.RLIM_INFINITY and soft < need:
         target = need if hard == resource.RLIM_INFINITY else min(need, hard)
         try:
@@ -135,5 +140,7 @@ def connection_cap(max_connections: int, accept_batch: int) -> tuple[int, int]:
         except (ValueError, OSError):
             pass
     if soft == resource.RLIM_INFINITY:
-        return max_connections, soft
-    return max(0, min(max_connections, soft - spare)), soft
+        return max_connections, max_batch, soft
+    room = soft - in_use - FD_RESERVE
+    batch = max(16, min(max_batch, room // 4))
+    return max(0, min(max_connections, room - 2 * batch)), batch, soft

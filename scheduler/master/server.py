@@ -39,15 +39,15 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.connect import connect_patiently
 from scheduler.keyspace import Keyspace
 from scheduler.master.api import create_app
-from scheduler.master.connections import connection_cap
+from scheduler.master.connections import connection_budget
 from scheduler.master.http_protocol import LINGER_BYTES, HttpLimits, limited_protocol
 from scheduler.master.log_throttle import throttled
 from scheduler.store import JobStore
 
 log = structlog.get_logger("etcron.master")
 
-ACCEPT_BATCH = 128
-"""uvicorn's ``backlog``: the listen queue, and connections accepted per loop turn."""
+ACCEPT_BATCH = 512
+"""uvicorn's ``backlog`` (the listen queue, and connections accepted per loop turn) at most."""
 MAX_HEAD_BYTES = 16 * 1024
 """Request line and headers larger than this are a 400 (h11)."""
 
@@ -121,7 +121,7 @@ async def run_master(
     """Serve the API until ``stop`` is set or the task is cancelled."""
     token = master_token(config)
     host, port = parse_listen(config.master.listen)
-    limits = _limits(config)
+    limits, backlog = _limits(config)
     sock = _bind(host, port)
     try:
         connected = await connect_patiently(config.etcd, stop=stop, what="master")
@@ -143,7 +143,7 @@ async def run_master(
             lifespan="off",
             timeout_graceful_shutdown=10,
             http=limited_protocol(limits),
-            backlog=ACCEPT_BATCH,
+            backlog=backlog,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
     )
@@ -186,9 +186,10 @@ async def run_master(
         log.info("master stopped")
 
 
-def _limits(config: Config) -> HttpLimits:
+def _limits(config: Config) -> tuple[HttpLimits, int]:
+    """The connection limits, and the listen backlog, fitted to the descriptor limit."""
     master = config.master
-    cap, fd_limit = connection_cap(master.max_connections, ACCEPT_BATCH)
+    cap, backlog, fd_limit = connection_budget(master.max_connections, ACCEPT_BATCH)
     if cap < 1:
         raise MasterConfigError(
             f"no file descriptors left for API connections (limit {fd_limit}): raise the "
@@ -202,12 +203,13 @@ def _limits(config: Config) -> HttpLimits:
             allowed=cap,
             fd_limit=fd_limit,
         )
-    return HttpLimits(
+    limits = HttpLimits(
         max_connections=cap,
         request_timeout=master.request_timeout,
         keep_alive_timeout=master.keep_alive_timeout,
         linger_bytes=max(LINGER_BYTES, 2 * master.max_body_bytes),
     )
+    return limits, backlog
 
 
 async def leader_housekeeping(client: EtcdClient, keyspace: Keyspace, config: Config) -> None:

@@ -37,7 +37,8 @@ JSONISH = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=8,
 )
-NAMES = st.sampled_from(["fz", "fz-2", "nope", "a" * 64, "UPPER", "a/b", "..", ""]) | TEXT
+PLAUSIBLE = st.sampled_from(["fz", "fz-2"])
+NAMES = PLAUSIBLE | PLAUSIBLE | st.sampled_from(["nope", "a" * 64, "UPPER", "a/b", ".."]) | TEXT
 
 FIELDS = {
     "schedule": st.sampled_from(["@hourly", "*/5 * * * *", "@every 10s", "61 * * * *", ""]),
@@ -58,6 +59,8 @@ FIELDS = {
 @st.composite
 def specs(draw: st.DrawFn) -> dict[str, Any]:
     spec: dict[str, Any] = {"schedule": "@hourly", "shell": "echo fuzz"}
+    if draw(st.integers(0, 2)) == 0:
+        return spec  # valid: the writes and the routes after them are reached too
     for field in draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=3, unique=True)):
         spec[field] = draw(FIELDS[field] | JSONISH)
     if draw(st.booleans()):
@@ -72,11 +75,25 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+SPEC_BODIES = specs().map(_dump)
+APPLY_BODIES = st.builds(
+    lambda jobs, names, prune: _dump(
+        {
+            "jobs": [
+                dict(j, name=n) if isinstance(j, dict) else j
+                for j, n in zip(jobs, names, strict=False)
+            ],
+            "prune": prune,
+        }
+    ),
+    st.lists(specs() | JSONISH, max_size=3),
+    st.lists(PLAUSIBLE | TEXT, min_size=3),
+    st.booleans(),
+)
 BODIES = st.one_of(
     st.none(),
-    specs().map(_dump),
-    st.builds(lambda jobs, prune: _dump({"jobs": jobs, "prune": prune}),
-              st.lists(specs() | JSONISH, max_size=3), st.booleans()),
+    SPEC_BODIES,
+    APPLY_BODIES,
     JSONISH.map(_dump),
     st.binary(max_size=60),
     st.sampled_from([b"{", b'{"a": NaN}', b'"\xed\xa0\x80"', b"\xff\xfe", b"[" * 5000,
@@ -119,14 +136,20 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, bytes], bytes | None]
             draw(TEXT | st.sampled_from(["0", "5", "1001", "²"])), errors="surrogatepass"
         )
     headers: dict[str, bytes] = {}
-    token = draw(st.sampled_from([TOKEN.encode(), TOKEN.encode(), b"wrong", None]))
+    token = draw(st.sampled_from([TOKEN.encode()] * 4 + [b"wrong", None]))
     if token is not None:
         headers["authorization"] = b"Bearer " + token
     if draw(st.integers(0, 3)) == 0:
         headers["if-match"] = draw(IF_MATCH | HEADER_BYTES)
     if draw(st.integers(0, 5)) == 0:
         headers["content-type"] = draw(CONTENT_TYPES | HEADER_BYTES)
-    return method, path, headers, draw(BODIES)
+    if template == "/v1/jobs/{}" and method == "PUT":
+        body = draw(SPEC_BODIES | SPEC_BODIES | BODIES)
+    elif template == "/v1/apply":
+        body = draw(APPLY_BODIES | APPLY_BODIES | BODIES)
+    else:
+        body = draw(st.none() | st.none() | BODIES)
+    return method, path, headers, body
 
 
 @pytest.fixture
@@ -140,7 +163,7 @@ async def setup(etcd_endpoints: list[str], prefix: str) -> AsyncIterator[tuple[A
 
 
 @settings(
-    max_examples=300,
+    max_examples=400,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from scheduler.master.connections import FD_RESERVE, ConnectionTable, connection_cap
+from scheduler.master.connections import FD_RESERVE, ConnectionTable, connection_budget
 from scheduler.master.log_throttle import ThrottleFilter, throttled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,32 +126,32 @@ def test_throttled_installs_and_removes_the_filter() -> None:
     assert logger.filters == before
 
 
-def test_connection_cap_fits_the_descriptor_limit() -> None:
+def test_connection_budget_fits_the_descriptor_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
-        cap, limit = connection_cap(100, 32)
-        assert cap == 100 and limit == 512  # fits: nothing raised
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+        assert connection_budget(100, 32) == (100, 32, 4096)  # fits: nothing raised
 
-        cap, limit = connection_cap(10**6, 32)
+        cap, batch, limit = connection_budget(10**6, 512)
         assert limit == hard or hard == resource.RLIM_INFINITY  # raised as far as allowed
         if hard != resource.RLIM_INFINITY:
-            assert 0 < cap <= hard - FD_RESERVE - 64
+            assert batch == 512 and 0 < cap <= hard - FD_RESERVE - 2 * 512
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_connection_cap_lowers_when_the_hard_limit_is_low() -> None:
+def test_connection_budget_shrinks_under_a_low_hard_limit() -> None:
     # lowering a hard limit cannot be undone: do it in a child process
     code = (
         "import resource\n"
-        "from scheduler.master.connections import connection_cap\n"
+        "from scheduler.master.connections import connection_budget\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (500, 500))\n"
-        "print(*connection_cap(1000, 32))\n"
+        "print(*connection_budget(1000, 512))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
-    cap, limit = map(int, out.stdout.split())
-    assert limit == 500 and 0 < cap < 500 - FD_RESERVE - 64
+    cap, batch, limit = map(int, out.stdout.split())
+    assert limit == 500 and 16 <= batch < 128
+    assert cap > 0 and cap + 2 * batch + FD_RESERVE < 500
