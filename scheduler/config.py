@@ -94,10 +94,17 @@ class EtcdConfig(_Section):
         return self.password
 
 
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
 class MasterConfig(_Section):
     listen: str = "127.0.0.1:8070"
     token: str | None = None
     token_file: Path | None = None
+    max_body_bytes: Annotated[Size, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
+    request_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    keep_alive_timeout: Annotated[Duration, Field(gt=0)] = 5.0
+    max_connections: Annotated[int, Field(ge=1)] = 1000
     housekeeping_interval: Duration = 30.0
     keep_succeeded: int = 10
     keep_failed: int = 20

@@ -80,7 +80,7 @@ def format_duration(seconds: float) -> str:
     ('1m30s', '500ms', '1h30m', '0s')
     """
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"expected a finite duration >= 0 (got {seconds!r})")
+        raise ValueError(f"expected a finite duration >= 0 (got {quote(seconds)})")
     if seconds == 0:
         return "0s"
     if seconds < 1:

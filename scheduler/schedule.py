@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from scheduler.clip import quote
 from scheduler.durations import parse_duration
 
 __all__ = ["MACROS", "Schedule", "ScheduleError", "to_utc", "validate_timezone"]
@@ -96,16 +97,16 @@ def _bad_field(expr: str, fields: list[str], seconds: bool) -> str:
             valid = False
         if not valid:
             return (
-                f"invalid cron expression {expr!r}: field {i + 1} ({name}) {fields[i]!r} "
+                f"invalid cron expression {quote(expr)}: field {i + 1} ({name}) {quote(fields[i])} "
                 f"is not valid (allowed: {allowed}, with * , - /)"
             )
-    return f"invalid cron expression {expr!r}: {EXPECTED}"
+    return f"invalid cron expression {quote(expr)}: {EXPECTED}"
 
 
 @lru_cache(maxsize=1024)
 def validate_timezone(name: str) -> ZoneInfo:
     """The :class:`ZoneInfo` for an IANA name; ValueError for anything else."""
-    bad = ValueError(f"unknown time zone {name!r} (expected an IANA name like Europe/Berlin)")
+    bad = ValueError(f"unknown time zone {quote(name)} (expected an IANA name like Europe/Berlin)")
     if not isinstance(name, str) or not name or name.startswith(("/", ".")) or ".." in name:
         raise bad
     try:
@@ -257,7 +258,7 @@ class Schedule:
     def parse(cls, expr: str) -> Schedule:
         """Parse (cached); :class:`ScheduleError` says what was expected."""
         if not isinstance(expr, str):
-            raise ScheduleError(f"{EXPECTED} (got {expr!r})")
+            raise ScheduleError(f"{EXPECTED} (got {quote(expr)})")
         return _parse(expr)
 
     def next_after(self, after: datetime, tz: ZoneInfo) -> datetime:
@@ -281,7 +282,7 @@ class Schedule:
             cand = to_utc(wall, tz)
             if cand > after:
                 return cand
-        raise ScheduleError(f"{self.expr!r}: no fire time found after {after.isoformat()}")
+        raise ScheduleError(f"{quote(self.expr)}: no fire time found after {after.isoformat()}")
 
     def latest_at_or_before(self, t: datetime, tz: ZoneInfo) -> datetime | None:
         """The last fire time at or before ``t``; None if none within a year back."""
@@ -334,21 +335,21 @@ def _parse(expr: str) -> Schedule:
             every = parse_duration(arg)
         except ValueError as exc:
             raise ScheduleError(
-                f"@every needs a duration like '@every 10s' or '@every 1h30m' (got {arg!r})"
+                f"@every needs a duration like '@every 10s' or '@every 1h30m' (got {quote(arg)})"
             ) from exc
         if every < 1:
-            raise ScheduleError(f"@every interval must be at least 1s (got {arg!r})")
+            raise ScheduleError(f"@every interval must be at least 1s (got {quote(arg)})")
         return Schedule(expr, every=every)
     if text.startswith("@"):
         if low not in MACROS:
             raise ScheduleError(
-                f"unknown macro {text!r} (expected one of {', '.join(MACROS)} or @every <duration>)"
+                f"unknown macro {quote(text)} (expected one of {', '.join(MACROS)} or @every <duration>)"
             )
         text = MACROS[low]
     fields = text.split(" ")
     if len(fields) not in (5, 6):
         n = len(fields)
-        raise ScheduleError(f"{EXPECTED} (got {n} field{'s' * (n != 1)} in {expr!r})")
+        raise ScheduleError(f"{EXPECTED} (got {n} field{'s' * (n != 1)} in {quote(expr)})")
     seconds = len(fields) == 6
     try:
         ok = bool(croniter.is_valid(text, second_at_beginning=seconds))
@@ -360,5 +361,5 @@ def _parse(expr: str) -> Schedule:
         engine = _Cron(text, seconds)
         engine.next(datetime(2000, 1, 1))
     except Exception as exc:  # e.g. '0 0 30 2 *' never fires
-        raise ScheduleError(f"cron expression {expr!r} never fires") from exc
+        raise ScheduleError(f"cron expression {quote(expr)} never fires") from exc
     return Schedule(expr, cron=text, _engine=engine)

@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 import structlog
 
+from scheduler.clip import quote
 from scheduler.etcd.client import (
     GREATER,
     EtcdClient,
@@ -96,7 +97,7 @@ class JobNotFound(StoreError, LookupError):
     """The job does not exist in etcd."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"job {name!r} not found")
+        super().__init__(f"job {quote(name)} not found")
         self.name = name
 
 
@@ -166,7 +167,7 @@ class JobStore:
         name = Keyspace.tail(kv.key, self.ks.jobs)
         spec = JobSpec.from_json(kv.value)  # ValueError when malformed
         if spec.name != name:
-            raise ValueError(f"spec name {spec.name!r} does not match its key {name!r}")
+            raise ValueError(f"spec name {quote(spec.name)} does not match its key {quote(name)}")
         return spec
 
     async def _job_kvs(self) -> tuple[list[KeyValue], int]:
@@ -195,7 +196,7 @@ class JobStore:
         try:
             return self._parse_job(kv), kv.mod_revision
         except ValueError as exc:
-            raise CorruptValue(f"job {name!r} in etcd is invalid: {exc}") from exc
+            raise CorruptValue(f"job {quote(name)} in etcd is invalid: {exc}") from exc
 
     async def put_job(self, spec: JobSpec, *, expect_mod_revision: int | None = None) -> int:
         """Write a job; returns the new mod revision. CAS when ``expect_mod_revision`` is set."""
@@ -236,7 +237,7 @@ class JobStore:
             spec, mod = found
             new = fn(spec)
             if new.name != name:
-                raise ValueError(f"an update may not rename job {name!r} to {new.name!r}")
+                raise ValueError(f"an update may not rename job {quote(name)} to {quote(new.name)}")
             if new == spec:
                 return spec
             try:
@@ -245,7 +246,7 @@ class JobStore:
                 continue
             return new
         raise ConflictError(
-            f"job {name!r} changed concurrently {UPDATE_ATTEMPTS} times; try again", [name]
+            f"job {quote(name)} changed concurrently {UPDATE_ATTEMPTS} times; try again", [name]
         )
 
     # plan & apply -------------------------------------------------------------
@@ -255,7 +256,7 @@ class JobStore:
         seen: set[str] = set()
         for spec in specs:
             if spec.name in seen:
-                raise ValueError(f"job {spec.name!r} is defined more than once")
+                raise ValueError(f"job {quote(spec.name)} is defined more than once")
             seen.add(spec.name)
         kvs, rev = await self._job_kvs()
         current: dict[str, tuple[JobSpec | None, int]] = {}
@@ -521,7 +522,9 @@ def _is_number(v: object) -> bool:
 
 def _conflict_text(name: str, expected: int, seen: list[KeyValue]) -> str:
     if expected == 0:
-        return f"job {name!r} already exists (mod revision {seen[0].mod_revision if seen else 0})"
+        return (
+            f"job {quote(name)} already exists (mod revision {seen[0].mod_revision if seen else 0})"
+        )
     if not seen:
-        return f"job {name!r} was deleted (expected mod revision {expected})"
-    return f"job {name!r} is at mod revision {seen[0].mod_revision}, not {expected}"
+        return f"job {quote(name)} was deleted (expected mod revision {expected})"
+    return f"job {quote(name)} is at mod revision {seen[0].mod_revision}, not {expected}"

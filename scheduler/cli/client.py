@@ -5,7 +5,7 @@ Exit codes (also in ``etcron --help`` and docs/cli.md):
 
 - 0: success
 - 1: other failure (unknown job: 404, conflict: 409, server error: 5xx but 503)
-- 2: invalid input (a bad file or argument; the master's 422)
+- 2: invalid input (a bad file or argument; the master's 400, 413 or 422)
 - 3: master unreachable or refusing (connection error, timeout, 401/403, 503)
 """
 
@@ -119,7 +119,7 @@ class ApiClient:
             raise NotFound(detail)
         if code == 409:
             raise Conflict(detail, problems)
-        if code == 422:
+        if code in (400, 413, 422):
             raise InvalidInput(detail, problems)
         raise CliError(f"the master answered {code}: {detail}", problems)
 

@@ -2,17 +2,24 @@
 
 Rules:
 
-- Every route except ``GET /v1/health`` needs ``Authorization: Bearer <token>``;
-  the token is compared in constant time (:func:`hmac.compare_digest`). A
-  missing or wrong token is answered 401 before anything is read or written.
+- Every route except ``GET /v1/health`` (and the OpenAPI pages) needs
+  ``Authorization: Bearer <token>``; the token is compared in constant time
+  (:func:`hmac.compare_digest`). A missing or wrong token is answered 401 by
+  :class:`~scheduler.master.http_guard.HttpGuard` before the body is read, and
+  checked again by the routes. The guard also bounds the body
+  (``max_body_bytes``: 413) and refuses JSON that is not strict (422).
 - Job specs are validated here, all of them before any write: a bad spec is a
   422 whose ``problems`` name the job and the field; nothing is written. The
   limits of :mod:`scheduler.limits` apply, with the spec size bounded by
   ``max_spec_bytes`` (``master.max_spec_bytes``).
 - ``If-Match: <mod_revision>`` on PUT/DELETE makes the write a compare-and-swap
-  (``0`` = must not exist); a mismatch is 409. Responses carry the job's mod
+  (``0`` = must not exist); a mismatch is 409; a value that is not a number
+  from 0 to 2**63-1 in ASCII digits is 400. Responses carry the job's mod
   revision in ``ETag``.
+- Errors quote client input clipped (:mod:`scheduler.clip`), and list at most
+  ``MAX_PROBLEMS`` problems: an error answer stays small whatever was sent.
 - Unknown job: 404. etcd unreachable (or refusing the master's credentials): 503.
+  A write larger than etcd takes in one request: 413.
   A value in etcd that is not a valid spec: 500 naming the job (PUT a valid
   spec to repair it).
 """
@@ -20,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -29,14 +37,23 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scheduler import __version__
+from scheduler.clip import clip, quote
+from scheduler.config import DEFAULT_MAX_BODY_BYTES
 from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.limits import MAX_SPEC_BYTES
+from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
 from scheduler.store import ConflictError, CorruptValue, JobNotFound, JobStore
 
 MAX_JOBS_PER_APPLY = 10_000
+MAX_PROBLEMS = 100
+"""An error lists at most this many problems (then one saying how many more)."""
+MAX_REVISION = 2**63 - 1
+ETCD_TOO_LARGE = ("request is too large", "received message larger than max")
+"""What etcd (or its gRPC server) says of a request over its size limit (1.5 MiB by default)."""
+_REVISION_RE = re.compile(r"[0-9]{1,19}")
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 # (module level: annotations are resolved from module globals)
@@ -152,14 +169,26 @@ class WorkerListOut(BaseModel):
 
 
 class SpecError(Exception):
+    """Invalid input: 422 listing the problems."""
+
+    status = 422
+
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(f"{p.job}: {p.field}: {p.message}" for p in problems))
+        shown = "; ".join(f"{p.job}: {p.field}: {p.message}" for p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        super().__init__(shown + more)
         self.problems = problems
+
+
+class BadRequest(SpecError):
+    """A malformed request (a header that cannot mean anything): 400."""
+
+    status = 400
 
 
 def _label(raw: Any, index: int | None) -> str:
     if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"]:
-        return str(raw["name"])
+        return clip(raw["name"])
     return f"#{index + 1}" if index is not None else "?"
 
 
@@ -189,25 +218,39 @@ def parse_specs(raws: list[Any], max_spec_bytes: int = MAX_SPEC_BYTES) -> list[J
 
 
 def _if_match(value: str | None) -> int | None:
+    """The mod revision in ``If-Match`` (``123``, ``"123"`` or ``W/"123"``)."""
     if value is None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise SpecError(
-            [Problem(field="If-Match", message=f"expected a mod revision number, got {value!r}")]
-        )
+    if not _REVISION_RE.fullmatch(text) or int(text) > MAX_REVISION:
+        message = f"expected a mod revision (a number from 0 to {MAX_REVISION}), got {quote(value)}"
+        raise BadRequest([Problem(field="If-Match", message=message)])
     return int(text)
 
 
+def _clip_problem(p: Problem) -> Problem:
+    return Problem(
+        job=None if p.job is None else clip(p.job),
+        field=None if p.field is None else clip(p.field),
+        message=clip(p.message, 300),
+    )
+
+
 def _error(status: int, detail: str, problems: list[Problem] | None = None) -> JSONResponse:
-    body = ErrorOut(detail=detail, problems=problems or [])
+    """The JSON error; every string clipped, at most MAX_PROBLEMS problems."""
+    problems = problems or []
+    shown = [_clip_problem(p) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(Problem(message=f"and {len(problems) - MAX_PROBLEMS} more problems"))
+    body = ErrorOut(detail=clip(detail, 500), problems=shown)
     return JSONResponse(body.model_dump(), status_code=status)
 
 
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:
-        return _error(422, f"invalid input: {exc}", exc.problems)
+        what = "invalid input" if exc.status == 422 else "bad request"
+        return _error(exc.status, f"{what}: {exc}", exc.problems)
 
     @app.exception_handler(RequestValidationError)
     async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -237,6 +280,8 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EtcdError)
     async def _etcd(_: Request, exc: EtcdError) -> JSONResponse:
+        if any(text in str(exc) for text in ETCD_TOO_LARGE):  # etcd's --max-request-bytes
+            return _error(413, "too large for one etcd request: send smaller specs or fewer jobs")
         return _error(503, f"etcd unavailable: {exc}")
 
 
@@ -249,8 +294,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # the app ---------------------------------------------------------------------
 
 
-def create_app(store: JobStore, *, token: str, max_spec_bytes: int = MAX_SPEC_BYTES) -> FastAPI:
-    """The API for one store; ``token`` must be non-empty."""
+def create_app(
+    store: JobStore,
+    *,
+    token: str,
+    max_spec_bytes: int = MAX_SPEC_BYTES,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The API for one store, behind :class:`HttpGuard`; ``token`` must be non-empty."""
     if not token:
         raise ValueError("the API needs a non-empty token")
     expected = token.encode()
@@ -258,16 +309,19 @@ def create_app(store: JobStore, *, token: str, max_spec_bytes: int = MAX_SPEC_BY
     async def auth(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        given = creds.credentials.encode() if creds is not None else b""
+        # Starlette decodes headers as latin-1: encode back to the bytes sent,
+        # the bytes the guard compared.
+        given = creds.credentials.encode("latin-1") if creds is not None else b""
         if not hmac.compare_digest(given, expected):
             raise _Unauthorized()
 
     app = FastAPI(title="etcron master", version=__version__, docs_url="/docs")
+    app.add_middleware(HttpGuard, token=token, max_body_bytes=max_body_bytes)
     _install_handlers(app)
 
     @app.exception_handler(_Unauthorized)
     async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
-        resp = _error(401, "missing or wrong bearer token")
+        resp = _error(401, UNAUTHORIZED)
         resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
 
@@ -316,7 +370,7 @@ def create_app(store: JobStore, *, token: str, max_spec_bytes: int = MAX_SPEC_BY
         raw = {"name": name, **body}
         if raw["name"] != name:
             raise SpecError(
-                [Problem(job=name, field="name", message=f"body names {raw['name']!r}")]
+                [Problem(job=name, field="name", message=f"body names {quote(raw['name'])}")]
             )
         (spec,) = parse_specs([raw], max_spec_bytes)
         rev = await store.put_job(spec, expect_mod_revision=expect)
@@ -378,7 +432,7 @@ def create_app(store: JobStore, *, token: str, max_spec_bytes: int = MAX_SPEC_BY
     async def get_run(name: str, run_id: str) -> RunRecord:
         rec = await store.get_run(name, run_id)
         if rec is None:
-            raise _NotFound(f"run {run_id!r} of job {name!r} not found")
+            raise _NotFound(f"run {quote(run_id)} of job {quote(name)} not found")
         return rec
 
     @v1.get("/workers", response_model=WorkerListOut)

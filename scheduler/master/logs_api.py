@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
+from scheduler.clip import quote
 from scheduler.outputs import Segment, follow_output, follow_runs, read_output
 from scheduler.runs import RunRecord
 from scheduler.store import JobStore
@@ -44,7 +45,7 @@ def add_output_routes(router: APIRouter, store: JobStore) -> None:
     async def _record(name: str, run_id: str) -> RunRecord:
         rec = await store.get_run(name, run_id)
         if rec is None:
-            raise HTTPException(404, f"run {run_id!r} of job {name!r} not found")
+            raise HTTPException(404, f"run {quote(run_id)} of job {quote(name)} not found")
         return rec
 
     async def _follow_one(name: str, run_id: str) -> AsyncIterator[bytes]:
@@ -71,7 +72,7 @@ def add_output_routes(router: APIRouter, store: JobStore) -> None:
         """Follow every run of the job that starts after run id ``after`` (and the
         latest one if it is still running), each with a header and an end line."""
         if await store.get_job(name) is None:
-            raise HTTPException(404, f"job {name!r} not found")
+            raise HTTPException(404, f"job {quote(name)} not found")
 
         async def stream() -> AsyncIterator[bytes]:
             async for run_id in follow_runs(client, ks, name, start_after=after):

@@ -13,6 +13,13 @@ Rules:
 - ``housekeeping``, when given, is started as a background task next to the
   server and cancelled when the server stops (leader-elected housekeeping
   plugs in here).
+- Hostile clients are bounded (docs/api.md, "Limits"): the app sits behind
+  :class:`~scheduler.master.http_guard.HttpGuard` (token before body,
+  ``max_body_bytes``); connections use
+  :class:`~scheduler.master.http_protocol.LimitedH11Protocol`
+  (``request_timeout``, ``keep_alive_timeout``, ``max_connections``, kept
+  within the descriptor limit); uvicorn's and asyncio's per-connection
+  warnings are throttled to one a minute of each kind.
 """
 
 from __future__ import annotations
@@ -32,10 +39,18 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.connect import connect_patiently
 from scheduler.keyspace import Keyspace
 from scheduler.master.api import create_app
+from scheduler.master.connections import connection_budget
+from scheduler.master.http_protocol import LINGER_BYTES, HttpLimits, limited_protocol
+from scheduler.master.log_throttle import throttled
 from scheduler.master.metrics import MasterMetrics, MetricsMiddleware
 from scheduler.store import JobStore
 
 log = structlog.get_logger("etcron.master")
+
+ACCEPT_BATCH = 512
+"""uvicorn's ``backlog`` (the listen queue, and connections accepted per loop turn) at most."""
+MAX_HEAD_BYTES = 16 * 1024
+"""Request line and headers larger than this are a 400 (h11)."""
 
 Housekeeping = Callable[[EtcdClient, Keyspace, Config, MasterMetrics], Coroutine[Any, Any, None]]
 """A long-running coroutine started next to the API (cancelled at stop)."""
@@ -107,6 +122,7 @@ async def run_master(
     """Serve the API until ``stop`` is set or the task is cancelled."""
     token = master_token(config)
     host, port = parse_listen(config.master.listen)
+    limits, backlog = _limits(config)
     sock = _bind(host, port)
     try:
         connected = await connect_patiently(config.etcd, stop=stop, what="master")
@@ -118,21 +134,34 @@ async def run_master(
         return
     client = connected
     keyspace = Keyspace(config.etcd.prefix)
-    metrics = MasterMetrics(client, keyspace, config.master)
+    master = config.master
+    metrics = MasterMetrics(client, keyspace, master)
     client.observe = metrics.etcd.observe
     app = MetricsMiddleware(
         create_app(
-            JobStore(client, keyspace), token=token, max_spec_bytes=config.master.max_spec_bytes
+            JobStore(client, keyspace),
+            token=token,
+            max_spec_bytes=master.max_spec_bytes,
+            max_body_bytes=master.max_body_bytes,
         ),
         metrics,
-        token=config.master.metrics_token,
+        token=master.metrics_token,
     )
     server = _Server(
         uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=10,
+            http=limited_protocol(limits),
+            backlog=backlog,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
     )
     tasks: list[asyncio.Task[Any]] = []
+    quiet = contextlib.ExitStack()
+    quiet.enter_context(throttled())
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="master-http")
     try:
         if housekeeping is not None:
@@ -166,8 +195,35 @@ async def run_master(
             with contextlib.suppress(BaseException):
                 await serving
         sock.close()
+        quiet.close()
         await client.close()
         log.info("master stopped")
+
+
+def _limits(config: Config) -> tuple[HttpLimits, int]:
+    """The connection limits, and the listen backlog, fitted to the descriptor limit."""
+    master = config.master
+    cap, backlog, fd_limit = connection_budget(master.max_connections, ACCEPT_BATCH)
+    if cap < 1:
+        raise MasterConfigError(
+            f"no file descriptors left for API connections (limit {fd_limit}): raise the "
+            "limit (ulimit -n, systemd LimitNOFILE=)"
+        )
+    if cap < master.max_connections:
+        log.warning(
+            "master.max_connections lowered to fit the file descriptor limit; raise the "
+            "limit (ulimit -n, systemd LimitNOFILE=) to allow more",
+            max_connections=master.max_connections,
+            allowed=cap,
+            fd_limit=fd_limit,
+        )
+    limits = HttpLimits(
+        max_connections=cap,
+        request_timeout=master.request_timeout,
+        keep_alive_timeout=master.keep_alive_timeout,
+        linger_bytes=max(LINGER_BYTES, 2 * master.max_body_bytes),
+    )
+    return limits, backlog
 
 
 async def leader_housekeeping(

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.config import Config, EtcdConfig, MasterConfig
+from scheduler.config import DEFAULT_MAX_BODY_BYTES, Config, EtcdConfig, MasterConfig
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
-from scheduler.master.api import create_app
+from scheduler.master.api import MAX_PROBLEMS, create_app
 from scheduler.master.server import MasterConfigError, run_master
 from scheduler.store import JobStore
 
@@ -138,7 +138,114 @@ async def test_put_validation_names_job_and_field(
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "colour"
 
     r = await api.put("/v1/jobs/bad", json=spec("bad"), headers={**AUTH, "If-Match": "x"})
-    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "If-Match"
+    assert r.status_code == 400 and r.json()["problems"][0]["field"] == "If-Match"
+    assert await _keys(ec, ks) == {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\xb2", b"\xb9\xb3", "١٢".encode(), b"-1", b"+1", b"1_000", b" 1 2 ", b"*", b"",
+     b"99999999999999999999", str(2**63).encode(), b"0x10", b'W/"\xb2"'],
+)  # fmt: skip
+async def test_if_match_that_is_not_a_revision_is_400(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace, value: bytes
+) -> None:
+    for method, body in (("PUT", spec("w")), ("DELETE", None)):
+        r = await api.request(
+            method,
+            "/v1/jobs/w",
+            json=body,
+            headers={**AUTH, "If-Match": value},  # type: ignore[dict-item]
+        )
+        assert r.status_code == 400, (method, value, r.text)
+        (problem,) = r.json()["problems"]
+        assert problem["field"] == "If-Match" and "expected a mod revision" in problem["message"]
+    assert await _keys(ec, ks) == {}
+
+
+async def test_if_match_at_the_int64_limit_is_a_plain_conflict(api: httpx.AsyncClient) -> None:
+    headers = {**AUTH, "If-Match": str(2**63 - 1)}
+    r = await api.put("/v1/jobs/w", json=spec("w"), headers=headers)
+    assert r.status_code == 409, r.text
+
+
+async def test_a_huge_name_gets_a_short_answer(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    name = "n" * 100_000
+    in_url = "n" * 30_000  # httpx refuses URLs over 64 KiB (and the master heads over 16 KiB)
+    answers = [
+        await api.put(
+            f"/v1/jobs/{in_url}", json={"schedule": "@hourly", "shell": "x"}, headers=AUTH
+        ),
+        await api.post("/v1/apply", json={"jobs": [spec(name)]}, headers=AUTH),
+        await api.post("/v1/apply", json={"jobs": [spec(name)] * 3}, headers=AUTH),
+        await api.get(f"/v1/jobs/{in_url}", headers=AUTH),
+        await api.get(f"/v1/jobs/{in_url[:100]}/runs/{in_url}", headers=AUTH),
+        await api.get(f"/v1/jobs/{in_url}/follow", headers=AUTH),
+        await api.put("/v1/jobs/a", json={**spec("a"), "schedule": name}, headers=AUTH),
+        await api.put("/v1/jobs/a", json={**spec("a"), "timezone": name}, headers=AUTH),
+        await api.put("/v1/jobs/a", json={**spec("a"), "timeout": name}, headers=AUTH),
+        await api.put("/v1/jobs/a", json={**spec("a"), name: 1}, headers=AUTH),
+        await api.put("/v1/jobs/a", json={**spec("a"), "env": {"9" + name: "v"}}, headers=AUTH),
+        await api.put("/v1/jobs/a", json={**spec("a"), "name": name}, headers=AUTH),
+    ]
+    for r in answers:
+        assert 400 <= r.status_code < 500, r.text[:200]
+        assert len(r.content) < 2000, (r.status_code, r.text[:300])
+        assert "n" * 200 not in r.text, "the input is not echoed at length"
+    assert await _keys(ec, ks) == {}
+
+
+async def test_many_invalid_jobs_list_a_bounded_number_of_problems(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    jobs = [spec(f"j{i}", schedule="61 * * * *") for i in range(1000)]
+    r = await api.post("/v1/apply", json={"jobs": jobs}, headers=AUTH)
+    assert r.status_code == 422
+    problems = r.json()["problems"]
+    assert len(problems) == MAX_PROBLEMS + 1 and problems[-1]["message"] == "and 900 more problems"
+    assert "(and 997 more)" in r.json()["detail"] and len(r.content) < 50_000
+    assert await _keys(ec, ks) == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"schedule": "@hourly", "shell": "echo \\ud800"}',
+     b'{"schedule": "@hourly", "shell": "x", "env": {"\\udfff": "v"}}',
+     b'{"schedule": "@hourly", "shell": "x", "labels": {"k": "\xed\xa0\x80"}}',
+     b'{"schedule": "@hourly", "shell": "x", "timeout": NaN}',
+     b'{"schedule": "@hourly", "shell": "x", "timeout": 1e999}',
+     b'{"schedule": "@hourly", "shell": "x", "timeout": "99999999999999999999999999999'
+     b'99999999999999999999999999999999999999999999999999999999999999999999999999999'
+     b'99999999999999999999999999999999999999999999999999999999999999999999999999999'
+     b'99999999999999999999999999999999999999999999999999999999999999999999999999999'
+     b'999999999999999999999s"}',
+     b'{"schedule": "@hourly", "shell": "x", "output_limit": "' + b"9" * 400 + b'MiB"}'],
+)  # fmt: skip
+async def test_strings_and_numbers_python_cannot_store_are_4xx(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace, body: bytes
+) -> None:
+    r = await api.put("/v1/jobs/s", content=body, headers=AUTH)
+    assert r.status_code in (400, 422), r.text
+    assert r.json()["detail"]
+    r = await api.post(
+        "/v1/apply", content=b'{"jobs": [' + body[:-1] + b', "name": "s"}]}', headers=AUTH
+    )
+    assert r.status_code in (400, 422), r.text
+    assert await _keys(ec, ks) == {}
+
+
+async def test_a_body_over_max_body_bytes_is_413(
+    api: httpx.AsyncClient, ec: EtcdClient, ks: Keyspace
+) -> None:
+    big = {"jobs": [spec("a", description="x" * (DEFAULT_MAX_BODY_BYTES + 1))]}
+    r = await api.post("/v1/apply", json=big, headers=AUTH)
+    assert r.status_code == 413 and "master.max_body_bytes" in r.json()["detail"]
+    # under the master's body limit, over the spec limits (and etcd's 1.5 MiB a
+    # request): a 422 naming the limit, not a 503
+    r = await api.put("/v1/jobs/a", json=spec("a", description="x" * (2 << 20)), headers=AUTH)
+    assert r.status_code == 422 and "at most" in r.json()["detail"], r.text
     assert await _keys(ec, ks) == {}
 
 
