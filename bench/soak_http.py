@@ -121,8 +121,8 @@ async def _idle_slot(port: int, stop: asyncio.Event, attack: Attack, reopen: boo
     while first or (reopen and not stop.is_set()):
         first = False
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        except (OSError, TimeoutError):
             attack.idle_connect_failures += 1
             await asyncio.sleep(0.05)
             continue
@@ -150,8 +150,8 @@ async def _body_slot(port: int, mb: int, stop: asyncio.Event, attack: Attack) ->
     total = mb * 1_000_000
     while not stop.is_set():
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        except (OSError, TimeoutError):
             await asyncio.sleep(0.05)
             continue
         attack.bodies_sent += 1
@@ -229,15 +229,20 @@ async def _attack(port: int, pid: int, args: argparse.Namespace) -> tuple[Attack
         for _ in range(args.bodies)
     ]
     started = time.monotonic()
-    for _ in range(args.idle):
+    for i in range(args.idle):
         tasks.append(asyncio.create_task(_idle_slot(port, stop, attack, args.reopen)))
-        await asyncio.sleep(0)  # let each connect start: do not queue 10,000 at once
+        if i % 500 == 499:  # let a batch connect; with --reopen a turn of the loop is long
+            await asyncio.sleep(0)
+            if time.monotonic() - started >= args.seconds:
+                break
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), max(0.0, args.seconds - (time.monotonic() - started)))
     attack.idle_open_at_end = attack.idle_open
     stop.set()
-    async with asyncio.timeout(60):
-        await asyncio.gather(*tasks, return_exceptions=True)
+    _, pending = await asyncio.wait(tasks, timeout=30)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return attack, samples, time.monotonic() - started
 
 
@@ -338,7 +343,12 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so that every process is stopped by pid
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--idle", type=int, default=10_000)
