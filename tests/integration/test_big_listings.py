@@ -67,6 +67,10 @@ async def test_big_values_never_break_listings(
         assert r.status_code == 200, r.text[:300]
         names = {j["name"] for j in r.json()["jobs"]} | {j["name"] for j in r.json()["invalid"]}
         assert {f"big{i}" for i in range(4)} | {"fat"} <= names
+        # apply plans against every stored job: it reads them all too
+        small = {"name": "small", "schedule": "@daily", "shell": "true"}
+        r = await api.post("/v1/apply", json={"jobs": [small]}, headers=AUTH)
+        assert r.status_code == 200, r.text[:300]
         r = await api.get("/v1/jobs/fat/runs", params={"limit": 1000}, headers=AUTH)
         assert r.status_code == 200
         assert len(r.json()["runs"]) == 1000
