@@ -350,7 +350,8 @@ def validation_messages(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
         kind = e["type"]
-        path = ".".join(_part(p) for p in e["loc"])
+        # a dict key's own error is located at ("env", KEY, "[key]"): say "env.KEY"
+        path = ".".join(_part(p) for p in e["loc"] if p != "[key]")
         msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if kind == _COMMAND_OR_SHELL:
             path = "command"
@@ -363,10 +364,45 @@ def validation_messages(err: ValidationError) -> list[tuple[str, str]]:
             msg = "missing required field"
         elif kind == "json_invalid":
             msg = f"not valid JSON ({e.get('ctx', {}).get('error', 'syntax error')})"
-        elif kind != "value_error" and "(got " not in msg and "input" in e:
-            msg = f"{msg} (got {_short(e['input'])})"
+        else:
+            msg = _plain(kind, e.get("ctx") or {}, msg)
+            if kind != "value_error" and "(got " not in msg and "input" in e:
+                msg = f"{msg} (got {_short(e['input'])})"
         out.append((path, msg))
     return out
+
+
+_PLAIN = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "dict_type": "must be a mapping (name: value)",
+    "list_type": "must be a list",
+    "less_than_equal": "must be at most {le}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "greater_than": "must be more than {gt}",
+    "enum": "must be one of {expected}",
+    "literal_error": "must be one of {expected}",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_long": "must have at most {max_length} items",
+}
+"""Plain wording for pydantic's error types (its own says "Input should be ...")."""
+
+
+def _plain(kind: str, ctx: dict[str, Any], fallback: str) -> str:
+    template = _PLAIN.get(kind)
+    if template is None:
+        return fallback
+    try:
+        return template.format(**ctx)
+    except (KeyError, IndexError, ValueError):
+        return fallback
 
 
 _REPR = reprlib.Repr()

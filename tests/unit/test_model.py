@@ -102,25 +102,25 @@ def test_shell_instead_of_command() -> None:
         ({"name": "a-"}, "name", "not a valid job name"),
         ({"name": ""}, "name", "not a valid job name"),
         ({"name": "a" * 64}, "name", "not a valid job name"),
-        ({"name": 5}, "name", "valid string"),
+        ({"name": 5}, "name", "must be a string"),
         ({"name": DROP}, "name", "missing required field"),
         ({"schedule": "* * *"}, "schedule", "expected 5 cron fields"),
         ({"schedule": "61 * * * *"}, "schedule", "invalid cron expression"),
         ({"schedule": "@every 10ms"}, "schedule", "at least 1s"),
-        ({"schedule": 5}, "schedule", "valid string"),
+        ({"schedule": 5}, "schedule", "must be a string"),
         ({"schedule": DROP}, "schedule", "missing required field"),
         ({"timezone": "Mars/Base"}, "timezone", "unknown time zone 'Mars/Base'"),
         ({"timezone": "CEST"}, "timezone", "expected an IANA name like Europe/Berlin"),
         ({"command": []}, "command", "non-empty list"),
         ({"command": [""]}, "command", "non-empty list"),
         ({"command": "echo hi"}, "command", "use 'shell' instead"),
-        ({"command": ["a", 1]}, "command.1", "valid string"),
+        ({"command": ["a", 1]}, "command.1", "must be a string"),
         ({"command": DROP}, "command", "missing 'command' or 'shell'"),
         ({"shell": "date"}, "command", "both 'command' and 'shell' are set"),
         ({"command": DROP, "shell": "  "}, "shell", "non-empty shell command"),
         ({"env": {"1FOO": "x"}}, "env", "not a valid environment variable name"),
         ({"env": {"A-B": "x"}}, "env", "'A-B'"),
-        ({"env": {"FOO": 1}}, "env.FOO", "valid string"),
+        ({"env": {"FOO": 1}}, "env.FOO", "must be a string"),
         ({"workdir": ""}, "workdir", "must not be empty"),
         ({"user": ""}, "user", "must not be empty"),
         ({"timeout": "soon"}, "timeout", "expected a duration like 30s, 5m, 2h"),
@@ -128,20 +128,20 @@ def test_shell_instead_of_command() -> None:
         ({"timeout": 0}, "timeout", "greater than 0"),
         ({"timeout": True}, "timeout", "expected a duration"),
         ({"concurrency": "sometimes"}, "concurrency", "'forbid', 'allow' or 'replace'"),
-        ({"retries": -1}, "retries", "greater than or equal to 0"),
-        ({"retries": 11}, "retries", "less than or equal to 10"),
-        ({"retries": "many"}, "retries", "valid integer"),
+        ({"retries": -1}, "retries", "must be at least 0"),
+        ({"retries": 11}, "retries", "must be at most 10"),
+        ({"retries": "many"}, "retries", "must be a whole number"),
         ({"retry_backoff": "later"}, "retry_backoff", "expected a duration"),
-        ({"retry_backoff": None}, "retry_backoff", "valid number"),
+        ({"retry_backoff": None}, "retry_backoff", "must be a number"),
         ({"starting_deadline": "0s"}, "starting_deadline", "greater than 0"),
-        ({"selector": ["disk"]}, "selector", "valid dictionary"),
-        ({"labels": {"a": None}}, "labels.a", "valid string"),
-        ({"suspend": "perhaps"}, "suspend", "valid boolean"),
-        ({"description": ["x"]}, "description", "valid string"),
+        ({"selector": ["disk"]}, "selector", "must be a mapping"),
+        ({"labels": {"a": None}}, "labels.a", "must be a string"),
+        ({"suspend": "perhaps"}, "suspend", "must be true or false"),
+        ({"description": ["x"]}, "description", "must be a string"),
         ({"output_limit": "lots"}, "output_limit", "expected a size like"),
         ({"output_limit": 0}, "output_limit", "greater than 0"),
-        ({"keep_succeeded": -1}, "keep_succeeded", "greater than or equal to 0"),
-        ({"keep_failed": "all"}, "keep_failed", "valid integer"),
+        ({"keep_succeeded": -1}, "keep_succeeded", "must be at least 0"),
+        ({"keep_failed": "all"}, "keep_failed", "must be a whole number"),
         ({"keep_for": "forever"}, "keep_for", "expected a duration"),
         ({"tiemout": "5s"}, "tiemout", "unknown field (did you mean 'timeout'?)"),
         ({"colour": "red"}, "colour", "unknown field"),
@@ -374,3 +374,17 @@ def test_stored_specs_are_read_without_the_write_limits() -> None:
 def test_stored_specs_still_follow_the_model() -> None:
     with pytest.raises(ValueError, match="retry_backoff"):
         JobSpec.from_json(json.dumps({**BASE, "retry_backoff": None}))
+
+
+def test_messages_are_plain_words_not_the_librarys() -> None:
+    """No "Input should be ..." or "[key]" from pydantic reaches a user."""
+    cases = [
+        {"retries": "many"}, {"env": {1: "v"}}, {"selector": ["disk"]}, {"suspend": "maybe"},
+        {"concurrency": "sometimes"}, {"retries": 11}, {"command": ["a", 1]},
+    ]  # fmt: skip
+    for bad in cases:
+        with pytest.raises(ValidationError) as info:
+            JobSpec.model_validate({"name": "a", "schedule": "@daily", "shell": "true", **bad})
+        for path, message in validation_messages(info.value):
+            assert "Input should" not in message and "Value error" not in message, message
+            assert "[key]" not in path, path
