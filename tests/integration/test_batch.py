@@ -192,7 +192,9 @@ async def test_while_a_batch_is_slow_the_next_one_goes_without_waiting(
     ks = Keyspace(prefix)
     c = await HeldReplies.connect(EtcdConfig(endpoints=etcd_endpoints))
     c.go = asyncio.Event()
-    batcher = TxnBatcher(c, pipeline_after=0.05, max_in_flight=2)
+    # pipeline_after=0: without the cap, a queued transaction would go on the next
+    # turns of the event loop, so a few turns show whether the cap held
+    batcher = TxnBatcher(c, pipeline_after=0, max_in_flight=2)
     try:
         puts = [
             asyncio.create_task(batcher.txn_once([], [op_put(ks.run("p", f"r{i}"), b"x")]))
@@ -202,8 +204,11 @@ async def test_while_a_batch_is_slow_the_next_one_goes_without_waiting(
         extra = asyncio.create_task(batcher.txn_once([], [op_put(ks.run("p", "r3"), b"x")]))
         await wait_for(lambda: c.out == 2, timeout=5)  # went while the first was out
         more = asyncio.create_task(batcher.txn_once([], [op_put(ks.run("p", "r4"), b"x")]))
-        await asyncio.sleep(0.2)  # (lets a third send happen if the cap did not hold)
+        await wait_for(lambda: batcher._queue, timeout=5)  # submitted, held back
+        for _ in range(20):
+            await asyncio.sleep(0)  # event-loop turns, not time
         assert c.most == 2, "max_in_flight was exceeded"
+        assert batcher._queue, "the third went out while two were in flight"
         c.go.set()
         results = await asyncio.gather(*puts, extra, more)
         assert all(r.succeeded for r in results)
