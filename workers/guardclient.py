@@ -39,6 +39,9 @@ class Guard:
             self._send(f"D {self._deadline}")
         for pgid in self._pgids:
             self._send(f"A {pgid}")
+        # written before start() returns: once the restart is logged, the guard's pipe
+        # holds everything it needs, even if the worker is killed right after
+        self._flush()
 
     async def supervise(self, backoff: float = 0.5, max_backoff: float = 30.0) -> None:
         """Restart the guard whenever it exits while the worker runs.
@@ -81,6 +84,8 @@ class Guard:
 
     def _flush(self) -> None:
         lines, self._out = self._out, []
+        if not lines:
+            return
         if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
             return
         try:

@@ -378,12 +378,15 @@ async def test_a_guard_that_dies_is_restarted_and_still_guards(
         (first,) = guards_of(proc.pid)
         os.kill(first, signal.SIGKILL)
         await wait_for(lambda: set(guards_of(proc.pid)) - {first}, timeout=10)
-        # the new guard was told the lease and the running child: a dead worker is still
-        # cleaned up at once, well inside the 30 s TTL
+        # the restart is logged once the new guard's pipe holds the lease and the running
+        # child: a dead worker is then still cleaned up at once, well inside the 30 s TTL
+        await wait_for(
+            lambda: b"guard process restarted" in (tmp_path / "guarded.log").read_bytes(),
+            timeout=10,
+        )
         proc.signal(signal.SIGKILL)
         proc.wait()
         await wait_for(lambda: not running(child), timeout=5)
         await wait_for(lambda: _gone(client, ks, "guarded"), timeout=5)
     finally:
         proc.close()
-    assert b"guard process restarted" in (tmp_path / "guarded.log").read_bytes()
