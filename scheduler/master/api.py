@@ -43,6 +43,7 @@ from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.limits import MAX_SPEC_BYTES
 from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
+from scheduler.master.principal import Principal, client_address
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
 from scheduler.store import ConflictError, CorruptValue, JobNotFound, JobStore
@@ -307,6 +308,7 @@ def create_app(
     expected = token.encode()
 
     async def auth(
+        request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         # Starlette decodes headers as latin-1: encode back to the bytes sent,
@@ -314,6 +316,7 @@ def create_app(
         given = creds.credentials.encode("latin-1") if creds is not None else b""
         if not hmac.compare_digest(given, expected):
             raise _Unauthorized()
+        request.state.principal = Principal(name="token", address=client_address(request))
 
     app = FastAPI(title="etcron master", version=__version__, docs_url="/docs")
     app.add_middleware(HttpGuard, token=token, max_body_bytes=max_body_bytes)
