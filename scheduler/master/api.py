@@ -26,7 +26,6 @@ Rules:
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Annotated, Any
 
@@ -43,7 +42,8 @@ from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.limits import MAX_SPEC_BYTES
 from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
-from scheduler.master.principal import Principal, client_address
+from scheduler.master.principal import client_address
+from scheduler.master.tokens import Tokens
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
 from scheduler.store import ConflictError, CorruptValue, JobNotFound, JobStore
@@ -303,9 +303,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API for one store, behind :class:`HttpGuard`; ``token`` must be non-empty."""
-    if not token:
-        raise ValueError("the API needs a non-empty token")
-    expected = token.encode()
+    tokens = Tokens(token)
 
     async def auth(
         request: Request,
@@ -314,12 +312,13 @@ def create_app(
         # Starlette decodes headers as latin-1: encode back to the bytes sent,
         # the bytes the guard compared.
         given = creds.credentials.encode("latin-1") if creds is not None else b""
-        if not hmac.compare_digest(given, expected):
+        principal = tokens.check(given, client_address(request))
+        if principal is None:
             raise _Unauthorized()
-        request.state.principal = Principal(name="token", address=client_address(request))
+        request.state.principal = principal
 
     app = FastAPI(title="etcron master", version=__version__, docs_url="/docs")
-    app.add_middleware(HttpGuard, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(HttpGuard, tokens=tokens, max_body_bytes=max_body_bytes)
     _install_handlers(app)
 
     @app.exception_handler(_Unauthorized)

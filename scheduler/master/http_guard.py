@@ -24,13 +24,13 @@ Rules:
 from __future__ import annotations
 
 import email.message
-import hmac
 import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler.master.strict_json import json_problem
+from scheduler.master.tokens import Tokens
 
 PUBLIC_PATHS = frozenset(
     {"/v1/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
@@ -58,11 +58,9 @@ def _is_json(content_type: bytes | None) -> bool:
 class HttpGuard:
     """ASGI middleware; see the module rules."""
 
-    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int) -> None:
-        if not token:
-            raise ValueError("the API needs a non-empty token")
+    def __init__(self, app: ASGIApp, *, tokens: Tokens, max_body_bytes: int) -> None:
         self.app = app
-        self._expected = token.encode()
+        self.tokens = tokens
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,7 +108,7 @@ class HttpGuard:
         scheme, _, credentials = values[0].strip().partition(b" ")
         if scheme.lower() != b"bearer":
             return False
-        return hmac.compare_digest(credentials.strip(), self._expected)
+        return self.tokens.check(credentials.strip()) is not None
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_body_bytes} bytes (master.max_body_bytes)"

@@ -29,6 +29,7 @@ from scheduler.master.connections import ConnectionTable
 from scheduler.master.http_guard import HttpGuard
 from scheduler.master.http_protocol import HttpLimits, limited_protocol
 from scheduler.master.server import run_master
+from scheduler.master.tokens import Tokens
 from tests.support import wait_for
 
 TOKEN = "limits-token"
@@ -62,7 +63,7 @@ async def stub_server(max_connections: int = 20, max_body: int = 1000) -> AsyncI
 
     limits = HttpLimits(max_connections, REQUEST_TIMEOUT, KEEP_ALIVE, linger_bytes=8 << 20)
     table = ConnectionTable(max_connections)
-    guarded = HttpGuard(app, token=TOKEN, max_body_bytes=max_body)
+    guarded = HttpGuard(app, tokens=Tokens(TOKEN), max_body_bytes=max_body)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(

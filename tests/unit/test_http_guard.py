@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from scheduler.master.http_guard import HttpGuard
+from scheduler.master.tokens import Tokens
 
 TOKEN = "tok-en"
 MAX = 1000
@@ -65,7 +66,7 @@ async def run(
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    guard = HttpGuard(app, token=TOKEN, max_body_bytes=MAX)
+    guard = HttpGuard(app, tokens=Tokens(TOKEN), max_body_bytes=MAX)
     scope = {"type": "http", "method": method, "path": path, "headers": list(headers)}
     await guard(scope, receive, send)  # type: ignore[arg-type]
     return ex
@@ -170,7 +171,7 @@ async def test_json_bodies_must_be_strict(content_type: bytes | None, status: in
 
 async def test_client_gone_before_the_body_ends_is_not_answered() -> None:
     ex = Exchange()
-    guard = HttpGuard(_never_called, token=TOKEN, max_body_bytes=MAX)
+    guard = HttpGuard(_never_called, tokens=Tokens(TOKEN), max_body_bytes=MAX)
     events = [
         {"type": "http.request", "body": b"{", "more_body": True},
         {"type": "http.disconnect"},
@@ -194,4 +195,4 @@ async def _never_called(scope: Any, receive: Any, send: Any) -> None:
 
 def test_an_empty_token_is_refused() -> None:
     with pytest.raises(ValueError, match="non-empty token"):
-        HttpGuard(_never_called, token="", max_body_bytes=MAX)
+        Tokens("")
