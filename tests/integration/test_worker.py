@@ -197,6 +197,12 @@ async def test_timeout_retries_and_env(
     assert len(set(lines[1::2])) == 1 and int(lines[1]) > 0, "one fencing token for all attempts"
     (rec,) = await runs_of(client, ks, "flaky")
     assert rec.exit_code == 3 and rec.attempt == 3 and rec.manual
+    # the attempts are told apart: in the message, and by a marker line between them
+    assert rec.message == (
+        "attempt 1: exit status 3; attempt 2: exit status 3; attempt 3: exit status 3"
+    ), rec
+    assert rec.output_tail.count("--- etcron: attempt ") == 2, rec.output_tail
+    assert "attempt 1 of 3 ended: exit status 3; attempt 2 follows after 100ms" in rec.output_tail
 
 
 async def test_manual_run_kill_suspend_selector_capacity(
