@@ -138,6 +138,13 @@ async def _connect(cfg: EtcdConfig) -> EtcdClient:
     return await EtcdClient.connect(cfg)
 
 
+def _setup_auth(env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "deploy/etcd/setup-auth.sh"), PREFIX, str(out)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (Debian: etcd-client)")
 async def test_setup_auth_keeps_passwords_off_command_lines(
     tls_etcd: str, pki: Path, tmp_path: Path
@@ -158,10 +165,7 @@ async def test_setup_auth_keeps_passwords_off_command_lines(
         ETCDCTL_CERT=str(certs / "master.crt"),
         ETCDCTL_KEY=str(certs / "master.key"),
     )
-    done = subprocess.run(
-        ["bash", str(ROOT / "deploy/etcd/setup-auth.sh"), PREFIX, str(out)],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = await asyncio.to_thread(_setup_auth, env, out)
     assert done.returncode == 0, done.stderr
     files = {p.name: p for p in out.iterdir()}
     assert sorted(files) == ["etcron-master.password", "etcron-worker.password", "root.password"]
@@ -197,9 +201,6 @@ async def test_setup_auth_keeps_passwords_off_command_lines(
     finally:
         await cert_only.close()
 
-    again = subprocess.run(
-        ["bash", str(ROOT / "deploy/etcd/setup-auth.sh"), PREFIX, str(out)],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    again = await asyncio.to_thread(_setup_auth, env, out)
     assert again.returncode == 2 and "not overwriting" in again.stderr
     assert {p.name: p.read_text().strip() for p in out.iterdir()} == passwords
