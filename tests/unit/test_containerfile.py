@@ -36,7 +36,8 @@ def test_base_image_is_pinned_to_a_patch_release() -> None:
 
 
 def test_no_dev_dependencies_and_a_non_root_user_with_a_home() -> None:
-    assert "[dev]" not in TEXT and "pytest" not in TEXT
+    code = " ".join(f"{word} {rest}" for word, rest in _instructions())
+    assert "[dev]" not in code and "pytest" not in code
     [user] = [rest for word, rest in _instructions() if word == "USER"]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
