@@ -116,7 +116,7 @@ def test_pods_run_locked_down() -> None:
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, file
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, file
         assert not pod.get("hostNetwork") and not pod.get("hostPID"), file
-        for c in pod["containers"]:
+        for c in pod["containers"] + pod.get("initContainers", []):
             sc = c["securityContext"]
             assert sc["runAsNonRoot"] is True, file
             assert sc["allowPrivilegeEscalation"] is False, file
@@ -155,6 +155,24 @@ def test_writable_paths_are_empty_dirs_and_secrets_are_read_only() -> None:
         for key in ("ETCRON_ETCD__PASSWORD_FILE", "ETCRON_ETCD__KEY_FILE", "ETCRON_ETCD__CA_FILE"):
             mount = str(Path(_env(c)[key]).parent)
             assert "secret" in paths[mount], f"{file}: {key} not in a mounted Secret"
+
+
+def test_the_api_token_reaches_the_master_owner_only() -> None:
+    # the master refuses a token file its group or others may read (mode & 0o077)
+    pod = _one("masters.yaml", "Deployment")["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    [master] = pod["containers"]
+    token = Path(_env(master)["ETCRON_MASTER__TOKEN_FILE"])
+    run = _paths(master, pod)[str(token.parent)]
+    assert run["emptyDir"]["medium"] == "Memory"
+    assert init["command"][:3] == ["install", "-m", "0400"] and init["command"][-1] == str(token)
+    secret = _paths(init, pod)[str(Path(init["command"][3]).parent)]
+    assert secret["secret"]["secretName"] == "etcron-api-token"
+    assert "etcron-api-token" not in {
+        v["secret"]["secretName"]
+        for m in master["volumeMounts"]
+        if "secret" in (v := _paths(master, pod)[m["mountPath"]])
+    }
 
 
 def test_probes() -> None:
