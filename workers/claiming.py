@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import zlib
 from datetime import datetime
@@ -33,6 +34,7 @@ from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
 from workers import orphans
 from workers.accounting import UNCLAIMED, record_gap
+from workers.cgroups import CgroupHost
 from workers.core import WorkerCore
 from workers.executor import OutputSink
 from workers.handover import next_tick
@@ -453,6 +455,7 @@ class Claiming(WorkerCore):
                 launch=self.launcher.at,
                 next_run=self._next_run,
                 observer=self.metrics,
+                cgroups=functools.partial(CgroupHost.detect, self.cfg.cgroup_root),
             )
         self.runs[h.run_id] = h  # (a hand-over registered it already)
         self.stats["started"] += 1
