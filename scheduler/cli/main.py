@@ -50,7 +50,7 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "master", "worker", "keygen", "version",
+    "suspend", "resume", "delete", "keygen", "master", "worker", "version",
 )  # fmt: skip
 
 

@@ -26,6 +26,8 @@ from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
 from scheduler.signing import Signer, keygen, unwrap
 from scheduler.store import JobStore
+from tests.integration.test_cli import _env
+from tests.integration.test_daemon_errors import daemon, plain_lines
 from tests.support import wait_for
 from tests.support.cluster import make_config, runs_of, workers
 
@@ -186,3 +188,41 @@ async def test_a_root_worker_runs_jobs_as_nobody_who_cannot_read_its_secrets(
     assert rec.output_tail.splitlines()[0] == str(nobody)
     assert "Permission denied" in rec.output_tail and "s3cret" not in rec.output_tail
     assert "policy.users: root runs only jobs with user: root" in refused[0].message
+
+
+def _exposed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A password file any user may read, a signing key its group may read, a junk key."""
+    pw = tmp_path / "etcd.password"
+    pw.write_text("x\n")
+    pw.chmod(0o644)
+    key, _, _ = keygen(tmp_path / "k")
+    key.chmod(0o640)
+    junk = tmp_path / "junk.pub"
+    junk.write_text("not a key\n")
+    return pw, key, junk
+
+
+async def test_daemons_with_exposed_or_bad_keys_exit_2_with_one_line(
+    etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    pw, key, junk = _exposed(tmp_path)
+    base = {
+        "ETCRON_ETCD__ENDPOINTS": ",".join(etcd_endpoints),
+        "ETCRON_ETCD__PREFIX": prefix,
+        "ETCRON_LOG__FORMAT": "json",
+        "ETCRON_WORKER__LISTEN": "off",
+    }
+    cases = [
+        ("worker", {"ETCRON_ETCD__PASSWORD_FILE": str(pw)}, "may be read by any user"),
+        ("worker", {"ETCRON_WORKER__TRUSTED_KEY_FILES": str(junk)}, "not a PEM trusted key"),
+        (
+            "master",
+            {"ETCRON_MASTER__SIGNING_KEY_FILE": str(key), "ETCRON_MASTER__TOKEN": "t" * 32},
+            "signing key is accessible to group or others",
+        ),
+    ]
+    for what, extra, needle in cases:
+        code, err = await daemon(what, env=_env(**base, **extra))
+        assert code == 2, err
+        [line] = plain_lines(err)
+        assert line.startswith("error: ") and needle in line, line
