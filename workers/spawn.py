@@ -18,13 +18,16 @@ Rules:
   through util-linux's ``setpriv``, which sets the user's uid, gid and
   supplementary groups (never the worker's; capabilities go with uid 0) and
   execs the program by its resolved path: one more small exec instead of a
-  ``fork`` of the whole worker. A working directory, or a host without
-  ``setpriv``, needs steps before exec that ``posix_spawn`` cannot take here, so
-  those use :class:`subprocess.Popen`; the returned :class:`Spawned` keeps the
-  ``Popen`` so that it alone reaps the child.
+  ``fork`` of the whole worker. A working directory, a host without
+  ``setpriv``, or a worker that is not root (``Popen`` then reports the
+  refusal as a :class:`PermissionError`) need steps before exec that
+  ``posix_spawn`` cannot take here, so those use :class:`subprocess.Popen`; the
+  returned :class:`Spawned` keeps the ``Popen`` so that it alone reaps the child.
 - Errors are :class:`OSError` from the exec (``FileNotFoundError`` for a missing
   program, ``PermissionError`` for one that may not run) or :class:`KeyError`
-  for an unknown user; nothing is left open when one is raised.
+  for an unknown user; nothing is left open when one is raised. Through
+  ``setpriv``, a program that exists but that the user may not execute fails
+  the run instead (exit 126 or 127, ``setpriv``'s message in its output).
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def spawn(
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     popen: subprocess.Popen[bytes] | None = None
     try:
-        if cwd is None and (user is None or SETPRIV is not None):
+        if cwd is None and (user is None or (SETPRIV is not None and os.geteuid() == 0)):
             if user is not None:
                 assert SETPRIV is not None
                 argv = as_user(argv, env, user, SETPRIV)
