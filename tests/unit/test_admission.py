@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,12 @@ import pytest
 from scheduler.config import Config, ConfigError, EtcdConfig, PolicyConfig, WorkerConfig
 from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, Event, EventKind, Snapshot
+from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.signing import Signer, Verifier, keygen
-from workers.admission import Admission, default_run_as
+from workers.admission import Admission, Verdict, default_run_as
 from workers.credentials import check_credentials
+from workers.refusals import Refusals
 from workers.state import JobTable
 
 P = "/cron/jobs/"
@@ -83,3 +86,34 @@ def test_credential_files_others_can_read_stop_the_worker(tmp_path: Path) -> Non
     warnings = check_credentials(cfg, euid=12345)
     assert any("owned by uid" in w for w in warnings)
     assert any("not root" in w for w in warnings)
+
+
+def test_refusals_are_recorded_only_where_the_job_is_aimed_and_not_suspended() -> None:
+    class Counts:
+        def __init__(self) -> None:
+            self.reasons: list[str] = []
+
+        def refused(self, reason: str) -> None:
+            self.reasons.append(reason)
+
+    counts = Counts()
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    rep = Refusals(
+        Keyspace("/cron"),
+        "w1",
+        {"disk": "ssd"},
+        counts,
+        lambda: now,  # type: ignore[arg-type]
+    )
+    table = JobTable(P)
+    base = {"schedule": "@every 1s", "command": ["/bin/true"]}
+    specs = {
+        "here": JobSpec(name="here", selector={"disk": "ssd"}, **base),
+        "elsewhere": JobSpec(name="elsewhere", selector={"disk": "hdd"}, **base),
+        "paused": JobSpec(name="paused", suspend=True, **base),
+    }
+    table.new_refusals = [(n, 7, Verdict(s, "not signed", "unsigned")) for n, s in specs.items()]
+    [rec] = rep.report(table)
+    assert rec.job == "here" and rec.worker == "w1" and rec.tick == now
+    assert rec.message == "refused (definition revision 7): not signed"
+    assert counts.reasons == ["unsigned"] * 3 and table.new_refusals == []
