@@ -223,8 +223,13 @@ class Claiming(WorkerCore):
             if self.draining:
                 return
             try:
+                fence = TriggerFence(
+                    trigger_key,
+                    self.ks.taken(job.name, request),
+                    json.dumps({"worker": self.id}).encode(),
+                )
                 await self._claim_and_run(
-                    job, TriggerFence(trigger_key), self.clock.now(), manual=True, request=request
+                    job, fence, self.clock.now(), manual=True, request=request
                 )
                 return
             except EtcdUnavailable:
@@ -417,9 +422,14 @@ class Claiming(WorkerCore):
             if token:
                 return token
             if holder and holder != asked:
+                # workers may not write kill requests (docs/security.md): a
+                # replacement asks through replace/<job>, which the holder honours
+                # for replace jobs only
                 run_id = json.loads(holder).get("run_id")
                 await self.client.put(
-                    self.ks.killer(job.name), json.dumps({"run_id": run_id}).encode()
+                    self.ks.replacing(job.name),
+                    json.dumps({"run_id": run_id}).encode(),
+                    lease=session.lease_id,
                 )
                 asked = holder
             await asyncio.sleep(0.1)

@@ -35,11 +35,12 @@ from typing import Protocol
 
 import structlog
 
+from scheduler.durations import format_duration
 from scheduler.etcd.claim import Handed, HandOver, release, release_and_claim
 from scheduler.etcd.client import EtcdError, TxnSender
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
-from workers.executor import Child, OutputSink, StopReason
+from workers.executor import Child, Outcome, OutputSink, StopReason
 
 log = structlog.get_logger("etcron.run")
 
@@ -281,6 +282,7 @@ class Runner:
             if h.stop_reason is None and outcome.stopped is StopReason.TIMEOUT:
                 h.stop_reason = StopReason.TIMEOUT
             result.exit_code, result.signal = outcome.exit_code, outcome.signal
+            result.attempts.append(_ended(outcome))
             result.error = outcome.error or child.sink_error
             if child.sink_error:
                 result.broken = True
@@ -293,6 +295,11 @@ class Runner:
                 break
             if attempt < attempts:
                 log.info("attempt failed, retrying", job=job.name, run=rec.run_id, attempt=attempt)
+                marker = (
+                    f"--- etcron: attempt {attempt} of {attempts} ended: {_ended(outcome)}; "
+                    f"attempt {attempt + 1} follows after {format_duration(job.retry_backoff)} ---\n"
+                )
+                sink.write("stderr", marker.encode())
                 h.stop_reason = None if h.stop_reason is StopReason.TIMEOUT else h.stop_reason
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(job.retry_backoff):
@@ -327,6 +334,9 @@ class Runner:
         rec.exit_code, rec.signal = result.exit_code, result.signal
         rec.end = self.now()
         rec.message = result.error or _lost_message(h)
+        if len(result.attempts) > 1:
+            tried = "; ".join(f"attempt {i}: {e}" for i, e in enumerate(result.attempts, 1))
+            rec.message = f"{rec.message} ({tried})" if rec.message else tried
         await self.finish(h)
         if self.observer is not None:
             self.observer.run_ended(h)
@@ -409,6 +419,19 @@ class _Result:
     error: str = ""
     broken: bool = False
     """The worker itself failed the run (sink, bookkeeping): never ``succeeded``."""
+    attempts: list[str] = field(default_factory=list)
+    """How each attempt ended (``exit status 1``), for the message of a retried run."""
+
+
+def _ended(outcome: Outcome) -> str:
+    """One attempt's end in words, for the retry marker and the record's message."""
+    if outcome.stopped is StopReason.TIMEOUT:
+        return "timed out"
+    if outcome.exit_code is not None:
+        return f"exit status {outcome.exit_code}"
+    if outcome.signal is not None:
+        return f"signal {outcome.signal}"
+    return outcome.error or "failed"
 
 
 def started_record(
