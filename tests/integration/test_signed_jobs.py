@@ -72,7 +72,12 @@ async def test_only_jobs_signed_by_a_trusted_key_run(
         # a manual run request written straight into etcd does not help either
         await client.put(ks.trigger("unsigned", "r1"), b"{}")
         await wait_for(lambda: _lines(marks["good"]) >= 3, timeout=15)
-        refused = {n: await _refusals(client, ks, n) for n in ("unsigned", "forged", "untrusted")}
+
+        async def all_refused() -> dict[str, list[RunRecord]] | None:
+            found = {n: await _refusals(client, ks, n) for n in ("unsigned", "forged", "untrusted")}
+            return found if all(found.values()) else None
+
+        refused = await wait_for(all_refused, timeout=10)
         metrics = w.metrics.render().decode()
         counted = dict(w.metrics.refusals)
     for name in ("unsigned", "forged", "untrusted"):
