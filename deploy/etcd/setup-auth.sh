@@ -41,13 +41,15 @@ ctl role add etcron-master >/dev/null
 grant etcron-master readwrite "$P/" --prefix=true
 add_user etcron-master "$MASTER_PW"
 ctl user grant-role etcron-master etcron-master >/dev/null
-# workers: read job definitions and kill requests; write what a run needs
+# workers: read job definitions and the requests masters make (manual runs, kills,
+# the output budget, master clocks); write only what a run needs.
+# The grants are scheduler/roles.py's (tests/unit/test_roles.py keeps them equal).
 ctl role add etcron-worker >/dev/null
-grant etcron-worker read "$P/jobs/" --prefix=true
-grant etcron-worker readwrite "$P/killer/" --prefix=true
-grant etcron-worker read "$P/masters/" --prefix=true
+for d in jobs masters trigger killer; do
+  grant etcron-worker read "$P/$d/" --prefix=true
+done
 grant etcron-worker read "$P/budget"
-for d in lock ticks workers runs output trigger repairs; do
+for d in lock ticks workers runs output taken replace repairs; do
   grant etcron-worker readwrite "$P/$d/" --prefix=true
 done
 add_user etcron-worker "$WORKER_PW"
