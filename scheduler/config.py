@@ -125,11 +125,29 @@ class MasterConfig(_Section):
         MAX_SPEC_BYTES
     )
     """Largest job spec (compact JSON) the API accepts; etcd refuses requests over 1.5 MiB."""
+    signing_key_file: Path | None = None
+    """Ed25519 private key (``etcron keygen``) the master signs every job it writes with."""
 
     def resolved_token(self) -> str | None:
         if self.token_file is not None:
             return self.token_file.read_text().strip()
         return self.token
+
+
+class PolicyConfig(_Section):
+    """What this worker agrees to run (docs/security.md, "Worker policy"); None: no rule."""
+
+    commands: Annotated[list[str], BeforeValidator(_split_list)] | None = None
+    """Allowed programs, absolute path globs (``*`` stays within one directory);
+    a ``shell`` job's program is ``/bin/sh``."""
+    users: Annotated[list[str], BeforeValidator(_split_list)] | None = None
+    """Allowed run-as users (globs), the default user included; root only if listed."""
+    max_timeout: Duration | None = None
+    """Jobs must set a ``timeout`` of at most this."""
+    max_output_limit: Size | None = None
+    """A job's ``output_limit`` (or ``worker.output_limit``) must be at most this."""
+    env: Annotated[list[str], BeforeValidator(_split_list)] | None = None
+    """Allowed names (globs) of a job's ``env`` variables."""
 
 
 class WorkerConfig(_Section):
@@ -147,6 +165,11 @@ class WorkerConfig(_Section):
     stop_claiming_on_skew: bool = True
     clock_offset: SignedDuration = 0.0
     allow_run_as: bool = False
+    default_user: str = "nobody"
+    """Who runs jobs without a ``user`` when the worker is root; ``""``: the worker's own user."""
+    trusted_key_files: Annotated[list[Path], BeforeValidator(_split_list)] = []
+    """Ed25519 public keys; when set, only jobs signed by one of them run."""
+    policy: PolicyConfig = PolicyConfig()
     output_limit: Size = 1024 * 1024
     max_output_limit: Annotated[int, BeforeValidator(parse_size), Field(gt=0)] = MAX_OUTPUT_LIMIT
     """Output kept per run is at most this, whatever a job's ``output_limit`` asks for."""

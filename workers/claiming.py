@@ -447,6 +447,7 @@ class Claiming(WorkerCore):
                 self.id,
                 kill_grace=self.cfg.kill_grace,
                 allow_run_as=self.cfg.allow_run_as,
+                default_user=self.admission.default_user,
                 lease_left=self.lease_left,
                 now=self.clock.now,
                 guard_add=self._child_started,

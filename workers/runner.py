@@ -133,6 +133,7 @@ class Runner:
         *,
         kill_grace: float,
         allow_run_as: bool,
+        default_user: str | None = None,
         lease_left: Callable[[], float],
         now: Callable[[], datetime],
         guard_add: Callable[[int], None],
@@ -149,6 +150,8 @@ class Runner:
         self.worker_id = worker_id
         self.kill_grace = kill_grace
         self.allow_run_as = allow_run_as
+        self.default_user = default_user
+        """Who runs a job without ``user`` (``workers.admission.default_run_as``)."""
         self.lease_left = lease_left
         self.now = now
         self.guard_add = guard_add
@@ -160,7 +163,7 @@ class Runner:
 
     def _user(self, job: JobSpec) -> tuple[str | None, str]:
         if job.user is None:
-            return None, ""
+            return self.default_user, ""
         if not self.allow_run_as:
             return None, f"run-as user {job.user!r} refused: worker.allow_run_as is off"
         try:

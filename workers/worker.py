@@ -201,7 +201,12 @@ class Worker(Membership, Claiming):
 
     def _on_jobs(self, item: Snapshot | Batch) -> None:
         now_ms = int(self.clock.time() * 1000)
-        for name, spec in self.table.apply(item):
+        changes = self.table.apply(item)
+        if self.table.new_refusals:
+            records = self.refusals.report(self.table)
+            if records and self.client is not None:
+                self._background_task(self.refusals.write(self.client, records))
+        for name, spec in changes:
             if spec is None:
                 self.timer.remove(name)
                 self.metrics.forget(name)

@@ -28,7 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from scheduler import __version__
-from scheduler.cli import argv, daemons_cmd, jobs_cmd, logs_cmd, run_cmd
+from scheduler.cli import argv, daemons_cmd, jobs_cmd, keys_cmd, logs_cmd, run_cmd
 from scheduler.cli.common import ConfigOpt, FileOpt, globals_of, job_name
 from scheduler.cli.errors import CliError, InvalidInput
 from scheduler.cli.target import DEFAULT_SERVER, Globals
@@ -51,7 +51,7 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "master", "worker", "completion", "version",
+    "suspend", "resume", "delete", "keygen", "master", "worker", "completion", "version",
 )  # fmt: skip
 
 
@@ -212,6 +212,7 @@ logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 
 daemons_cmd.register(app)
+keys_cmd.register(app)
 
 
 # entry point ----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from scheduler.keyspace import Keyspace
 from scheduler.master.space import SpaceKeeper
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
+from scheduler.signing import spec_bytes
 from scheduler.store import end_orphaned_run
 
 log = structlog.get_logger("etcron.housekeeping")
@@ -219,7 +220,7 @@ class Housekeeper:
         out = {}
         for kv in kvs:
             with contextlib.suppress(ValueError):
-                spec = JobSpec.from_json(kv.value)
+                spec = JobSpec.from_json(spec_bytes(kv.value))
                 out[spec.name] = spec
         return out
 

@@ -43,6 +43,7 @@ from scheduler.master.connections import connection_budget
 from scheduler.master.http_protocol import LINGER_BYTES, HttpLimits, limited_protocol
 from scheduler.master.log_throttle import throttled
 from scheduler.master.metrics import MasterMetrics, MetricsMiddleware
+from scheduler.signing import Signer
 from scheduler.store import JobStore
 
 log = structlog.get_logger("etcron.master")
@@ -100,6 +101,20 @@ def master_token(config: Config) -> str:
     return token
 
 
+def master_signer(config: Config) -> Signer | None:
+    """The key every job written is signed with (KeyFileError, exit 2, when unusable)."""
+    path = config.master.signing_key_file
+    if path is None:
+        log.warning(
+            "job signing is off: master.signing_key_file is not set; workers with "
+            "worker.trusted_key_files refuse the jobs this master writes"
+        )
+        return None
+    signer = Signer.from_file(path)
+    log.info("signing jobs", key_id=signer.key_id)
+    return signer
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -121,6 +136,7 @@ async def run_master(
 ) -> None:
     """Serve the API until ``stop`` is set or the task is cancelled."""
     token = master_token(config)
+    signer = master_signer(config)
     host, port = parse_listen(config.master.listen)
     limits, backlog = _limits(config)
     sock = _bind(host, port)
@@ -139,7 +155,7 @@ async def run_master(
     client.observe = metrics.etcd.observe
     app = MetricsMiddleware(
         create_app(
-            JobStore(client, keyspace),
+            JobStore(client, keyspace, signer=signer),
             token=token,
             max_spec_bytes=master.max_spec_bytes,
             max_body_bytes=master.max_body_bytes,

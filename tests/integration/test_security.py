@@ -155,7 +155,7 @@ async def test_worker_runs_jobs_over_tls_as_its_own_user(
         await master.put(ks.trigger("secure", "r1"), b"{}")
         cfg = Config(
             etcd=_cfg(secured, certs, "worker", user="etcron-worker", password=WORKER_PW),
-            worker=WorkerConfig(id="tls-worker", lease_ttl=3, lease_margin=0.5),
+            worker=WorkerConfig(id="tls-worker", lease_ttl=3, lease_margin=0.5, default_user=""),
         )
         async with workers([cfg]):
 
