@@ -2,9 +2,13 @@
 
 Rules:
 
-- The master refuses to start without a token (``master.token`` or
-  ``master.token_file``): :class:`MasterConfigError` says which settings to set.
-- It listens on ``master.listen`` (default ``127.0.0.1:8070``, loopback only).
+- The master refuses to start without a token (``master.tokens_file``,
+  ``master.token_file`` or ``master.token``), with a short token or a token
+  file others can read (:mod:`scheduler.master.access`):
+  :class:`MasterConfigError` says which setting to change.
+- It listens on ``master.listen`` (default ``127.0.0.1:8070``, loopback only),
+  with TLS when ``master.tls_cert_file`` and ``master.tls_key_file`` are set;
+  plain HTTP on an address other than loopback is a warning in the log.
   The socket is bound here before uvicorn starts, so a busy port is a clear
   :class:`MasterConfigError`, never a ``sys.exit`` from inside the event loop.
 - This module installs no signal handlers (uvicorn's own are disabled); the CLI
@@ -34,10 +38,11 @@ from typing import Any
 import structlog
 import uvicorn
 
-from scheduler.config import Config, ConfigError
+from scheduler.config import Config
 from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.connect import connect_patiently
 from scheduler.keyspace import Keyspace
+from scheduler.master.access import MasterConfigError, master_tokens, tls_context
 from scheduler.master.api import create_app
 from scheduler.master.connections import connection_budget
 from scheduler.master.http_protocol import LINGER_BYTES, HttpLimits, limited_protocol
@@ -56,8 +61,7 @@ Housekeeping = Callable[[EtcdClient, Keyspace, Config, MasterMetrics], Coroutine
 """A long-running coroutine started next to the API (cancelled at stop)."""
 
 
-class MasterConfigError(ConfigError):
-    """The master cannot start with this configuration; the message says why."""
+__all__ = ["MasterConfigError", "leader_housekeeping", "parse_listen", "run_master"]
 
 
 class _Server(uvicorn.Server):
@@ -85,19 +89,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def master_token(config: Config) -> str:
-    try:
-        token = config.master.resolved_token()
-    except OSError as exc:
-        raise MasterConfigError(
-            f"master.token_file {config.master.token_file}: cannot read: {exc.strerror}"
-        ) from exc
-    if not token:
-        raise MasterConfigError(
-            "the master needs an API token: set master.token_file (recommended) or "
-            "master.token in the config, or ETCRON_MASTER__TOKEN in the environment"
-        )
-    return token
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -120,8 +113,15 @@ async def run_master(
     housekeeping: Housekeeping | None = None,
 ) -> None:
     """Serve the API until ``stop`` is set or the task is cancelled."""
-    token = master_token(config)
+    tokens = master_tokens(config.master)
+    tls = tls_context(config.master)
     host, port = parse_listen(config.master.listen)
+    if tls is None and not _is_loopback(host):
+        log.warning(
+            "the API serves plain HTTP on a non-loopback address: tokens cross the network "
+            "in clear; set master.tls_cert_file and master.tls_key_file",
+            listen=config.master.listen,
+        )
     limits, backlog = _limits(config)
     sock = _bind(host, port)
     try:
@@ -140,7 +140,8 @@ async def run_master(
     app = MetricsMiddleware(
         create_app(
             JobStore(client, keyspace),
-            token=token,
+            tokens=tokens,
+            public_docs=master.public_docs,
             max_spec_bytes=master.max_spec_bytes,
             max_body_bytes=master.max_body_bytes,
         ),
@@ -157,6 +158,7 @@ async def run_master(
             http=limited_protocol(limits),
             backlog=backlog,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
         )
     )
     tasks: list[asyncio.Task[Any]] = []
@@ -174,7 +176,12 @@ async def run_master(
         tasks.append(up)
         await asyncio.wait([up, serving], return_when=asyncio.FIRST_COMPLETED)
         if server.up.is_set():
-            log.info("master listening", listen=f"{host}:{sock.getsockname()[1]}")
+            log.info(
+                "master listening",
+                listen=f"{host}:{sock.getsockname()[1]}",
+                tls=tls is not None,
+                tokens=tokens.names,
+            )
             if ready is not None:
                 ready.set()
         await asyncio.shield(serving)
