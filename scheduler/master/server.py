@@ -65,14 +65,39 @@ __all__ = ["MasterConfigError", "leader_housekeeping", "parse_listen", "run_mast
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers (the CLI owns signals), with an ``up`` event."""
+    """uvicorn without its signal handlers (the CLI owns signals), with an ``up`` event.
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    With TLS, a connection reaches the protocol (and so its limits) only once its
+    handshake is done: ``handshake_timeout`` bounds the handshake (asyncio's
+    default is 60 s), which uvicorn does not expose; it is passed to the loop's
+    ``create_server`` while uvicorn starts.
+    """
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float | None = None) -> None:
         super().__init__(config)
         self.up = asyncio.Event()
+        self.handshake_timeout = handshake_timeout
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+        timeout = self.handshake_timeout
+
+        async def bounded(*args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", timeout)
+            return await create_server(*args, **kwargs)
+
+        patched = False
+        if timeout is not None:
+            with contextlib.suppress(AttributeError):  # a loop without instance attributes
+                loop.create_server = bounded  # type: ignore[method-assign]
+                patched = True
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            if patched:
+                del loop.create_server
         if self.started:
             self.up.set()
 
@@ -159,7 +184,8 @@ async def run_master(
             backlog=backlog,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
-        )
+        ),
+        handshake_timeout=master.request_timeout,
     )
     tasks: list[asyncio.Task[Any]] = []
     quiet = contextlib.ExitStack()

@@ -112,6 +112,7 @@ async def tls_master(
             token=PLAIN,
             tls_cert_file=certs / "server.crt",
             tls_key_file=certs / "server.key",
+            request_timeout=2,
         ),
     )
     async for _ in _serving(cfg):
@@ -134,6 +135,17 @@ async def test_master_serves_https_that_httpx_verifies_with_the_test_ca(tls_mast
         with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
             r = await http.get("/v1/health")
             raise AssertionError(f"plain HTTP answered {r.status_code}")
+
+
+async def test_a_stalled_tls_handshake_is_closed_after_request_timeout(tls_master: Tls) -> None:
+    """asyncio would hold it 60 s; the master bounds it by master.request_timeout (2 s here)."""
+    host, port = tls_master.url.removeprefix("https://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        async with asyncio.timeout(8):
+            assert await reader.read(1024) == b""  # closed by the server, nothing sent
+    finally:
+        writer.close()
 
 
 async def _etcron(tls: Tls, *args: str, token: str = ADMIN, **env: str) -> Result:
