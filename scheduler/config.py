@@ -100,7 +100,18 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 class MasterConfig(_Section):
     listen: str = "127.0.0.1:8070"
     token: str | None = None
+    """One admin token, named ``token`` (at least 16 bytes)."""
     token_file: Path | None = None
+    """A file holding that token (wins over ``token``); mode 0600 or stricter."""
+    tokens_file: Path | None = None
+    """Named, scoped tokens, as SHA-256 digests (``etcron token create``); mode 0600 or stricter."""
+    allow_insecure_tokens: bool = False
+    """Accept a token shorter than 16 bytes and token files others can read (tests only)."""
+    tls_cert_file: Path | None = None
+    """The API serves HTTPS with this certificate (chain) and ``tls_key_file``."""
+    tls_key_file: Path | None = None
+    public_docs: bool = False
+    """Serve ``/docs``, ``/redoc`` and ``/openapi.json`` without a token."""
     max_body_bytes: Annotated[Size, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
     request_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     keep_alive_timeout: Annotated[Duration, Field(gt=0)] = 5.0
@@ -186,6 +197,11 @@ class WorkerConfig(_Section):
     on a cgroup v2 host, ``<hierarchy>/etcron`` on cgroup v1; workers/cgroups.py)."""
 
 
+class CliConfig(_Section):
+    ca_file: Path | None = None
+    """CA certificate(s) the CLI trusts for an https master (else the system's)."""
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -195,6 +211,7 @@ class Config(_Section):
     etcd: EtcdConfig = EtcdConfig()
     master: MasterConfig = MasterConfig()
     worker: WorkerConfig = WorkerConfig()
+    cli: CliConfig = CliConfig()
     log: LogConfig = LogConfig()
 
 
@@ -230,7 +247,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (etcd, master, worker, log)")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (etcd, master, worker, cli, log)"
+            )
         data = loaded
     for section, fields in _env_overrides(env).items():
         current = data.setdefault(section, {})

@@ -47,11 +47,12 @@ ConfigOpt = Annotated[
 def complete_job_names(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of a job name: the server's jobs, asked with a 1 s bound; none on error."""
     root = ctx.find_root().params
-    target = Globals(root.get("server"), root.get("token"), root.get("config"))
+    target = Globals(root.get("server"), root.get("token"), root.get("config"), root.get("cacert"))
     try:
         from scheduler.cli.client import ApiClient
 
-        with ApiClient(*target.resolve(), timeout=1.0) as api:
+        server, token, cacert = target.resolve()
+        with ApiClient(server, token, timeout=1.0, ca_file=cacert) as api:
             names = [str(job["name"]) for job in api.list_jobs()["jobs"]]
     except Exception:  # completion never prints an error into the user's command line
         return []

@@ -22,13 +22,14 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
 from scheduler import __version__
-from scheduler.cli import argv, daemons_cmd, jobs_cmd, keys_cmd, logs_cmd, run_cmd
+from scheduler.cli import argv, daemons_cmd, jobs_cmd, keys_cmd, logs_cmd, run_cmd, token_cmd
 from scheduler.cli.common import ConfigOpt, FileOpt, globals_of, job_name
 from scheduler.cli.errors import CliError, InvalidInput
 from scheduler.cli.target import DEFAULT_SERVER, Globals
@@ -51,7 +52,7 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "keygen", "master", "worker", "completion", "version",
+    "suspend", "resume", "delete", "keygen", "token", "master", "worker", "completion", "version",
 )  # fmt: skip
 
 
@@ -115,6 +116,16 @@ def _globals(
             show_default=False,
         ),
     ] = None,
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            envvar="ETCRON_CACERT",
+            help="CA certificate(s) to trust for an https master [default: the config's "
+            "cli.ca_file, else the system's CAs]",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     version: Annotated[
         bool,
@@ -123,7 +134,7 @@ def _globals(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Globals(server, token, config)
+    ctx.obj = Globals(server, token, config, cacert)
 
 
 # offline --------------------------------------------------------------------------
@@ -213,6 +224,7 @@ logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 daemons_cmd.register(app)
 keys_cmd.register(app)
+token_cmd.register(app)
 
 
 # entry point ----------------------------------------------------------------------------

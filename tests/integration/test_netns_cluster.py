@@ -63,8 +63,7 @@ def _env(c: Cluster, state: dict[str, Any], master: str = "master0") -> dict[str
         ETCRON_SERVER=c.server(state, master),
         ETCRON_TOKEN=(c.dir / "secrets/api.token").read_text().strip(),
     )
-    ca = c.dir / "certs/ca.crt"
-    env["SSL_CERT_FILE"] = str(ca)  # httpx trusts the cluster's CA for https masters
+    env["ETCRON_CACERT"] = str(c.dir / "certs/ca.crt")  # the masters serve TLS
     return env
 
 
