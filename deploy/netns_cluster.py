@@ -8,9 +8,8 @@ Each host is a network namespace with its own address from 198.18.0.0/15 (reserv
 for network testing, RFC 2544), joined to one bridge; the bridge holds ``.254``, so
 the CLI in the root namespace reaches every host. etcd runs with TLS for clients and
 peers and client certificates (deploy/etcd/make-certs.sh), auth on with the roles of
-scheduler/roles.py (a password per role, 0600). Masters serve the API with a token
-(and over TLS and with signed jobs where this etcron has those settings); workers
-trust the masters' signing key. Everything lives in DIR (default ``run/netns-cluster``):
+scheduler/roles.py (a password per role, 0600). Masters serve the API over TLS
+with a token and sign every job; workers run only jobs signed by that key. Everything lives in DIR (default ``run/netns-cluster``):
 certificates, configs, secrets, logs and ``state.json`` (what ``down`` removes).
 Needs root, ``ip`` and ``openssl``. Nothing here is for production: see docs/deploy.md.
 """
