@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,9 @@ ETCRON = str(Path(sys.executable).with_name("etcron"))
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(
+        shutil.which("ip") is None, reason="needs `ip` (iproute2; .ci/run installs it)"
+    ),
 ]
 
 
