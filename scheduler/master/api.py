@@ -301,8 +301,12 @@ def create_app(
     token: str,
     max_spec_bytes: int = MAX_SPEC_BYTES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    etcd_quota_bytes: int = 2 * 1024**3,
 ) -> FastAPI:
-    """The API for one store, behind :class:`HttpGuard`; ``token`` must be non-empty."""
+    """The API for one store, behind :class:`HttpGuard`; ``token`` must be non-empty.
+    The web dashboard (:mod:`scheduler.master.ui`) is served under ``/ui/``."""
+    from scheduler.master.ui import ui_router  # it reuses parse_specs from here
+
     tokens = Tokens(token)
 
     async def auth(
@@ -449,6 +453,9 @@ def create_app(
 
     add_output_routes(v1, store)
     app.include_router(v1)
+    app.include_router(
+        ui_router(store, tokens, max_spec_bytes=max_spec_bytes, quota_bytes=etcd_quota_bytes)
+    )
     return app
 
 

@@ -6,7 +6,9 @@ request it refuses.
 Rules:
 
 - Every request except the public ones (``GET``/``HEAD`` of ``/v1/health``,
-  ``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``) needs
+  ``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``) and the
+  web dashboard's (``/ui`` and under ``/ui/``, any method: its routes check their
+  own session cookie and CSRF token, :mod:`scheduler.master.ui`) needs
   ``Authorization: Bearer <token>``, compared in constant time on bytes. A
   missing or wrong token is ``401`` (``WWW-Authenticate: Bearer``) answered
   from the headers alone: not one byte of the body is read.
@@ -36,6 +38,8 @@ PUBLIC_PATHS = frozenset(
     {"/v1/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
+UI_PREFIX = "/ui/"
+"""The dashboard's paths: past the token check (cookie auth there), not past the body bounds."""
 UNAUTHORIZED = "missing or wrong bearer token"
 
 
@@ -71,7 +75,10 @@ class HttpGuard:
         announced = bool(_headers(scope, b"transfer-encoding")) or any(
             v.strip() not in (b"", b"0") for v in lengths
         )
-        public = scope["method"] in PUBLIC_METHODS and scope["path"] in PUBLIC_PATHS
+        path = scope["path"]
+        public = (scope["method"] in PUBLIC_METHODS and path in PUBLIC_PATHS) or (
+            path == UI_PREFIX.rstrip("/") or path.startswith(UI_PREFIX)
+        )
         if not public and not self._authorized(scope):
             await _answer(
                 send, 401, UNAUTHORIZED, close=announced, extra=[(b"www-authenticate", b"Bearer")]
