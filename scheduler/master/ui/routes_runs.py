@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from scheduler.master.ui.core import Ui
-from scheduler.master.ui.present import status_class
+from scheduler.master.ui.present import seconds, status_class
 from scheduler.master.ui.sessions import Session
 from scheduler.outputs import Segment, follow_output, follow_runs, read_output
 from scheduler.runs import RunRecord
@@ -46,6 +46,7 @@ def _end(rec: RunRecord) -> dict[str, Any]:
         "class": status_class(rec.status),
         "exit_code": rec.exit_code,
         "message": rec.message,
+        "duration": seconds(rec.duration),
     }
 
 

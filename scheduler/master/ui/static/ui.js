@@ -22,6 +22,8 @@
       if (status) { status.textContent = end.status; status.className = "status " + end["class"]; }
       var exit = document.getElementById("run-exit");
       if (exit && end.exit_code !== null) { exit.textContent = String(end.exit_code); }
+      var took = document.getElementById("run-duration");
+      if (took) { took.textContent = end.duration; }
       var msg = document.getElementById("run-message");
       if (msg && end.message) { msg.textContent = end.message; }
       var live = document.getElementById("live");
