@@ -133,6 +133,14 @@ async def test_post_without_or_with_wrong_csrf_is_403_and_changes_nothing(
     assert "Resume" in (await c.get("/ui/jobs/alpha")).text
 
 
+async def test_cookie_is_secure_behind_tls(setup: tuple[httpx.AsyncClient, Keyspace]) -> None:
+    c, _ = setup
+    r = await c.post("/ui/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"})
+    assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
+    r = await c.post("/ui/login", data={"token": TOKEN})
+    assert "Secure" not in r.headers["set-cookie"]
+
+
 async def test_ui_posts_keep_the_body_bound(setup: tuple[httpx.AsyncClient, Keyspace]) -> None:
     c, _ = setup
     r = await c.post("/ui/login", data={"token": "x" * (DEFAULT_MAX_BODY_BYTES + 1)})

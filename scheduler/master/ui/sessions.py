@@ -13,7 +13,9 @@ Rules:
   the bound drops the oldest.
 - Every session has its own CSRF token, put in every form; every POST must
   carry it (compared in constant time) and, when the browser sends ``Origin``
-  (or else ``Referer``), come from the master's own origin. Anything else is 403.
+  (or else ``Referer``), come from the master's own host and port (the
+  ``Host`` header; the scheme is not compared, so a TLS-terminating proxy in
+  front works). Anything else is 403.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ class Sessions:
             self._by_id.popitem(last=False)
 
 
+def _tls(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
 def set_cookie(response: Response, request: Request, session: Session, ttl: float) -> None:
     response.set_cookie(
         COOKIE,
@@ -107,30 +113,25 @@ def set_cookie(response: Response, request: Request, session: Session, ttl: floa
         path="/ui/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_tls(request),
     )
 
 
 def clear_cookie(response: Response, request: Request) -> None:
     response.delete_cookie(
-        COOKIE, path="/ui/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        COOKIE, path="/ui/", httponly=True, samesite="strict", secure=_tls(request)
     )
 
 
 def same_origin(request: Request) -> bool:
-    """False when ``Origin`` (or, without it, ``Referer``) names another origin than ours."""
-    host = request.headers.get("host", "")
-    ours = (request.url.scheme, host.lower())
+    """False when ``Origin`` (or, without it, ``Referer``) names another host than ours."""
+    ours = request.headers.get("host", "").lower()
     origin = request.headers.get("origin")
     if origin is not None:
-        if origin == "null":
-            return False
-        parts = urlsplit(origin)
-        return (parts.scheme, parts.netloc.lower()) == ours
+        return origin != "null" and urlsplit(origin).netloc.lower() == ours
     referer = request.headers.get("referer")
     if referer is not None:
-        parts = urlsplit(referer)
-        return (parts.scheme, parts.netloc.lower()) == ours
+        return urlsplit(referer).netloc.lower() == ours
     return True  # neither sent (not a browser, or stripped): the CSRF token decides
 
 
