@@ -20,7 +20,7 @@ from scheduler.master.ui.overview import FILTERS, RECENT, listing
 from scheduler.master.ui.present import duration_chart, next_times
 from scheduler.master.ui.sessions import Session
 from scheduler.model import JobSpec
-from scheduler.store import JobNotFound
+from scheduler.store import ConflictError, JobNotFound
 
 HISTORY = 50
 NEXT = 10
@@ -148,6 +148,13 @@ def add_job_routes(router: APIRouter, ui: Ui) -> None:
         fields = await ui.form(request, session, "admin")
         mod = fields.get("mod", "")
         expect = int(mod) if mod.isdigit() and len(mod) < 19 else None
-        if not await store.delete_job(name, expect_mod_revision=expect):
+        try:
+            deleted = await store.delete_job(name, expect_mod_revision=expect)
+        except ConflictError:
+            message = f"Job {name!r} changed since you confirmed: look at it again before deleting."
+            return ui.render(
+                request, "error.html", session, status=409, title="Not deleted", message=message
+            )
+        if not deleted:
             return ui.not_found(request, session, f"No job named {name!r}.")
         return RedirectResponse(f"/ui/jobs?{urlencode({'note': f'Deleted {name}.'})}", 303)

@@ -107,6 +107,8 @@ def add_run_routes(router: APIRouter, ui: Ui) -> None:
         run_id: str,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> Response:
+        if await store.get_run(name, run_id) is None:
+            return Response("no such run\n", status_code=404, media_type="text/plain")
         seen = last_event_id or ""
         have = int(seen) + 1 if seen.isdigit() and len(seen) < 10 else 0
 
