@@ -375,6 +375,7 @@ def test_edit_a_job_in_the_yaml_editor(page: Any, cluster: Cluster) -> None:
     assert "update" in p.locator("ul.plan").inner_text()
     diff = p.locator("pre.diff").inner_text()
     assert "-shell: echo before" in diff and "+shell: echo after" in diff
+    p.locator("#yaml").focus()
     shoot(p, "edit")
     assert cluster.etcd_json(cluster.ks.job("edited"))["shell"] == "echo before"  # not yet
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -47,7 +46,6 @@ class Ui:
         self.quota_bytes = quota_bytes
         self.sessions = sessions or Sessions()
         self.cache = SpecCache()
-        self.cache_lock = asyncio.Lock()
         env = jinja2.Environment(
             loader=jinja2.PackageLoader("scheduler.master.ui", "templates"),
             autoescape=True,

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.cli.status import eligible
-from scheduler.etcd.client import op_newest
+from scheduler.etcd.client import KeyValue, op_newest
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
@@ -106,34 +107,56 @@ def matches(spec: JobSpec, query: str) -> bool:
     return True
 
 
-async def newest_runs(
-    store: JobStore, names: Sequence[str], limit: int
-) -> dict[str, list[RunRecord]]:
-    """The newest ``limit`` records of each job: BATCH range reads per transaction."""
-    out: dict[str, list[RunRecord]] = {}
+async def _newest(store: JobStore, names: Sequence[str], limit: int) -> dict[str, list[KeyValue]]:
+    """The newest ``limit`` run keys of each job: BATCH range reads per transaction."""
+    out: dict[str, list[KeyValue]] = {}
     gate = asyncio.Semaphore(PARALLEL)
 
     async def batch(part: Sequence[str]) -> None:
         async with gate:
             ops = [op_newest(store.ks.job_runs(n), limit) for n in part]
             res = await store.client.txn([], ops)
-        for name, kvs in zip(part, res.responses, strict=True):
-            recs = []
-            for kv in kvs:
-                with contextlib.suppress(ValueError):
-                    recs.append(RunRecord.from_json(kv.value))
-            out[name] = recs
+        out.update(zip(part, res.responses, strict=True))
 
     parts = [names[i : i + BATCH] for i in range(0, len(names), BATCH)]
     await asyncio.gather(*(batch(p) for p in parts))
     return out
 
 
-def _failing(runs: Iterable[RunRecord]) -> bool:
-    for r in runs:
-        if r.status in (RunStatus.RUNNING, RunStatus.SKIPPED):
+async def newest_runs(
+    store: JobStore, names: Sequence[str], limit: int
+) -> dict[str, list[RunRecord]]:
+    """The newest ``limit`` records of each job, newest first (malformed ones skipped)."""
+    out: dict[str, list[RunRecord]] = {}
+    for name, kvs in (await _newest(store, names, limit)).items():
+        recs = []
+        for kv in kvs:
+            with contextlib.suppress(ValueError):
+                recs.append(RunRecord.from_json(kv.value))
+        out[name] = recs
+    return out
+
+
+async def newest_statuses(
+    store: JobStore, names: Sequence[str], limit: int
+) -> dict[str, list[str]]:
+    """Only the statuses of the newest records (no full parse: the *failing* filter)."""
+    out: dict[str, list[str]] = {}
+    for name, kvs in (await _newest(store, names, limit)).items():
+        statuses = []
+        for kv in kvs:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                statuses.append(str(json.loads(kv.value)["status"]))
+        out[name] = statuses
+    return out
+
+
+def _failing(statuses: Iterable[str]) -> bool:
+    """The newest run that ran (not running, not skipped) did not succeed."""
+    for status in statuses:
+        if status in (RunStatus.RUNNING, RunStatus.SKIPPED):
             continue
-        return r.status in FAILED
+        return status in FAILED
     return False
 
 
@@ -152,8 +175,8 @@ async def apply_filter(store: JobStore, specs: list[JobSpec], which: str) -> lis
         live = await store.list_workers()
         return [s for s in specs if not eligible(s.selector, live)]
     if which == "failing":
-        runs = await newest_runs(store, [s.name for s in specs], 3)
-        return [s for s in specs if _failing(runs.get(s.name, []))]
+        statuses = await newest_statuses(store, [s.name for s in specs], 3)
+        return [s for s in specs if _failing(statuses.get(s.name, []))]
     return specs
 
 
