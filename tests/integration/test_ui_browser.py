@@ -410,3 +410,30 @@ def test_workers_and_cluster_pages(page: Any) -> None:
     # keyboard: the skip link is the first stop and moves focus to the content
     p.keyboard.press("Tab")
     assert p.evaluate("document.activeElement.textContent") == "Skip to content"
+
+
+def test_live_events_resume_after_last_event_id(cluster: Cluster) -> None:
+    """A reconnecting EventSource sends Last-Event-ID: the segments it has are not sent again."""
+    run_id = _newest_run(cluster, "talker")  # finished: the stream ends by itself
+    with httpx.Client(base_url=cluster.url, timeout=10) as c:
+        r = c.post("/ui/login", data={"token": TOKEN})
+        assert r.status_code == 303
+        url = f"/ui/jobs/talker/runs/{run_id}/events"
+
+        def events(headers: dict[str, str]) -> list[tuple[str, str, dict[str, Any]]]:
+            with c.stream("GET", url, headers=headers) as resp:
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                text = "".join(resp.iter_text())
+            out = []
+            for block in text.strip().split("\n\n"):
+                fields = dict(line.split(": ", 1) for line in block.splitlines())
+                out.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
+            return out
+
+        whole = events({})
+        assert whole[-1][1] == "end" and whole[-1][2]["status"] == "succeeded"
+        texts = [e[2]["text"] for e in whole if e[1] == "output"]
+        assert "".join(texts).startswith("line-1") and [e[0] for e in whole[:2]] == ["0", "1"]
+        rest = events({"Last-Event-ID": "1"})
+        assert [e[2]["text"] for e in rest if e[1] == "output"] == texts[2:]
+        assert rest[-1][1] == "end"

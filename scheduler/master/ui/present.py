@@ -94,7 +94,7 @@ def duration_chart(runs: Sequence[RunRecord], width: int = 600, height: int = 12
         return Markup("")
     top = max(d for _, d in done if d is not None) or 1.0
     pad, base = 4, height - 16
-    bar = max(2.0, (width - 2 * pad) / len(done) - 2)
+    bar = min(24.0, max(2.0, (width - 2 * pad) / len(done) - 2))
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="Durations of the last {len(done)} runs, longest {seconds(top)}">',

@@ -15,6 +15,7 @@ so a proxy or a gone client is noticed.
 """
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -73,6 +74,8 @@ async def _bounded(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     finally:
         if pending is not None:
             pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending  # the source must be idle before it is closed
         await it.aclose()  # type: ignore[attr-defined]
 
 
