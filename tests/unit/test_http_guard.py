@@ -112,6 +112,17 @@ async def test_public_reads_need_no_token(path: str) -> None:
     assert (await run("POST", path)).status == 401  # only GET/HEAD are public
 
 
+@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/login", "/ui/jobs/a"])
+async def test_dashboard_paths_pass_to_their_own_auth_but_bodies_stay_bounded(path: str) -> None:
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    ex = await run("POST", path, [*form, (b"content-length", b"7")], [b"token=x"])
+    assert ex.status == 200 and len(ex.app_calls) == 1  # the routes check the session
+    ex = await run("POST", path, [*form, (b"content-length", b"1001")], [b"x" * 1001])
+    assert ex.status == 413 and not ex.app_calls
+    for other in ("/uix", "/v1/ui/jobs", "/ui2/jobs"):
+        assert (await run("GET", other)).status == 401
+
+
 async def test_token_scheme_is_case_insensitive_and_padding_ignored() -> None:
     ex = await run("GET", "/v1/jobs", [(b"authorization", f"bearer   {TOKEN} ".encode())])
     assert ex.status == 200
