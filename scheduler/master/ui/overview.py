@@ -20,6 +20,7 @@ import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler.cli.status import eligible
 from scheduler.etcd.client import KeyValue, op_newest
@@ -93,6 +94,24 @@ class SpecCache:
             specs.append(spec)
         self._specs = seen
         return specs, bad
+
+
+WORKER_FIELDS: dict[str, Any] = dict.fromkeys(
+    ("host", "pid", "capacity", "running", "skew", "version", "labels")
+)
+"""Shown for every worker; a registration without one shows ``-``."""
+
+
+async def live_workers(store: JobStore) -> list[dict[str, Any]]:
+    """The registrations with every shown field present and ``labels`` a mapping
+    (a registration of an odd shape is shown, never a reason for an error)."""
+    out = []
+    for registration in await store.list_workers():
+        w = {**WORKER_FIELDS, **registration}
+        if not isinstance(w["labels"], dict):
+            w["labels"] = {}
+        out.append(w)
+    return out
 
 
 def matches(spec: JobSpec, query: str) -> bool:
@@ -172,7 +191,7 @@ async def apply_filter(store: JobStore, specs: list[JobSpec], which: str) -> lis
         running = await _running_jobs(store)
         return [s for s in specs if s.name in running]
     if which == "no-worker":
-        live = await store.list_workers()
+        live = await live_workers(store)
         return [s for s in specs if not eligible(s.selector, live)]
     if which == "failing":
         statuses = await newest_statuses(store, [s.name for s in specs], 3)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.master.ui.core import Ui
+from scheduler.master.ui.overview import live_workers
 from scheduler.master.ui.sessions import Session
 
 SKEW_WARN = 0.5
@@ -33,7 +34,7 @@ def add_cluster_routes(router: APIRouter, ui: Ui) -> None:
 
     @router.get("/ui/workers", include_in_schema=False)
     async def workers(request: Request, session: Current) -> Response:
-        found = await store.list_workers()
+        found = await live_workers(store)
         rows = [(w, *worker_health(w)) for w in found]
         return ui.render(request, "workers.html", session, title="Workers", rows=rows)
 

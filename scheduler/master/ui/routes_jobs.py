@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 from scheduler.cli.render import compact_spec
 from scheduler.cli.status import eligible, selector_text
 from scheduler.master.ui.core import Ui
-from scheduler.master.ui.overview import FILTERS, RECENT, listing
+from scheduler.master.ui.overview import FILTERS, RECENT, listing, live_workers
 from scheduler.master.ui.present import duration_chart, next_times
 from scheduler.master.ui.sessions import Session
 from scheduler.model import JobSpec
@@ -79,7 +79,7 @@ def add_job_routes(router: APIRouter, ui: Ui) -> None:
             return ui.not_found(request, session, f"No job named {name!r}.")
         spec, mod = found
         runs = await store.list_runs(name, HISTORY)
-        live = await store.list_workers()
+        live = await live_workers(store)
         return ui.render(
             request,
             "job.html",
