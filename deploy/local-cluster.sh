@@ -103,6 +103,8 @@ State, logs and the API token are in $RUN. In another terminal, from $ROOT:
   etcron get jobs
   etcron logs -f hello --all-runs
 
+The web dashboard: $ETCRON_SERVER/ui/ (sign in with the token in $rel/token).
+
 TRY
 start=$SECONDS
 while :; do

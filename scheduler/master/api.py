@@ -292,9 +292,13 @@ def create_app(
     public_docs: bool = False,
     max_spec_bytes: int = MAX_SPEC_BYTES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    etcd_quota_bytes: int = 2 * 1024**3,
 ) -> FastAPI:
     """The API for one store, behind :class:`HttpGuard`: ``tokens``, or one
-    admin ``token`` (non-empty)."""
+    admin ``token`` (non-empty). The web dashboard (:mod:`scheduler.master.ui`)
+    is served under ``/ui/``."""
+    from scheduler.master.ui import ui_router  # it reuses parse_specs from here
+
     if (token is None) == (tokens is None):
         raise ValueError("create_app needs either token or tokens")
     known = tokens if tokens is not None else Tokens(token)
@@ -438,6 +442,9 @@ def create_app(
 
     add_output_routes(v1, store)
     app.include_router(v1)
+    app.include_router(
+        ui_router(store, known, max_spec_bytes=max_spec_bytes, quota_bytes=etcd_quota_bytes)
+    )
     return app
 
 

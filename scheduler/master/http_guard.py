@@ -14,6 +14,9 @@ Rules:
 - A token whose scope is below what the request needs
   (:func:`~scheduler.master.principal.required_scope`) is ``403``, from the
   headers alone too.
+- The web dashboard's paths (``/ui`` and under ``/ui/``, any method) pass
+  without a bearer token: its routes check their own session cookie, scope and
+  CSRF token (:mod:`scheduler.master.ui`). Body limits still apply.
 - A body may be at most ``max_body_bytes``: a larger ``Content-Length`` is
   ``413`` without reading; a body without one (chunked) is counted as it
   arrives and refused with ``413`` as soon as it passes the limit.
@@ -40,6 +43,8 @@ from scheduler.master.tokens import Tokens
 PUBLIC_PATHS = frozenset({"/v1/health"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
+UI_PREFIX = "/ui/"
+"""The dashboard's paths: past the token check (cookie auth there), not past the body bounds."""
 UNAUTHORIZED = "missing or wrong bearer token"
 
 
@@ -79,7 +84,8 @@ class HttpGuard:
             v.strip() not in (b"", b"0") for v in lengths
         )
         method, path = scope["method"], scope["path"]
-        if not (method in PUBLIC_METHODS and path in self.public_paths):
+        ui = path == UI_PREFIX.rstrip("/") or path.startswith(UI_PREFIX)
+        if not ui and not (method in PUBLIC_METHODS and path in self.public_paths):
             principal = self._principal(scope)
             if principal is None:
                 await _answer(

@@ -188,6 +188,7 @@ async def run_master(
             public_docs=master.public_docs,
             max_spec_bytes=master.max_spec_bytes,
             max_body_bytes=master.max_body_bytes,
+            etcd_quota_bytes=master.etcd_quota_bytes,
         ),
         metrics,
         token=master.metrics_token,

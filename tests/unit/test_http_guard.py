@@ -150,6 +150,17 @@ async def test_a_read_token_is_403_on_a_write_before_any_read(
     assert (await run("GET", "/v1/jobs", [auth])).status == 200
 
 
+@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/login", "/ui/jobs/a"])
+async def test_dashboard_paths_pass_to_their_own_auth_but_bodies_stay_bounded(path: str) -> None:
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    ex = await run("POST", path, [*form, (b"content-length", b"7")], [b"token=x"])
+    assert ex.status == 200 and len(ex.app_calls) == 1  # the routes check the session
+    ex = await run("POST", path, [*form, (b"content-length", b"1001")], [b"x" * 1001])
+    assert ex.status == 413 and not ex.app_calls
+    for other in ("/uix", "/v1/ui/jobs", "/ui2/jobs"):
+        assert (await run("GET", other)).status == 401
+
+
 async def test_token_scheme_is_case_insensitive_and_padding_ignored() -> None:
     ex = await run("GET", "/v1/jobs", [(b"authorization", f"bearer   {TOKEN} ".encode())])
     assert ex.status == 200
