@@ -113,7 +113,8 @@ class Doctor:
             self.report.add(_endpoint_check(h))
         for endpoint, cert in zip(etcd.endpoints if certs else [], certs, strict=True):
             self.report.add(_cert_check(endpoint, cert, self.clock.time()))
-        self.report.add(_auth_check(self.cfg.etcd.username, healths))
+        if any(h.reachable for h in healths):
+            self.report.add(_auth_check(self.cfg.etcd.username, healths))
         return healths
 
     async def _cert(self, endpoint: str, t: float) -> CertExpiry | None:
@@ -248,8 +249,7 @@ def _cert_check(endpoint: str, cert: CertExpiry | None, now: float) -> Check:
 
 def _auth_check(username: str | None, healths: list[EndpointHealth]) -> Check:
     if not username:
-        reads = [h for h in healths if h.readable]
-        return ok("auth", f"no etcd user configured; {len(reads)} endpoint(s) allowed a read")
+        return ok("auth", "no etcd user configured (etcd.username)")
     refused = [h.endpoint for h in healths if h.authenticated is False]
     if refused:
         return fail("auth", f"user {username} refused by {', '.join(refused)}")
