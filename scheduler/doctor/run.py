@@ -104,14 +104,13 @@ class Doctor:
     async def _endpoints(self) -> list[EndpointHealth]:
         etcd = self.cfg.etcd
         t = self._left()
-        probes = [probe_endpoint(etcd, e, t) for e in etcd.endpoints]
-        tls = [self._cert(e, t) for e in etcd.endpoints] if etcd.ca_file else []
-        results = await asyncio.gather(*probes, *tls)
-        healths: list[EndpointHealth] = list(results[: len(probes)])  # type: ignore[arg-type]
-        certs: list[CertExpiry | None] = list(results[len(probes) :])  # type: ignore[arg-type]
+        endpoints = list(etcd.endpoints)
+        probes = asyncio.gather(*(probe_endpoint(etcd, e, t) for e in endpoints))
+        tls = asyncio.gather(*(self._cert(e, t) for e in (endpoints if etcd.ca_file else [])))
+        healths, certs = await asyncio.gather(probes, tls)  # all endpoints at once
         for h in healths:
             self.report.add(_endpoint_check(h))
-        for endpoint, cert in zip(etcd.endpoints if certs else [], certs, strict=True):
+        for endpoint, cert in zip(endpoints if certs else [], certs, strict=True):
             self.report.add(_cert_check(endpoint, cert, self.clock.time()))
         if any(h.reachable for h in healths):
             self.report.add(_auth_check(self.cfg.etcd.username, healths))

@@ -207,3 +207,20 @@ async def test_job_no_live_worker_can_run_is_found(
     assert "gpu (selector gpu=a100)" in jobs.detail and "no eligible worker" in jobs.detail
     assert "parked" not in jobs.detail and "web" not in jobs.detail
     assert report.exit_code == 1
+
+
+async def test_mixed_versions_are_reported(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    async with workers([make_config(etcd_endpoints, prefix, "w1")]):
+        await _settled(client, ks, {"w1"})
+        lease, _ = await client.grant(60)
+        old = {"id": "m-old", "clock": time.time(), "version": "0.0.1"}
+        await client.put(ks.master("m-old"), json.dumps(old).encode(), lease=lease)
+        report = await run_doctor(Config(etcd=EtcdConfig(endpoints=etcd_endpoints, prefix=prefix)))
+        await client.revoke(lease)
+    versions = _by_name(report)["versions"]
+    assert versions.status is Status.WARN, versions
+    assert "0.0.1 (master m-old)" in versions.detail and "(worker w1)" in versions.detail
+    assert report.exit_code == 1
