@@ -39,6 +39,11 @@ def doctor(
     master down). Prints one line per check: OK, WARN or FAIL and what it saw.
 
     \b
+    Examples:
+      etcron doctor --config /etc/etcron/config.yaml
+      etcron doctor -o json | jq '.checks[] | select(.status != "OK")'
+
+    \b
     Exit codes: 0 every check OK; 1 a check is WARN or FAIL;
     2 invalid configuration; 3 no etcd endpoint answered a read.
     """
