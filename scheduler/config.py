@@ -158,6 +158,9 @@ class WorkerConfig(_Section):
     log_file_count: int = 5
     listen: Listen = "127.0.0.1:8071"
     """``/metrics``, ``/healthz``, ``/readyz``; ``""`` or ``off``: no listener."""
+    cgroup_root: Path | None = None
+    """cgroup v2 directory for runs with ``resources`` (None: ``/sys/fs/cgroup/etcron``
+    on a cgroup v2 host, ``<hierarchy>/etcron`` on cgroup v1; workers/cgroups.py)."""
 
 
 class LogConfig(_Section):
