@@ -29,7 +29,16 @@ import typer
 from typer.core import TyperGroup
 
 from scheduler import __version__
-from scheduler.cli import argv, daemons_cmd, jobs_cmd, keys_cmd, logs_cmd, run_cmd, token_cmd
+from scheduler.cli import (
+    argv,
+    daemons_cmd,
+    doctor_cmd,
+    jobs_cmd,
+    keys_cmd,
+    logs_cmd,
+    run_cmd,
+    token_cmd,
+)
 from scheduler.cli.common import ConfigOpt, FileOpt, globals_of, job_name
 from scheduler.cli.errors import CliError, InvalidInput
 from scheduler.cli.target import DEFAULT_SERVER, Globals
@@ -52,7 +61,8 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "keygen", "token", "master", "worker", "completion", "version",
+    "suspend", "resume", "delete", "doctor", "keygen", "token", "master", "worker",
+    "completion", "version",
 )  # fmt: skip
 
 
@@ -222,6 +232,7 @@ run_cmd.register(app)
 logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 
+doctor_cmd.register(app)
 daemons_cmd.register(app)
 keys_cmd.register(app)
 token_cmd.register(app)

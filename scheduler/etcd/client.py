@@ -412,6 +412,11 @@ class EtcdClient:
         for m in self._members:
             m.set_token(resp.token)
 
+    async def login(self) -> None:
+        """Authenticate now, with the config's user (``connect`` does it; this is for
+        a client built with the constructor alone, as ``scheduler.etcd.probe`` does)."""
+        await self._authenticate()
+
     async def _refresh_token(self) -> None:
         while True:
             await asyncio.sleep(120)
