@@ -139,7 +139,7 @@ async def run_master(
     client.observe = metrics.etcd.observe
     app = MetricsMiddleware(
         create_app(
-            JobStore(client, keyspace),
+            JobStore(client, keyspace, keep_versions=master.keep_versions),
             token=token,
             max_spec_bytes=master.max_spec_bytes,
             max_body_bytes=master.max_body_bytes,
