@@ -16,7 +16,6 @@ transaction under etcd's default ``--max-txn-ops`` (128).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -24,7 +23,7 @@ from scheduler.audit import Actor, AuditEntry, JobDelta, Operation, delta, entry
 from scheduler.etcd.client import Cmp, EtcdClient, Op
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
-from scheduler.versions import DEFAULT_KEEP, Version, latest_number, version_ops
+from scheduler.versions import DEFAULT_KEEP, Version, latest_numbers, version_ops
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +70,11 @@ class Journal:
         at = now()
         out = Record()
         changed = [e for e in edits if e.changes]
-        numbers = await asyncio.gather(
-            *(latest_number(self.client, self.ks, e.name) for e in changed)
-        )
+        names = [e.name for e in changed]
+        numbers = await latest_numbers(self.client, self.ks, names, self.keep_versions)
         deltas: list[JobDelta] = []
-        for e, last in zip(changed, numbers, strict=True):
+        for e in changed:
+            last = numbers[e.name]
             d = delta(e.name, e.before, e.after, last + 1)
             assert d.version is not None
             version = Version(

@@ -19,6 +19,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any, Literal
@@ -74,6 +75,37 @@ async def latest_number(client: EtcdClient, ks: Keyspace, job: str) -> int:
     kvs, _ = await client.range(prefix, ks.version(job, MAX_VERSION) + "\x00", limit=1,
                                 newest_first=True, keys_only=True)  # fmt: skip
     return _number(kvs[0].key, ks, job) if kvs else 0
+
+
+async def latest_numbers(
+    client: EtcdClient, ks: Keyspace, names: list[str], keep: int
+) -> dict[str, int]:
+    """The newest version number of each of ``names`` (0: none yet).
+
+    One keys-only range read over the histories from the first to the last
+    name (an apply's batch is a run of names in order, so this is usually
+    their versions only), bounded at ``2 * keep`` keys per name; if the range
+    holds more (other names in between), one read per name instead.
+    """
+    if len(names) <= 2:
+        return await latest_numbers_each(client, ks, names)
+    dirs = sorted(ks.job_history(n) for n in names)
+    start, end = dirs[0], dirs[-1][:-1] + "0"  # "0" follows "/": past every key of the last
+    budget = 2 * keep * len(names)
+    kvs, more = await client.range(start, end, limit=budget, keys_only=True)
+    if more:
+        return await latest_numbers_each(client, ks, names)
+    out = dict.fromkeys(names, 0)
+    for kv in kvs:
+        name, _, number = Keyspace.tail(kv.key, ks.history).partition("/")
+        if name in out and number.isdigit():
+            out[name] = max(out[name], int(number))
+    return out
+
+
+async def latest_numbers_each(client: EtcdClient, ks: Keyspace, names: list[str]) -> dict[str, int]:
+    found = await asyncio.gather(*(latest_number(client, ks, n) for n in names))
+    return dict(zip(names, found, strict=True))
 
 
 def version_ops(ks: Keyspace, v: Version, keep: int) -> tuple[list[Cmp], list[Op]]:

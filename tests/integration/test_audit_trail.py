@@ -18,6 +18,7 @@ from scheduler.master.api import create_app
 from scheduler.master.housekeeping import Housekeeper
 from scheduler.model import JobSpec
 from scheduler.store import JobStore
+from scheduler.versions import latest_numbers
 
 TOKEN = "audit-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -246,3 +247,18 @@ async def test_bad_input_is_4xx(
     assert (await api.put("/v1/jobs/a", json=spec("a"))).status_code == 200
     r = await api.request(method, url, json=body, params=params)
     assert r.status_code == status, r.text
+
+
+async def test_latest_numbers_in_one_read_and_with_names_in_between(
+    ec: EtcdClient, ks: Keyspace
+) -> None:
+    store = JobStore(ec, ks, keep_versions=2)
+    for name, n in (("a", 3), ("a-b", 1), ("a0", 2), ("b", 1), ("c", 5)):
+        for i in range(n):
+            await store.put_job(JobSpec.model_validate(spec(name, retries=i)))
+    # "a-b/" sorts before "a/": the range must still cover both
+    found = await latest_numbers(ec, ks, ["a", "a-b", "b"], keep=2)
+    assert found == {"a": 3, "a-b": 1, "b": 1}
+    # 7 keys in the range, over the budget of 2 per name: per-name reads, same answer
+    found = await latest_numbers(ec, ks, ["a", "c", "d"], keep=1)
+    assert found == {"a": 3, "c": 5, "d": 0}
