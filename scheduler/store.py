@@ -46,6 +46,8 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import secrets
@@ -58,7 +60,7 @@ from typing import Any, Literal
 import structlog
 
 from scheduler.audit import SYSTEM, Actor, Operation
-from scheduler.changes import Edit, Journal
+from scheduler.changes import Edit, Journal, Record
 from scheduler.clip import quote
 from scheduler.etcd.client import (
     GREATER,
@@ -356,9 +358,22 @@ class JobStore:
         if dry_run or not writes:
             plan.applied = not dry_run
             return plan
-        for batch in _batches(writes):
-            await self._write_batch(batch, done=plan.batches)
-            plan.batches += 1
+        batches = _batches(writes)
+        # the next batch's record (version numbers: other jobs) is read while
+        # this batch's transaction is in flight
+        record = asyncio.ensure_future(self._record_batch(batches[0]))
+        try:
+            for i, batch in enumerate(batches):
+                rec = await record
+                if i + 1 < len(batches):
+                    record = asyncio.ensure_future(self._record_batch(batches[i + 1]))
+                await self._write_batch(batch, rec, done=plan.batches)
+                plan.batches += 1
+        finally:
+            if not record.done():
+                record.cancel()
+                with contextlib.suppress(BaseException):
+                    await record
         plan.applied = True
         log.info(
             "applied jobs",
@@ -369,7 +384,11 @@ class JobStore:
         )
         return plan
 
-    async def _write_batch(self, batch: list[Change], *, done: int) -> None:
+    async def _record_batch(self, batch: list[Change]) -> Record:
+        edits = [Edit(c.name, c.old, c.spec) for c in batch]
+        return await self.journal.record(self.actor, "apply", edits)
+
+    async def _write_batch(self, batch: list[Change], rec: Record, *, done: int) -> None:
         compares, ops, checks = [], [], []
         for c in batch:
             key = self.ks.job(c.name)
@@ -380,8 +399,6 @@ class JobStore:
             else:
                 assert c.spec is not None
                 ops.append(op_put(key, c.spec.to_json()))
-        edits = [Edit(c.name, c.old, c.spec) for c in batch]
-        rec = await self.journal.record(self.actor, "apply", edits)
         res = await self.client.txn([*compares, *rec.compares], [*ops, *rec.ops], checks)
         if res.succeeded:
             return
