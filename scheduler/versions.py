@@ -50,7 +50,11 @@ class Version(BaseModel):
 
     @property
     def spec_hash(self) -> str | None:
-        return None if self.spec is None else spec_hash(self.job_spec())
+        """The hash audit entries name (None: a deletion, or a spec no longer valid)."""
+        try:
+            return None if self.spec is None else spec_hash(self.job_spec())
+        except ValueError:
+            return None
 
     def job_spec(self) -> JobSpec:
         """The spec of this version (ValueError if it no longer validates)."""
