@@ -75,6 +75,7 @@ from scheduler.etcd.client import (
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
+from scheduler.signing import Signer, spec_bytes, unwrap
 from scheduler.versions import DEFAULT_KEEP
 
 log = structlog.get_logger("etcron.store")
@@ -177,11 +178,14 @@ class JobStore:
         client: EtcdClient,
         keyspace: Keyspace,
         *,
+        signer: Signer | None = None,
         keep_versions: int = DEFAULT_KEEP,
         actor: Actor = SYSTEM,
     ) -> None:
         self.client = client
         self.ks = keyspace
+        self.signer = signer
+        """Signs every spec written (``master.signing_key_file``); None: specs are stored bare."""
         self.journal = Journal(client, keyspace, keep_versions=keep_versions)
         self.actor = actor
 
@@ -191,11 +195,25 @@ class JobStore:
         twin.actor = actor
         return twin
 
+    def _encode(self, spec: JobSpec) -> bytes:
+        """The value stored for ``spec``: signed (:mod:`scheduler.signing`) when there is a key."""
+        raw = spec.to_json()
+        return raw if self.signer is None else self.signer.seal(raw)
+
+    def _resign_needed(self, kv: KeyValue) -> bool:
+        """Is this stored value not signed by the current key (an apply writes it again)?"""
+        if self.signer is None:
+            return False
+        try:
+            return unwrap(kv.value).key_id != self.signer.key_id
+        except ValueError:
+            return True
+
     # jobs -------------------------------------------------------------------
 
     def _parse_job(self, kv: KeyValue) -> JobSpec:
         name = Keyspace.tail(kv.key, self.ks.jobs)
-        spec = JobSpec.from_json(kv.value)  # ValueError when malformed
+        spec = JobSpec.from_json(spec_bytes(kv.value))  # ValueError when malformed
         if spec.name != name:
             raise ValueError(f"spec name {quote(spec.name)} does not match its key {quote(name)}")
         return spec
@@ -268,7 +286,7 @@ class JobStore:
             rec = await self.journal.record(
                 self.actor, operation, [Edit(name, before, new)], restored=restored
             )
-            op = op_delete(key) if new is None else op_put(key, new.to_json())
+            op = op_delete(key) if new is None else op_put(key, self._encode(new))
             res = await self.client.txn(
                 [cmp_mod(key, mod), *rec.compares], [op, *rec.ops], [op_get(key)]
             )
@@ -322,9 +340,12 @@ class JobStore:
             seen.add(spec.name)
         kvs, rev = await self._job_kvs()
         current: dict[str, tuple[JobSpec | None, int]] = {}
+        resign: set[str] = set()
         plan = Plan(revision=rev)
         for kv in kvs:
             name = Keyspace.tail(kv.key, self.ks.jobs)
+            if self._resign_needed(kv):
+                resign.add(name)
             try:
                 current[name] = (self._parse_job(kv), kv.mod_revision)
             except ValueError as exc:
@@ -334,7 +355,7 @@ class JobStore:
             old, mod = current.get(spec.name, (None, 0))
             if spec.name not in current:
                 plan.changes.append(Change("create", spec.name, 0, spec))
-            elif old == spec:
+            elif old == spec and spec.name not in resign:
                 plan.changes.append(Change("unchanged", spec.name, mod, spec, old))
             else:
                 plan.changes.append(Change("update", spec.name, mod, spec, old))
@@ -358,7 +379,8 @@ class JobStore:
         if dry_run or not writes:
             plan.applied = not dry_run
             return plan
-        batches = _batches(writes)
+        values = {c.name: self._encode(c.spec) for c in writes if c.spec is not None}
+        batches = _batches(writes, values)
         # the next batch's record (version numbers: other jobs) is read while
         # this batch's transaction is in flight
         record = asyncio.ensure_future(self._record_batch(batches[0]))
@@ -367,7 +389,7 @@ class JobStore:
                 rec = await record
                 if i + 1 < len(batches):
                     record = asyncio.ensure_future(self._record_batch(batches[i + 1]))
-                await self._write_batch(batch, rec, done=plan.batches)
+                await self._write_batch(batch, values, rec, done=plan.batches)
                 plan.batches += 1
         finally:
             if not record.done():
@@ -388,7 +410,9 @@ class JobStore:
         edits = [Edit(c.name, c.old, c.spec) for c in batch]
         return await self.journal.record(self.actor, "apply", edits)
 
-    async def _write_batch(self, batch: list[Change], rec: Record, *, done: int) -> None:
+    async def _write_batch(
+        self, batch: list[Change], values: dict[str, bytes], rec: Record, *, done: int
+    ) -> None:
         compares, ops, checks = [], [], []
         for c in batch:
             key = self.ks.job(c.name)
@@ -397,8 +421,7 @@ class JobStore:
             if c.action == "delete":
                 ops.append(op_delete(key))
             else:
-                assert c.spec is not None
-                ops.append(op_put(key, c.spec.to_json()))
+                ops.append(op_put(key, values[c.name]))
         res = await self.client.txn([*compares, *rec.compares], [*ops, *rec.ops], checks)
         if res.succeeded:
             return
@@ -594,12 +617,13 @@ async def end_orphaned_run(
     return False
 
 
-def _batches(writes: list[Change]) -> list[list[Change]]:
-    """``writes`` in order, cut into runs of at most BATCH writes and BATCH_BYTES bytes."""
+def _batches(writes: list[Change], values: dict[str, bytes]) -> list[list[Change]]:
+    """``writes`` in order, cut into runs of at most BATCH writes and BATCH_BYTES bytes
+    (of the stored values, signed or not)."""
     out: list[list[Change]] = []
     size = 0
     for c in writes:
-        n = len(c.spec.to_json()) if c.spec is not None else 0
+        n = len(values.get(c.name, b""))
         if not out or len(out[-1]) >= BATCH or size + n > BATCH_BYTES:
             out.append([])
             size = 0

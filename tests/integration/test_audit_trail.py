@@ -20,7 +20,7 @@ from scheduler.model import JobSpec
 from scheduler.store import JobStore
 from scheduler.versions import latest_numbers
 
-TOKEN = "audit-token"
+TOKEN = "audit-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ADDRESS = "127.0.0.1:123"
 """The client address httpx's ASGI transport reports."""
