@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.master.api import create_app
 from scheduler.master.housekeeping import Housekeeper
+from scheduler.master.tokens import TokenEntry, Tokens
 from scheduler.model import JobSpec
 from scheduler.store import JobStore
 from scheduler.versions import latest_numbers
@@ -262,3 +264,27 @@ async def test_latest_numbers_in_one_read_and_with_names_in_between(
     # 7 keys in the range, over the budget of 2 per name: per-name reads, same answer
     found = await latest_numbers(ec, ks, ["a", "c", "d"], keep=1)
     assert found == {"a": 3, "c": 5, "d": 0}
+
+
+async def test_named_tokens_are_recorded_and_scopes_hold(ec: EtcdClient, ks: Keyspace) -> None:
+    ops_token, reader_token = "o" * 24, "r" * 24
+    tokens = Tokens(
+        entries=[
+            TokenEntry("ci-ops", "operate", hashlib.sha256(ops_token.encode()).digest()),
+            TokenEntry("dashboard", "read", hashlib.sha256(reader_token.encode()).digest()),
+        ]
+    )
+    store = JobStore(ec, ks)
+    await store.put_job(JobSpec.model_validate(spec("a")))
+    app = create_app(store, tokens=tokens)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+        ops = {"Authorization": f"Bearer {ops_token}"}
+        reader = {"Authorization": f"Bearer {reader_token}"}
+        assert (await c.post("/v1/jobs/a/suspend", headers=ops)).status_code == 200
+        assert (await c.post("/v1/jobs/a/rollback", headers=ops)).status_code == 403
+        assert (await c.get("/v1/jobs/a/versions", headers=reader)).status_code == 200
+        r = await c.get("/v1/audit", params={"limit": 1}, headers=reader)
+        assert r.status_code == 200
+        (newest,) = r.json()["entries"]
+        assert (newest["who"], newest["operation"]) == ("ci-ops", "suspend")
