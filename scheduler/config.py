@@ -132,10 +132,17 @@ class MasterConfig(_Section):
     """Run output kept in etcd for one job (0: no per-job budget)."""
     recover_nospace: bool = True
     """On a NOSPACE alarm the leader frees space, compacts, defragments and disarms."""
-    max_spec_bytes: Annotated[int, BeforeValidator(parse_size), Field(gt=0, le=1024 * 1024)] = (
+    max_spec_bytes: Annotated[int, BeforeValidator(parse_size), Field(gt=0, le=640 * 1024)] = (
         MAX_SPEC_BYTES
     )
-    """Largest job spec (compact JSON) the API accepts; etcd refuses requests over 1.5 MiB."""
+    """Largest job spec (compact JSON) the API accepts. A write carries it twice (the
+    job and its version in the definition history); etcd refuses requests over 1.5 MiB."""
+    audit_keep_for: Annotated[Duration, Field(gt=0)] = 90 * 86400.0
+    """Audit entries older than this are deleted by the leader's housekeeping."""
+    audit_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    """At most this many audit entries are kept (the oldest go first)."""
+    keep_versions: Annotated[int, Field(ge=1, le=1000)] = 20
+    """Definition history: versions kept per job name."""
     signing_key_file: Path | None = None
     """Ed25519 private key (``etcron keygen``) the master signs every job it writes with."""
 

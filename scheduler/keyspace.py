@@ -20,6 +20,8 @@ Every key etcron reads or writes is built here, under a configurable prefix
 | ``masters/<id>``                      | each master (clock)   | its session      |
 | ``repairs/<kind>/<name>``             | the repairing worker  | none (last one)  |
 | ``budget``                            | the leader master     | none             |
+| ``audit/<ms>-<nonce>``                | masters, in the change's txn | none (retention) |
+| ``history/<name>/<version>``          | masters, in the job write's txn | none (last N) |
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from dataclasses import dataclass
 
 TICK_WIDTH = 16
 """Ticks are stored as zero-padded epoch milliseconds, so byte order is time order."""
+
+
+VERSION_WIDTH = 10
+"""Definition versions are zero-padded so byte order is version order."""
 
 
 def encode_tick(tick_ms: int) -> bytes:
@@ -162,6 +168,29 @@ class Keyspace:
     def budget(self) -> str:
         """The leader's word on etcd's space: ``{"output_spent": bool}`` (workers read it)."""
         return f"{self.prefix}/budget"
+
+    # audit trail and definition history
+    @property
+    def audit(self) -> str:
+        return self._dir("audit")
+
+    def audit_entry(self, at_ms: int, nonce: str) -> str:
+        """Zero-padded epoch milliseconds first: byte order is time order."""
+        return f"{self.audit}{at_ms:0{TICK_WIDTH}d}-{nonce}"
+
+    def audit_at(self, at_ms: int) -> str:
+        """The first possible audit key at ``at_ms`` (a range bound)."""
+        return f"{self.audit}{max(0, at_ms):0{TICK_WIDTH}d}"
+
+    @property
+    def history(self) -> str:
+        return self._dir("history")
+
+    def job_history(self, name: str) -> str:
+        return f"{self.history}{name}/"
+
+    def version(self, name: str, version: int) -> str:
+        return f"{self.history}{name}/{version:0{VERSION_WIDTH}d}"
 
     @staticmethod
     def tail(key: str, prefix: str) -> str:

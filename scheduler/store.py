@@ -27,6 +27,11 @@ Rules this module keeps:
   duration caps), so a job written before a limit existed is listed, read,
   suspended and run as before; only a value the model itself rejects is
   reported as invalid (:class:`CorruptValue` for one job).
+- **Every change is recorded in its own transaction**: an audit entry, and a
+  new version per changed job (:class:`scheduler.changes.Journal`), by the
+  store's :class:`~scheduler.audit.Actor` (:meth:`JobStore.acting_as`). So a
+  write without CAS is a read and a CAS too, retried on conflict like
+  :meth:`JobStore.update_job`. A write that changes nothing makes no version.
 - Kill and manual-run requests are short-lived keys on their own lease
   (:data:`KILL_TTL`, :data:`TRIGGER_TTL` seconds), written only if the job exists.
 - **A kill ends every running run**, also one whose worker is gone: a
@@ -41,6 +46,9 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import json
 import secrets
 import statistics
@@ -51,6 +59,8 @@ from typing import Any, Literal
 
 import structlog
 
+from scheduler.audit import SYSTEM, Actor, Operation
+from scheduler.changes import Edit, Journal, Record
 from scheduler.clip import quote
 from scheduler.etcd.client import (
     GREATER,
@@ -66,13 +76,16 @@ from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
 from scheduler.signing import Signer, spec_bytes, unwrap
+from scheduler.versions import DEFAULT_KEEP
 
 log = structlog.get_logger("etcron.store")
 
-BATCH = 100
-"""Most writes per transaction (etcd's default ``--max-txn-ops`` is 128)."""
-BATCH_BYTES = 1024 * 1024
-"""Most bytes of specs per transaction (etcd refuses requests over 1.5 MiB by default)."""
+BATCH = 40
+"""Most job writes per transaction: each takes 3 operations with its version
+(etcd's default ``--max-txn-ops`` is 128; see :mod:`scheduler.changes`)."""
+BATCH_BYTES = 512 * 1024
+"""Most bytes of specs per transaction, each written twice (job and version);
+etcd refuses requests over 1.5 MiB by default."""
 UPDATE_ATTEMPTS = 8
 """How many times :meth:`JobStore.update_job` re-reads after a conflict."""
 KILL_TTL = 30
@@ -114,6 +127,8 @@ class Change:
     """The mod revision seen by the plan (0: absent); every write is guarded by it."""
     spec: JobSpec | None = None
     """The new spec (create/update/unchanged); None for delete."""
+    old: JobSpec | None = None
+    """The spec in etcd when the plan was made (None: absent or invalid)."""
 
 
 @dataclass
@@ -159,12 +174,26 @@ class JobStore:
     """Master-side access to the keyspace; every method is one or a few etcd calls."""
 
     def __init__(
-        self, client: EtcdClient, keyspace: Keyspace, *, signer: Signer | None = None
+        self,
+        client: EtcdClient,
+        keyspace: Keyspace,
+        *,
+        signer: Signer | None = None,
+        keep_versions: int = DEFAULT_KEEP,
+        actor: Actor = SYSTEM,
     ) -> None:
         self.client = client
         self.ks = keyspace
         self.signer = signer
         """Signs every spec written (``master.signing_key_file``); None: specs are stored bare."""
+        self.journal = Journal(client, keyspace, keep_versions=keep_versions)
+        self.actor = actor
+
+    def acting_as(self, actor: Actor) -> JobStore:
+        """This store, recording its changes as made by ``actor``."""
+        twin = copy.copy(self)
+        twin.actor = actor
+        return twin
 
     def _encode(self, spec: JobSpec) -> bytes:
         """The value stored for ``spec``: signed (:mod:`scheduler.signing`) when there is a key."""
@@ -217,33 +246,65 @@ class JobStore:
         except ValueError as exc:
             raise CorruptValue(f"job {quote(name)} in etcd is invalid: {exc}") from exc
 
-    async def put_job(self, spec: JobSpec, *, expect_mod_revision: int | None = None) -> int:
+    async def put_job(
+        self,
+        spec: JobSpec,
+        *,
+        expect_mod_revision: int | None = None,
+        operation: Operation = "put",
+        restored: int | None = None,
+    ) -> int:
         """Write a job; returns the new mod revision. CAS when ``expect_mod_revision`` is set."""
-        key = self.ks.job(spec.name)
-        if expect_mod_revision is None:
-            return await self.client.put(key, self._encode(spec))
-        res = await self.client.txn(
-            [cmp_mod(key, expect_mod_revision)], [op_put(key, self._encode(spec))], [op_get(key)]
-        )
-        if not res.succeeded:
-            raise ConflictError(
-                _conflict_text(spec.name, expect_mod_revision, res.responses[0]), [spec.name]
-            )
-        return res.revision
+        rev, _ = await self._write(spec.name, spec, expect_mod_revision, operation, restored)
+        return rev
 
     async def delete_job(self, name: str, *, expect_mod_revision: int | None = None) -> bool:
         """Delete a job; False when it did not exist. CAS when ``expect_mod_revision`` is set."""
-        key = self.ks.job(name)
-        if expect_mod_revision is None:
-            return await self.client.delete(key) > 0
-        res = await self.client.txn(
-            [cmp_mod(key, expect_mod_revision)], [op_delete(key)], [op_get(key)]
-        )
-        if not res.succeeded:
-            raise ConflictError(_conflict_text(name, expect_mod_revision, res.responses[0]), [name])
-        return expect_mod_revision != 0
+        _, existed = await self._write(name, None, expect_mod_revision, "delete", None)
+        return existed
 
-    async def update_job(self, name: str, fn: Callable[[JobSpec], JobSpec]) -> JobSpec:
+    async def _write(
+        self,
+        name: str,
+        new: JobSpec | None,
+        expect: int | None,
+        operation: Operation,
+        restored: int | None,
+    ) -> tuple[int, bool]:
+        """Put (``new``) or delete one job with its record, guarded by the mod
+        revision read (``expect`` if given: a mismatch is a ConflictError at once).
+        (revision, whether the job existed before)."""
+        key = self.ks.job(name)
+        for _ in range(UPDATE_ATTEMPTS):
+            kv, _ = await self.client.get(key)
+            mod = kv.mod_revision if kv is not None else 0
+            if expect is not None and mod != expect:
+                raise ConflictError(_conflict_text(name, expect, [kv] if kv else []), [name])
+            if kv is None and new is None:
+                return 0, False
+            before = self.spec_of(kv)
+            rec = await self.journal.record(
+                self.actor, operation, [Edit(name, before, new)], restored=restored
+            )
+            op = op_delete(key) if new is None else op_put(key, self._encode(new))
+            res = await self.client.txn(
+                [cmp_mod(key, mod), *rec.compares], [op, *rec.ops], [op_get(key)]
+            )
+            if res.succeeded:
+                return res.revision, kv is not None
+        raise ConflictError(
+            f"job {quote(name)} changed concurrently {UPDATE_ATTEMPTS} times; try again", [name]
+        )
+
+    def spec_of(self, kv: KeyValue | None) -> JobSpec | None:
+        try:
+            return None if kv is None else self._parse_job(kv)
+        except ValueError:
+            return None
+
+    async def update_job(
+        self, name: str, fn: Callable[[JobSpec], JobSpec], *, operation: Operation = "put"
+    ) -> JobSpec:
         """Read, apply ``fn``, write back guarded by the mod revision read; retry on conflict.
 
         ``fn`` may be called several times and must be pure. Its result must keep
@@ -260,7 +321,7 @@ class JobStore:
             if new == spec:
                 return spec
             try:
-                await self.put_job(new, expect_mod_revision=mod)
+                await self.put_job(new, expect_mod_revision=mod, operation=operation)
             except ConflictError:
                 continue
             return new
@@ -295,12 +356,13 @@ class JobStore:
             if spec.name not in current:
                 plan.changes.append(Change("create", spec.name, 0, spec))
             elif old == spec and spec.name not in resign:
-                plan.changes.append(Change("unchanged", spec.name, mod, spec))
+                plan.changes.append(Change("unchanged", spec.name, mod, spec, old))
             else:
-                plan.changes.append(Change("update", spec.name, mod, spec))
+                plan.changes.append(Change("update", spec.name, mod, spec, old))
         if prune:
             for name in sorted(current.keys() - seen):
-                plan.changes.append(Change("delete", name, current[name][1]))
+                old, mod = current[name]
+                plan.changes.append(Change("delete", name, mod, None, old))
         return plan
 
     async def apply(self, specs: list[JobSpec], *, prune: bool, dry_run: bool) -> Plan:
@@ -318,9 +380,22 @@ class JobStore:
             plan.applied = not dry_run
             return plan
         values = {c.name: self._encode(c.spec) for c in writes if c.spec is not None}
-        for batch in _batches(writes, values):
-            await self._write_batch(batch, values, done=plan.batches)
-            plan.batches += 1
+        batches = _batches(writes, values)
+        # the next batch's record (version numbers: other jobs) is read while
+        # this batch's transaction is in flight
+        record = asyncio.ensure_future(self._record_batch(batches[0]))
+        try:
+            for i, batch in enumerate(batches):
+                rec = await record
+                if i + 1 < len(batches):
+                    record = asyncio.ensure_future(self._record_batch(batches[i + 1]))
+                await self._write_batch(batch, values, rec, done=plan.batches)
+                plan.batches += 1
+        finally:
+            if not record.done():
+                record.cancel()
+                with contextlib.suppress(BaseException):
+                    await record
         plan.applied = True
         log.info(
             "applied jobs",
@@ -331,8 +406,12 @@ class JobStore:
         )
         return plan
 
+    async def _record_batch(self, batch: list[Change]) -> Record:
+        edits = [Edit(c.name, c.old, c.spec) for c in batch]
+        return await self.journal.record(self.actor, "apply", edits)
+
     async def _write_batch(
-        self, batch: list[Change], values: dict[str, bytes], *, done: int
+        self, batch: list[Change], values: dict[str, bytes], rec: Record, *, done: int
     ) -> None:
         compares, ops, checks = [], [], []
         for c in batch:
@@ -343,7 +422,7 @@ class JobStore:
                 ops.append(op_delete(key))
             else:
                 ops.append(op_put(key, values[c.name]))
-        res = await self.client.txn(compares, ops, checks)
+        res = await self.client.txn([*compares, *rec.compares], [*ops, *rec.ops], checks)
         if res.succeeded:
             return
         moved = []
@@ -384,11 +463,15 @@ class JobStore:
 
     # requests -----------------------------------------------------------------
 
-    async def _put_if_job(self, job: str, key: str, value: dict[str, Any], ttl: int) -> None:
+    async def _put_if_job(
+        self, job: str, key: str, value: dict[str, Any], ttl: int, operation: Operation, detail: str
+    ) -> None:
         lease, _ = await self.client.grant(ttl)
         job_key = self.ks.job(job)
+        rec = await self.journal.record(self.actor, operation, [], jobs=[job], detail=detail)
         res = await self.client.txn(
-            [cmp_created(job_key, 0, GREATER)], [op_put(key, json.dumps(value).encode(), lease)]
+            [cmp_created(job_key, 0, GREATER)],
+            [op_put(key, json.dumps(value).encode(), lease), *rec.ops],
         )
         if not res.succeeded:
             await self.client.revoke(lease)
@@ -402,7 +485,14 @@ class JobStore:
         is dead has nobody left to end it: it is ended here as ``killed``
         (see :func:`end_orphaned_run`) and its run id returned.
         """
-        await self._put_if_job(job, self.ks.killer(job), {"requested_at": _now_iso()}, KILL_TTL)
+        await self._put_if_job(
+            job,
+            self.ks.killer(job),
+            {"requested_at": _now_iso()},
+            KILL_TTL,
+            "kill",
+            "kill requested",
+        )
         return await self.end_orphaned_runs(job, RunStatus.KILLED, WORKER_GONE)
 
     async def end_orphaned_runs(self, job: str, status: RunStatus, message: str) -> list[str]:
@@ -434,7 +524,8 @@ class JobStore:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         request_id = f"{stamp}-{secrets.token_hex(4)}"
         value = {"request_id": request_id, "requested_at": _now_iso()}
-        await self._put_if_job(job, self.ks.trigger(job, request_id), value, TRIGGER_TTL)
+        key = self.ks.trigger(job, request_id)
+        await self._put_if_job(job, key, value, TRIGGER_TTL, "run", f"request {request_id}")
         return request_id
 
     # workers ------------------------------------------------------------------

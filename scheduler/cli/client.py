@@ -198,6 +198,20 @@ class ApiClient:
     def get_run(self, name: str, run_id: str) -> Any:
         return self.request("GET", f"/v1/jobs/{name}/runs/{run_id}")
 
+    def audit(self, params: dict[str, Any]) -> Any:
+        return self.request("GET", "/v1/audit", params=params)
+
+    def versions(self, name: str, limit: int) -> Any:
+        return self.request("GET", f"/v1/jobs/{name}/versions", params={"limit": limit})
+
+    def version(self, name: str, version: int) -> Any:
+        return self.request("GET", f"/v1/jobs/{name}/versions/{version}")
+
+    def rollback(self, name: str, to: int | None, if_match: int | None) -> Any:
+        headers = {"If-Match": str(if_match)} if if_match is not None else None
+        body = {"to": to} if to is not None else {}
+        return self.request("POST", f"/v1/jobs/{name}/rollback", json=body, headers=headers)
+
     def workers(self) -> Any:
         return self.request("GET", "/v1/workers")
 

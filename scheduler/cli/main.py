@@ -31,6 +31,7 @@ from typer.core import TyperGroup
 from scheduler import __version__
 from scheduler.cli import (
     argv,
+    audit_cmd,
     daemons_cmd,
     doctor_cmd,
     jobs_cmd,
@@ -61,8 +62,8 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "doctor", "keygen", "token", "master", "worker",
-    "completion", "version",
+    "suspend", "resume", "delete", "audit", "rollout", "doctor", "keygen", "token", "master",
+    "worker", "completion", "version",
 )  # fmt: skip
 
 
@@ -229,6 +230,7 @@ def version() -> None:
 
 jobs_cmd.register(app, get_app, delete_app)
 run_cmd.register(app)
+audit_cmd.register(app)
 logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 

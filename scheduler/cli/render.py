@@ -258,6 +258,11 @@ def _when(value: Any) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def when(value: Any) -> str:
+    """A time as ``YYYY-MM-DD HH:MM:SSZ`` (UTC); ``-`` when missing."""
+    return _when(value)
+
+
 def _duration(run: dict[str, Any]) -> str:
     try:
         start = datetime.fromisoformat(str(run["start"]).replace("Z", "+00:00"))

@@ -61,7 +61,7 @@ from typing import Any, Protocol, TypeVar
 import etcd3aio
 import grpc
 import structlog
-from etcd3aio import prefix_range_end
+from etcd3aio import SortOrder, prefix_range_end
 from etcd3aio._protobuf import RangeRequest, RequestOp, TxnRequest
 from etcd3aio.auth import AuthService
 from etcd3aio.cluster import ClusterService
@@ -701,6 +701,27 @@ class EtcdClient:
             limit = max(1, min(page, PAGE_BYTES * len(kvs) // max(1, size)))
             start = bytes(resp.kvs[-1].key) + b"\x00"
 
+    async def range(
+        self,
+        start: str,
+        end: str,
+        *,
+        limit: int,
+        newest_first: bool = False,
+        keys_only: bool = False,
+    ) -> tuple[list[KeyValue], bool]:
+        """At most ``limit`` keys in ``[start, end)`` in key order (descending with
+        ``newest_first``), and whether more keys are in the range. One request:
+        the caller pages by moving ``start`` or ``end`` past the last key."""
+        order = SortOrder.DESCEND if newest_first else SortOrder.NONE
+        resp = await self._call(
+            f"range {start}",
+            lambda m, t: m.kv.get(
+                start, end, limit=limit, sort_order=order, keys_only=keys_only, timeout=t
+            ),
+        )
+        return [KeyValue.from_pb(kv) for kv in resp.kvs], bool(resp.more)
+
     async def count_prefix(self, prefix: str) -> int:
         resp = await self._call(
             f"count {prefix}",
@@ -720,6 +741,11 @@ class EtcdClient:
         """Delete a key (or every key under a prefix); returns how many were deleted."""
         end = prefix_range_end(key) if prefix else None
         resp = await self._call(f"delete {key}", lambda m, t: m.kv.delete(key, end, timeout=t))
+        return int(resp.deleted)
+
+    async def delete_range(self, start: str, end: str) -> int:
+        """Delete every key in ``[start, end)``; returns how many were deleted."""
+        resp = await self._call(f"delete {start}", lambda m, t: m.kv.delete(start, end, timeout=t))
         return int(resp.deleted)
 
     async def txn(
@@ -907,3 +933,8 @@ def op_newest(prefix: str, limit: int) -> Op:
 
 def op_delete(key: str, *, prefix: bool = False) -> Op:
     return KVService.txn_op_delete(key, range_end=prefix_range_end(key) if prefix else None)
+
+
+def op_delete_range(start: str, end: str) -> Op:
+    """Delete every key in ``[start, end)``."""
+    return KVService.txn_op_delete(start, range_end=end)

@@ -30,6 +30,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -43,6 +44,7 @@ from scheduler.clip import clip, quote
 from scheduler.config import DEFAULT_MAX_BODY_BYTES
 from scheduler.etcd.client import EtcdError
 from scheduler.limits import MAX_SPEC_BYTES
+from scheduler.master.audit_api import actor_of, add_audit_routes
 from scheduler.master.health_api import add_health_route
 from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
@@ -357,6 +359,7 @@ def create_app(
     async def put_job(
         name: str,
         body: dict[str, Any],
+        request: Request,
         response: Response,
         if_match: Annotated[str | None, Header()] = None,
     ) -> JobOut:
@@ -368,44 +371,51 @@ def create_app(
                 [Problem(job=name, field="name", message=f"body names {quote(raw['name'])}")]
             )
         (spec,) = parse_specs([raw], max_spec_bytes)
-        rev = await store.put_job(spec, expect_mod_revision=expect)
+        rev = await store.acting_as(actor_of(request)).put_job(spec, expect_mod_revision=expect)
         response.headers["ETag"] = f'"{rev}"'
         return JobOut(name=name, mod_revision=rev, spec=spec)
 
     @v1.delete("/jobs/{name}", response_model=DeletedOut, responses={409: {"model": ErrorOut}})
-    async def delete_job(name: str, if_match: Annotated[str | None, Header()] = None) -> DeletedOut:
-        if not await store.delete_job(name, expect_mod_revision=_if_match(if_match)):
+    async def delete_job(
+        name: str, request: Request, if_match: Annotated[str | None, Header()] = None
+    ) -> DeletedOut:
+        by = store.acting_as(actor_of(request))
+        if not await by.delete_job(name, expect_mod_revision=_if_match(if_match)):
             raise JobNotFound(name)
         return DeletedOut(deleted=name)
 
     @v1.post("/apply", response_model=PlanOut, responses={409: {"model": ErrorOut}})
-    async def apply(body: ApplyIn) -> PlanOut:
+    async def apply(body: ApplyIn, request: Request) -> PlanOut:
         """Validate every job, then create/update (and with `prune`, delete) in etcd.
 
-        Up to 100 writes are one transaction; larger applies are written in
-        batches of 100 and are not atomic across batches.
+        Up to 40 writes are one transaction; larger applies are written in
+        batches of 40 and are not atomic across batches (one audit entry each).
         """
         if len(body.jobs) > MAX_JOBS_PER_APPLY:
             raise SpecError([Problem(message=f"more than {MAX_JOBS_PER_APPLY} jobs")])
         specs = parse_specs(body.jobs, max_spec_bytes)
-        plan = await store.apply(specs, prune=body.prune, dry_run=body.dry_run)
+        by = store.acting_as(actor_of(request))
+        plan = await by.apply(specs, prune=body.prune, dry_run=body.dry_run)
         return PlanOut.model_validate(plan.summary())
 
     @v1.post("/jobs/{name}/suspend", response_model=JobSpec)
-    async def suspend(name: str) -> JobSpec:
-        return await store.update_job(name, lambda s: s.model_copy(update={"suspend": True}))
+    async def suspend(name: str, request: Request) -> JobSpec:
+        by = store.acting_as(actor_of(request))
+        return await by.update_job(name, _suspended(True), operation="suspend")
 
     @v1.post("/jobs/{name}/resume", response_model=JobSpec)
-    async def resume(name: str) -> JobSpec:
-        return await store.update_job(name, lambda s: s.model_copy(update={"suspend": False}))
+    async def resume(name: str, request: Request) -> JobSpec:
+        by = store.acting_as(actor_of(request))
+        return await by.update_job(name, _suspended(False), operation="resume")
 
     @v1.post("/jobs/{name}/run", response_model=RunRequestOut, status_code=202)
-    async def run(name: str) -> RunRequestOut:
+    async def run(name: str, request: Request) -> RunRequestOut:
         """Ask the workers for one manual run now (the request expires after 60 s)."""
-        return RunRequestOut(job=name, request_id=await store.request_run(name))
+        by = store.acting_as(actor_of(request))
+        return RunRequestOut(job=name, request_id=await by.request_run(name))
 
     @v1.post("/jobs/{name}/kill", response_model=KillOut, status_code=202)
-    async def kill(name: str) -> KillOut:
+    async def kill(name: str, request: Request) -> KillOut:
         """Stop every running run of the job.
 
         Live workers are asked to stop theirs (the request lives 30 s) and record
@@ -413,7 +423,8 @@ def create_app(
         longer exists) is ended here as `killed` ("worker gone") and listed in
         `ended`.
         """
-        return KillOut(job=name, ended=await store.request_kill(name))
+        by = store.acting_as(actor_of(request))
+        return KillOut(job=name, ended=await by.request_kill(name))
 
     @v1.get("/jobs/{name}/runs", response_model=RunListOut)
     async def runs(name: str, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> RunListOut:
@@ -441,11 +452,16 @@ def create_app(
         return WorkerListOut(workers=out)
 
     add_output_routes(v1, store)
+    add_audit_routes(v1, store, _if_match)
     app.include_router(v1)
     app.include_router(
         ui_router(store, known, max_spec_bytes=max_spec_bytes, quota_bytes=etcd_quota_bytes)
     )
     return app
+
+
+def _suspended(value: bool) -> Callable[[JobSpec], JobSpec]:
+    return lambda s: s.model_copy(update={"suspend": value})
 
 
 class _Unauthorized(Exception):

@@ -14,6 +14,8 @@ the others wait for the key to vanish). Only the leader sweeps:
   none older than ``keep_for``. Records of deleted jobs go after ``keep_for``.
   A run's record and its output are deleted together, in transactions of at
   most ``BATCH`` operations (etcd's default limit is 128).
+- **Audit retention** (:func:`scheduler.audit.trim`): entries older than
+  ``audit_keep_for`` and the oldest beyond ``audit_max_entries`` go.
 - **Compaction.** Every ``compact_interval`` the leader compacts history older
   than ``compact_keep_revisions`` revisions, so the database stops growing.
 - **Space** (``scheduler.master.space``): run output within
@@ -32,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from scheduler.audit import trim as trim_audit
 from scheduler.clock import Clock
 from scheduler.config import MasterConfig
 from scheduler.etcd.client import (
@@ -129,6 +132,13 @@ class Housekeeper:
         space = await self.space.check()
         full = "NOSPACE" in space.alarms
         await self._sweep_told(full=full)
+        await trim_audit(
+            self.client,
+            self.ks,
+            keep_for=self.config.audit_keep_for,
+            max_entries=self.config.audit_max_entries,
+            at=self.clock.now(),
+        )
         if full and self.config.recover_nospace:
             await self.space.recover()
         elif not full:

@@ -183,7 +183,7 @@ async def run_master(
     client.observe = metrics.etcd.observe
     app = MetricsMiddleware(
         create_app(
-            JobStore(client, keyspace, signer=signer),
+            JobStore(client, keyspace, signer=signer, keep_versions=master.keep_versions),
             tokens=tokens,
             public_docs=master.public_docs,
             max_spec_bytes=master.max_spec_bytes,

@@ -114,6 +114,10 @@ ROUTES = [
     ("GET", "/v1/jobs/{}/runs/{}"),
     ("GET", "/v1/jobs/{}/runs/{}/output"),
     ("GET", "/v1/workers"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/jobs/{}/versions"),
+    ("GET", "/v1/jobs/{}/versions/{}"),
+    ("POST", "/v1/jobs/{}/rollback"),
     ("GET", "/v1/health"),
     ("PATCH", "/v1/jobs/{}"),
     ("GET", "/v1/nowhere"),
@@ -135,6 +139,10 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, bytes], bytes | None]
         path += "?limit=" + urlquote(
             draw(TEXT | st.sampled_from(["0", "5", "1001", "²"])), errors="surrogatepass"
         )
+    if path.endswith(("/audit", "/versions")) and draw(st.booleans()):
+        key = draw(st.sampled_from(["job", "since", "limit", "before"]))
+        value = draw(TEXT | st.sampled_from(["1h", "0", "-5", "9" * 40, "2026-01-01T00:00:00"]))
+        path += f"?{key}=" + urlquote(value, errors="surrogatepass")
     headers: dict[str, bytes] = {}
     token = draw(st.sampled_from([TOKEN.encode()] * 4 + [b"wrong", None]))
     if token is not None:
@@ -145,6 +153,8 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, bytes], bytes | None]
         headers["content-type"] = draw(CONTENT_TYPES | HEADER_BYTES)
     if template == "/v1/jobs/{}" and method == "PUT":
         body = draw(SPEC_BODIES | SPEC_BODIES | BODIES)
+    elif template.endswith("/rollback"):
+        body = draw(st.sampled_from([b'{"to": 1}', b'{"to": 0}', b"{}", b'{"to": 1e400}']) | BODIES)
     elif template == "/v1/apply":
         body = draw(APPLY_BODIES | APPLY_BODIES | BODIES)
     else:

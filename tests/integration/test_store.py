@@ -162,7 +162,7 @@ async def test_apply_conflict_names_the_job_and_writes_nothing(
 
 
 async def test_large_apply_is_written_in_batches(store: JobStore) -> None:
-    n = BATCH * 2 + 50
+    n = BATCH * 2 + BATCH // 2
     specs = [job(f"j{i:03d}") for i in range(n)]
     plan = await store.apply(specs, prune=False, dry_run=False)
     assert plan.batches == 3 and len(plan.names("create")) == n
