@@ -9,6 +9,7 @@ context, so cookies do not leak between tests). Screenshots go to docs/img/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,9 +198,31 @@ def cluster(
         log.close()
 
 
+@contextlib.contextmanager
+def _threaded_child_watcher() -> Iterator[None]:
+    """Playwright starts its driver with asyncio on a loop of its own. An in-process
+    worker of an earlier test may have installed a pidfd child watcher bound to the
+    test session's loop (workers/worker.py), which is not running while a sync test
+    runs: Python 3.11 then refuses to start subprocesses. Use a threaded watcher
+    (any loop) while Playwright starts, then put the previous one back."""
+    if sys.version_info >= (3, 12):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = asyncio.get_child_watcher()
+        asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(previous)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
+    with _threaded_child_watcher(), playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
         yield b
         b.close()
