@@ -27,7 +27,7 @@ import typer
 from typer.core import TyperGroup
 
 from scheduler import __version__
-from scheduler.cli import argv, daemons_cmd, jobs_cmd, logs_cmd, run_cmd
+from scheduler.cli import argv, daemons_cmd, jobs_cmd, logs_cmd, notify_cmd, run_cmd
 from scheduler.cli.common import ConfigOpt, FileOpt, globals_of, job_name
 from scheduler.cli.errors import CliError, InvalidInput
 from scheduler.cli.target import DEFAULT_SERVER, Globals
@@ -50,7 +50,7 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "master", "worker", "version",
+    "suspend", "resume", "delete", "notifications", "master", "worker", "version",
 )  # fmt: skip
 
 
@@ -182,6 +182,7 @@ def version() -> None:
 
 jobs_cmd.register(app, get_app, delete_app)
 run_cmd.register(app)
+notify_cmd.register(app)
 logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 

@@ -226,6 +226,11 @@ def _when(value: Any) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def when(value: Any) -> str:
+    """An ISO time as ``YYYY-MM-DD HH:MM:SSZ`` (``-`` when empty)."""
+    return _when(value)
+
+
 def _duration(run: dict[str, Any]) -> str:
     try:
         start = datetime.fromisoformat(str(run["start"]).replace("Z", "+00:00"))

@@ -42,6 +42,7 @@ from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.limits import MAX_SPEC_BYTES
 from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
+from scheduler.master.notify_api import add_notification_routes
 from scheduler.master.principal import client_address
 from scheduler.master.tokens import Tokens
 from scheduler.model import JobSpec, validation_messages
@@ -448,6 +449,7 @@ def create_app(
         return WorkerListOut(workers=out)
 
     add_output_routes(v1, store)
+    add_notification_routes(v1, store)
     app.include_router(v1)
     return app
 
