@@ -15,9 +15,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from scheduler.model import NAME_RE
 from scheduler.notify.deliveries import Delivery, recent
 from scheduler.store import JobStore
+
+JOB_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+"""The job name rule (scheduler.model.NAME_RE) in the regex dialect of the query validator."""
 
 
 class NotificationListOut(BaseModel):
@@ -29,7 +31,7 @@ class NotificationListOut(BaseModel):
 def add_notification_routes(router: APIRouter, store: JobStore) -> None:
     @router.get("/notifications", response_model=NotificationListOut)
     async def notifications(
-        job: Annotated[str | None, Query(pattern=NAME_RE.pattern, max_length=63)] = None,
+        job: Annotated[str | None, Query(pattern=JOB_NAME, max_length=63)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: Annotated[str, Query(max_length=64)] = "",
     ) -> NotificationListOut:

@@ -134,8 +134,8 @@ class NotifyRule(BaseModel):
 
 def redact(target: str) -> str:
     """A sink's target fit to show: a URL loses its path, query and credentials
-    (a Slack webhook URL *is* its secret); an address stays."""
-    if "@" in target and "://" not in target:
+    (a Slack webhook URL *is* its secret); an address, or text that is no URL, stays."""
+    if "://" not in target:
         return target
     parts = urlsplit(target)
     host = parts.hostname or "?"
