@@ -79,7 +79,7 @@ class Claimed(StrEnum):
 
 
 async def claim(
-    client: EtcdClient, ks: Keyspace, d: Delivery, identity: str
+    client: EtcdClient, ks: Keyspace, d: Delivery, identity: str, *, again: bool = True
 ) -> tuple[Claimed, Delivery]:
     """Create the record ``pending`` (or take over another master's ``pending`` one)."""
     key = ks.notification(d.job, d.run_id, d.event, d.sink_id)
@@ -92,8 +92,8 @@ async def claim(
     found, lead = res.responses
     if not lead or lead[0].value != identity.encode():
         return Claimed.NOT_LEADER, d
-    if not found:
-        return await claim(client, ks, d, identity)  # deleted between: try once more
+    if not found:  # deleted between (retention): try once more
+        return await claim(client, ks, d, identity, again=False) if again else (Claimed.DONE, d)
     try:
         old = Delivery.from_json(found[0].value)
     except ValueError:
