@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -418,3 +419,57 @@ async def test_retries_deliver_once_and_a_new_leader_does_not_resend(
 async def _delivered(client: EtcdClient, ks: Keyspace, job: str) -> list[Delivery]:
     found = await deliveries(client, ks, job)
     return found if found and all(d.status == "delivered" for d in found) else []
+
+
+async def test_late_overran_while_running_and_the_rate_limit(
+    etcd_endpoints: list[str], prefix: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    ks = Keyspace(prefix)
+    cfg = master_config(etcd_endpoints, prefix, tmp_path, did_not_run=False, rate_per_job=2)
+    etcd = await EtcdClient.connect(EtcdConfig(endpoints=etcd_endpoints))
+    hook = receiver.url + "/slow"
+    job = JobSpec.model_validate(
+        {
+            "name": "slow",
+            "schedule": "0 0 1 1 *",
+            "shell": "sleep 100",
+            "notify": [{"on": ["late", "overran"], "late": "1s", "overran": "2s", "webhook": hook}],
+        }
+    )
+    await put_jobs(etcd, ks, job)
+    keeper, _, task = await _leader(etcd, ks, cfg, "m0")
+    try:
+        await wait_for(keeper.is_leader.is_set, timeout=15)
+        now = Clock().now()
+        tick = now - timedelta(seconds=1.5)
+        rec = RunRecord(
+            job="slow", run_id=new_run_id(tick), tick=tick, status=RunStatus.RUNNING,
+            worker="w1", start=now,
+        )  # fmt: skip
+        await etcd.put(ks.run("slow", rec.run_id), rec.to_json())
+        late = await wait_for(lambda: receiver.got("/slow", event="late"), timeout=10)
+        assert late[0].json["run_id"] == rec.run_id and late[0].signed()
+        assert not receiver.got("/slow", event="overran")
+        # still running 2 s after its start: overran, once, while it runs
+        over = await wait_for(lambda: receiver.got("/slow", event="overran"), timeout=10)
+        assert over[0].json["status"] == "running"
+        assert (Clock().now() - now).total_seconds() >= 2
+        # it ends (long): no second overran; over the rate: recorded rate_limited
+        done = rec.model_copy(update={"status": RunStatus.FAILED, "end": Clock().now()})
+        await etcd.put(ks.run("slow", rec.run_id), done.to_json())
+        tick2 = Clock().now() - timedelta(seconds=5)
+        third = rec.model_copy(update={"run_id": new_run_id(tick2), "tick": tick2})
+        await etcd.put(ks.run("slow", third.run_id), third.to_json())
+        limited = await wait_for(lambda: _with_status(etcd, ks, "slow", "rate_limited"), timeout=10)
+        assert {d.run_id for d in limited} == {third.run_id}  # (late, and overran too)
+        assert len(receiver.got("/slow", event="overran")) == 1
+        assert not receiver.got("/slow", run_id=third.run_id)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await etcd.delete(prefix, prefix=True)
+        await etcd.close()
+
+
+async def _with_status(client: EtcdClient, ks: Keyspace, job: str, status: str) -> list[Delivery]:
+    return [d for d in await deliveries(client, ks, job) if d.status == status]
