@@ -42,6 +42,8 @@ def notifications(
     if not output.tabular:
         render.emit(data, output)
         return
+    if data.get("complete") is False:
+        render.warn("too many delivery records to read them all: name a job to see all of its")
     headers = ["UPDATED", "JOB", "RUN ID", "EVENT", "SINK", "STATUS", "ATTEMPTS", "ERROR"]
     rows = [
         [

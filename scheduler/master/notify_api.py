@@ -26,6 +26,9 @@ class NotificationListOut(BaseModel):
     notifications: list[Delivery]
     more: bool
     """True when older deliveries exist beyond this page."""
+    complete: bool
+    """False when there were more delivery records than one listing reads
+    (20,000): name a job to see all of its."""
 
 
 def add_notification_routes(router: APIRouter, store: JobStore) -> None:
@@ -36,5 +39,7 @@ def add_notification_routes(router: APIRouter, store: JobStore) -> None:
         before: Annotated[str, Query(max_length=64)] = "",
     ) -> NotificationListOut:
         """Recent deliveries and failures, newest first."""
-        found = await recent(store.client, store.ks, job, limit + 1, before)
-        return NotificationListOut(notifications=found[:limit], more=len(found) > limit)
+        found, complete = await recent(store.client, store.ks, job, limit + 1, before)
+        return NotificationListOut(
+            notifications=found[:limit], more=len(found) > limit, complete=complete
+        )

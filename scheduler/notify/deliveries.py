@@ -124,18 +124,29 @@ def parse(kvs: list[KeyValue]) -> list[Delivery]:
     return out
 
 
+MAX_SCAN = 20_000
+"""Delivery records one listing reads at most (a listing must scan to sort by time)."""
+
+
 async def recent(
     client: EtcdClient, ks: Keyspace, job: str | None, limit: int, before: str = ""
-) -> list[Delivery]:
+) -> tuple[list[Delivery], bool]:
     """The newest deliveries (of ``job``, or of every job), newest first, at most
-    ``limit``; ``before``: only those updated before this ISO time (paging)."""
+    ``limit``; ``before``: only those updated before this ISO time (paging).
+    Also whether every record was read (False: more than :data:`MAX_SCAN`)."""
     prefix = ks.job_notifications(job) if job else ks.notifications
-    kvs, _ = await client.get_prefix(prefix)
+    kvs: list[KeyValue] = []
+    complete = True
+    async for page, _ in client.pages(prefix):
+        kvs.extend(page)
+        if len(kvs) >= MAX_SCAN:
+            complete = False
+            break
     found = parse(kvs)
     if before:
         found = [d for d in found if d.updated.isoformat() < before]
     found.sort(key=lambda d: (d.updated, d.run_id), reverse=True)
-    return found[:limit]
+    return found[:limit], complete
 
 
 def expired(kvs: list[KeyValue], ks: Keyspace, keep: int, horizon: datetime) -> list[str]:
