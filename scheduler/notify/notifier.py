@@ -87,11 +87,18 @@ class Notifier:
         self.queue: asyncio.Queue[Notice] = asyncio.Queue(self.cfg.queue_size)
         self._sent: dict[str, deque[float]] = {}
         self._overran: set[tuple[str, str, str]] = set()
+        self._done: set[str] = set()
+        """Delivery keys that exist, while a list is taken in."""
         try:
             self.secret = self.cfg.resolved_secret()
         except OSError as exc:
             log.error("notify.secret_file: cannot read; webhooks will fail", error=exc.strerror)
             self.secret = None
+        if self.secret is None and any(r.webhook for r in self.cfg.defaults):
+            log.warning(
+                "notify.defaults has webhook rules but no notify.secret_file: "
+                "they will fail (webhooks are never sent unsigned)"
+            )
 
     def count(self, kind: str, outcome: str) -> None:
         if self._count is not None:
@@ -167,8 +174,13 @@ class Notifier:
             if isinstance(item, Snapshot):
                 self.state.reset()
                 horizon = self.clock.now() - timedelta(seconds=self.cfg.max_age)
+                # what was delivered already is not even queued (a new leader's
+                # first list would otherwise fill the queue with it)
+                done, _ = await self.client.get_prefix(self.ks.notifications, keys_only=True)
+                self._done = {kv.key for kv in done}
                 for rec in sorted(self._records(item), key=lambda r: r.run_id):
                     self.take(rec, notify=_when(rec) >= horizon)
+                self._done = set()
                 continue
             for ev in item.events:
                 if ev.kind is EventKind.PUT:
@@ -206,6 +218,9 @@ class Notifier:
             self._overran = {k for k in self._overran if k[:2] != (rec.job, rec.run_id)}
 
     def offer(self, n: Notice) -> None:
+        key = self.ks.notification(n.job, n.record.run_id, n.event.value, n.rule.sink_id)
+        if key in self._done:
+            return
         try:
             self.queue.put_nowait(n)
         except asyncio.QueueFull:
