@@ -218,6 +218,7 @@ class WorkerProc:
     ) -> None:
         cfg.setdefault("lease_ttl", 6)
         cfg.setdefault("listen", "127.0.0.1:0")  # /metrics etc. on a free port
+        cfg.setdefault("default_user", "")  # the ledger is the bench user's (see docs/security.md)
         self.id = worker_id
         self.config = Config(
             etcd=etcd_config(endpoint),

@@ -53,7 +53,7 @@ from bench.common import (
     write_json,
 )
 
-TOKEN = "soak-token"
+TOKEN = "soak-token-0123456789"
 
 _PROBER = r"""
 import json, socket, sys, time

@@ -60,6 +60,9 @@ async def run_one(
     base = workdir(f"w1-n{n}")
     ledger = base / "ledger"
     ledger.touch()
+    if worker_cfg.get("default_user"):  # --set default_user='"nobody"': jobs append as that user
+        base.chmod(0o755)
+        ledger.chmod(0o666)
     names = job_names(n)
     program = build_body(base, body)
     meta: dict[str, Any] = {"n": n, "workers": workers, "job_names": names, "dir": str(base)}

@@ -44,14 +44,18 @@ trap 'cleanup; exit 143' TERM
 
 TOKEN=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
 printf '%s\n' "$TOKEN" > "$RUN/token"; chmod 600 "$RUN/token"
+# signed jobs (docs/security.md): the master signs, the workers run only what it signed
+"$ETCRON" keygen --out "$RUN/keys" > /dev/null
 cat > "$RUN/config.yaml" <<CFG
 etcd:
   endpoints: ["127.0.0.1:$ETCD_PORT"]
 master:
   listen: "127.0.0.1:$API_PORT"
   token_file: "$RUN/token"
+  signing_key_file: "$RUN/keys/signing.key"
 worker:
   lease_ttl: 6
+  trusted_key_files: ["$RUN/keys/signing.pub"]
 log:
   format: json
 CFG
@@ -98,6 +102,8 @@ State, logs and the API token are in $RUN. In another terminal, from $ROOT:
   export ETCRON_SERVER=$ETCRON_SERVER ETCRON_TOKEN=\$(cat $rel/token) PATH=\$PWD/.venv/bin:\$PATH
   etcron get jobs
   etcron logs -f hello --all-runs
+
+The web dashboard: $ETCRON_SERVER/ui/ (sign in with the token in $rel/token).
 
 TRY
 start=$SECONDS

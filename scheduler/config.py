@@ -101,7 +101,18 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 class MasterConfig(_Section):
     listen: str = "127.0.0.1:8070"
     token: str | None = None
+    """One admin token, named ``token`` (at least 16 bytes)."""
     token_file: Path | None = None
+    """A file holding that token (wins over ``token``); mode 0600 or stricter."""
+    tokens_file: Path | None = None
+    """Named, scoped tokens, as SHA-256 digests (``etcron token create``); mode 0600 or stricter."""
+    allow_insecure_tokens: bool = False
+    """Accept a token shorter than 16 bytes and token files others can read (tests only)."""
+    tls_cert_file: Path | None = None
+    """The API serves HTTPS with this certificate (chain) and ``tls_key_file``."""
+    tls_key_file: Path | None = None
+    public_docs: bool = False
+    """Serve ``/docs``, ``/redoc`` and ``/openapi.json`` without a token."""
     max_body_bytes: Annotated[Size, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
     request_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     keep_alive_timeout: Annotated[Duration, Field(gt=0)] = 5.0
@@ -126,11 +137,29 @@ class MasterConfig(_Section):
         MAX_SPEC_BYTES
     )
     """Largest job spec (compact JSON) the API accepts; etcd refuses requests over 1.5 MiB."""
+    signing_key_file: Path | None = None
+    """Ed25519 private key (``etcron keygen``) the master signs every job it writes with."""
 
     def resolved_token(self) -> str | None:
         if self.token_file is not None:
             return self.token_file.read_text().strip()
         return self.token
+
+
+class PolicyConfig(_Section):
+    """What this worker agrees to run (docs/security.md, "Worker policy"); None: no rule."""
+
+    commands: Annotated[list[str], BeforeValidator(_split_list)] | None = None
+    """Allowed programs, absolute path globs (``*`` stays within one directory);
+    a ``shell`` job's program is ``/bin/sh``."""
+    users: Annotated[list[str], BeforeValidator(_split_list)] | None = None
+    """Allowed run-as users (globs), the default user included; root only if listed."""
+    max_timeout: Duration | None = None
+    """Jobs must set a ``timeout`` of at most this."""
+    max_output_limit: Size | None = None
+    """A job's ``output_limit`` (or ``worker.output_limit``) must be at most this."""
+    env: Annotated[list[str], BeforeValidator(_split_list)] | None = None
+    """Allowed names (globs) of a job's ``env`` variables."""
 
 
 class WorkerConfig(_Section):
@@ -148,6 +177,11 @@ class WorkerConfig(_Section):
     stop_claiming_on_skew: bool = True
     clock_offset: SignedDuration = 0.0
     allow_run_as: bool = False
+    default_user: str = "nobody"
+    """Who runs jobs without a ``user`` when the worker is root; ``""``: the worker's own user."""
+    trusted_key_files: Annotated[list[Path], BeforeValidator(_split_list)] = []
+    """Ed25519 public keys; when set, only jobs signed by one of them run."""
+    policy: PolicyConfig = PolicyConfig()
     output_limit: Size = 1024 * 1024
     max_output_limit: Annotated[int, BeforeValidator(parse_size), Field(gt=0)] = MAX_OUTPUT_LIMIT
     """Output kept per run is at most this, whatever a job's ``output_limit`` asks for."""
@@ -159,6 +193,14 @@ class WorkerConfig(_Section):
     log_file_count: int = 5
     listen: Listen = "127.0.0.1:8071"
     """``/metrics``, ``/healthz``, ``/readyz``; ``""`` or ``off``: no listener."""
+    cgroup_root: Path | None = None
+    """cgroup v2 directory for runs with ``resources`` (None: ``/sys/fs/cgroup/etcron``
+    on a cgroup v2 host, ``<hierarchy>/etcron`` on cgroup v1; workers/cgroups.py)."""
+
+
+class CliConfig(_Section):
+    ca_file: Path | None = None
+    """CA certificate(s) the CLI trusts for an https master (else the system's)."""
 
 
 class SmtpConfig(_Section):
@@ -228,6 +270,7 @@ class Config(_Section):
     etcd: EtcdConfig = EtcdConfig()
     master: MasterConfig = MasterConfig()
     worker: WorkerConfig = WorkerConfig()
+    cli: CliConfig = CliConfig()
     log: LogConfig = LogConfig()
     notify: NotifyConfig = NotifyConfig()
 
@@ -264,7 +307,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (etcd, master, worker, log)")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (etcd, master, worker, cli, log)"
+            )
         data = loaded
     for section, fields in _env_overrides(env).items():
         current = data.setdefault(section, {})

@@ -12,6 +12,8 @@ Every key etcron reads or writes is built here, under a configurable prefix
 | ``workers/<id>``                      | the worker            | its session      |
 | ``killer/<name>``                     | masters               | short            |
 | ``trigger/<name>/<request>``          | masters (manual runs) | short            |
+| ``taken/<name>/<request>``            | the claim of a manual run | none (leader cleans) |
+| ``replace/<name>``                    | a worker replacing a run | its session   |
 | ``runs/<name>/<run-id>``              | workers, leader master| none (retention) |
 | ``output/<name>/<run-id>/<seq>``      | the running worker    | none (retention) |
 | ``leader``                            | the leader master     | its session      |
@@ -99,6 +101,23 @@ class Keyspace:
 
     def trigger(self, name: str, request_id: str) -> str:
         return f"{self.triggers}{name}/{request_id}"
+
+    # what workers write of requests (workers may read, not write, the requests themselves)
+    @property
+    def taken_requests(self) -> str:
+        return self._dir("taken")
+
+    def taken(self, name: str, request_id: str) -> str:
+        """Written by the claim that took manual-run request ``request_id``: one run per request."""
+        return f"{self.taken_requests}{name}/{request_id}"
+
+    @property
+    def replacements(self) -> str:
+        return self._dir("replace")
+
+    def replacing(self, name: str) -> str:
+        """``{"run_id": ...}``: a worker asks the holder of a ``replace`` job's lock to stop it."""
+        return self.replacements + name
 
     # history
     @property

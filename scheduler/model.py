@@ -133,6 +133,30 @@ class Concurrency(StrEnum):
     REPLACE = "replace"  # kill the running one, then run
 
 
+MAX_MEMORY = 1024**4
+"""1 TiB: a memory limit above any host's (a typo such as ``512Gi`` for ``512Mi`` stays visible)."""
+
+
+class Resources(BaseModel):
+    """Per-run limits, enforced with cgroups on the worker (workers/cgroups.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory: OptSize = None
+    """Bytes (``512MiB``): the run is OOM-killed above it, and the record says so."""
+    cpu: float | None = Field(default=None, gt=0, le=1024)
+    """Cores (``0.5``: half of one core), as a CFS quota."""
+    pids: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Processes and threads the run may have at once."""
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | None) -> int | None:
+        if v is not None and not 1024 * 1024 <= v <= MAX_MEMORY:
+            raise ValueError(f"memory is {format_size(v)}; from 1MiB to {format_size(MAX_MEMORY)}")
+        return v
+
+
 class JobSpec(BaseModel):
     """One job. See docs/jobs.md for every field."""
 
@@ -156,6 +180,7 @@ class JobSpec(BaseModel):
     suspend: bool = False
     description: Annotated[str, _chars("description")] = ""
     output_limit: OptSize = None
+    resources: Resources | None = None
     keep_succeeded: int | None = Field(default=None, ge=0)
     keep_failed: int | None = Field(default=None, ge=0)
     keep_for: OptDuration = None

@@ -65,6 +65,7 @@ from scheduler.etcd.client import (
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
+from scheduler.signing import Signer, spec_bytes, unwrap
 
 log = structlog.get_logger("etcron.store")
 
@@ -157,15 +158,33 @@ def _now_iso() -> str:
 class JobStore:
     """Master-side access to the keyspace; every method is one or a few etcd calls."""
 
-    def __init__(self, client: EtcdClient, keyspace: Keyspace) -> None:
+    def __init__(
+        self, client: EtcdClient, keyspace: Keyspace, *, signer: Signer | None = None
+    ) -> None:
         self.client = client
         self.ks = keyspace
+        self.signer = signer
+        """Signs every spec written (``master.signing_key_file``); None: specs are stored bare."""
+
+    def _encode(self, spec: JobSpec) -> bytes:
+        """The value stored for ``spec``: signed (:mod:`scheduler.signing`) when there is a key."""
+        raw = spec.to_json()
+        return raw if self.signer is None else self.signer.seal(raw)
+
+    def _resign_needed(self, kv: KeyValue) -> bool:
+        """Is this stored value not signed by the current key (an apply writes it again)?"""
+        if self.signer is None:
+            return False
+        try:
+            return unwrap(kv.value).key_id != self.signer.key_id
+        except ValueError:
+            return True
 
     # jobs -------------------------------------------------------------------
 
     def _parse_job(self, kv: KeyValue) -> JobSpec:
         name = Keyspace.tail(kv.key, self.ks.jobs)
-        spec = JobSpec.from_json(kv.value)  # ValueError when malformed
+        spec = JobSpec.from_json(spec_bytes(kv.value))  # ValueError when malformed
         if spec.name != name:
             raise ValueError(f"spec name {quote(spec.name)} does not match its key {quote(name)}")
         return spec
@@ -202,9 +221,9 @@ class JobStore:
         """Write a job; returns the new mod revision. CAS when ``expect_mod_revision`` is set."""
         key = self.ks.job(spec.name)
         if expect_mod_revision is None:
-            return await self.client.put(key, spec.to_json())
+            return await self.client.put(key, self._encode(spec))
         res = await self.client.txn(
-            [cmp_mod(key, expect_mod_revision)], [op_put(key, spec.to_json())], [op_get(key)]
+            [cmp_mod(key, expect_mod_revision)], [op_put(key, self._encode(spec))], [op_get(key)]
         )
         if not res.succeeded:
             raise ConflictError(
@@ -260,9 +279,12 @@ class JobStore:
             seen.add(spec.name)
         kvs, rev = await self._job_kvs()
         current: dict[str, tuple[JobSpec | None, int]] = {}
+        resign: set[str] = set()
         plan = Plan(revision=rev)
         for kv in kvs:
             name = Keyspace.tail(kv.key, self.ks.jobs)
+            if self._resign_needed(kv):
+                resign.add(name)
             try:
                 current[name] = (self._parse_job(kv), kv.mod_revision)
             except ValueError as exc:
@@ -272,7 +294,7 @@ class JobStore:
             old, mod = current.get(spec.name, (None, 0))
             if spec.name not in current:
                 plan.changes.append(Change("create", spec.name, 0, spec))
-            elif old == spec:
+            elif old == spec and spec.name not in resign:
                 plan.changes.append(Change("unchanged", spec.name, mod, spec))
             else:
                 plan.changes.append(Change("update", spec.name, mod, spec))
@@ -295,8 +317,9 @@ class JobStore:
         if dry_run or not writes:
             plan.applied = not dry_run
             return plan
-        for batch in _batches(writes):
-            await self._write_batch(batch, done=plan.batches)
+        values = {c.name: self._encode(c.spec) for c in writes if c.spec is not None}
+        for batch in _batches(writes, values):
+            await self._write_batch(batch, values, done=plan.batches)
             plan.batches += 1
         plan.applied = True
         log.info(
@@ -308,7 +331,9 @@ class JobStore:
         )
         return plan
 
-    async def _write_batch(self, batch: list[Change], *, done: int) -> None:
+    async def _write_batch(
+        self, batch: list[Change], values: dict[str, bytes], *, done: int
+    ) -> None:
         compares, ops, checks = [], [], []
         for c in batch:
             key = self.ks.job(c.name)
@@ -317,8 +342,7 @@ class JobStore:
             if c.action == "delete":
                 ops.append(op_delete(key))
             else:
-                assert c.spec is not None
-                ops.append(op_put(key, c.spec.to_json()))
+                ops.append(op_put(key, values[c.name]))
         res = await self.client.txn(compares, ops, checks)
         if res.succeeded:
             return
@@ -502,12 +526,13 @@ async def end_orphaned_run(
     return False
 
 
-def _batches(writes: list[Change]) -> list[list[Change]]:
-    """``writes`` in order, cut into runs of at most BATCH writes and BATCH_BYTES bytes."""
+def _batches(writes: list[Change], values: dict[str, bytes]) -> list[list[Change]]:
+    """``writes`` in order, cut into runs of at most BATCH writes and BATCH_BYTES bytes
+    (of the stored values, signed or not)."""
     out: list[list[Change]] = []
     size = 0
     for c in writes:
-        n = len(c.spec.to_json()) if c.spec is not None else 0
+        n = len(values.get(c.name, b""))
         if not out or len(out[-1]) >= BATCH or size + n > BATCH_BYTES:
             out.append([])
             size = 0

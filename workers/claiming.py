@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import zlib
 from datetime import datetime
@@ -33,6 +34,7 @@ from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
 from workers import orphans
 from workers.accounting import UNCLAIMED, record_gap
+from workers.cgroups import CgroupHost
 from workers.core import WorkerCore
 from workers.executor import OutputSink
 from workers.handover import next_tick
@@ -223,8 +225,13 @@ class Claiming(WorkerCore):
             if self.draining:
                 return
             try:
+                fence = TriggerFence(
+                    trigger_key,
+                    self.ks.taken(job.name, request),
+                    json.dumps({"worker": self.id}).encode(),
+                )
                 await self._claim_and_run(
-                    job, TriggerFence(trigger_key), self.clock.now(), manual=True, request=request
+                    job, fence, self.clock.now(), manual=True, request=request
                 )
                 return
             except EtcdUnavailable:
@@ -417,9 +424,14 @@ class Claiming(WorkerCore):
             if token:
                 return token
             if holder and holder != asked:
+                # workers may not write kill requests (docs/security.md): a
+                # replacement asks through replace/<job>, which the holder honours
+                # for replace jobs only
                 run_id = json.loads(holder).get("run_id")
                 await self.client.put(
-                    self.ks.killer(job.name), json.dumps({"run_id": run_id}).encode()
+                    self.ks.replacing(job.name),
+                    json.dumps({"run_id": run_id}).encode(),
+                    lease=session.lease_id,
                 )
                 asked = holder
             await asyncio.sleep(0.1)
@@ -435,6 +447,7 @@ class Claiming(WorkerCore):
                 self.id,
                 kill_grace=self.cfg.kill_grace,
                 allow_run_as=self.cfg.allow_run_as,
+                default_user=self.admission.default_user,
                 lease_left=self.lease_left,
                 now=self.clock.now,
                 guard_add=self._child_started,
@@ -443,6 +456,7 @@ class Claiming(WorkerCore):
                 launch=self.launcher.at,
                 next_run=self._next_run,
                 observer=self.metrics,
+                cgroups=functools.partial(CgroupHost.detect, self.cfg.cgroup_root),
             )
         self.runs[h.run_id] = h  # (a hand-over registered it already)
         self.stats["started"] += 1

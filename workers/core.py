@@ -4,30 +4,61 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 from collections.abc import Coroutine
 from typing import Any
 
 import structlog
 
 from scheduler.clock import Clock, OffsetClock
-from scheduler.config import Config
+from scheduler.config import Config, ConfigError
 from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
+from scheduler.signing import Verifier
+from workers.admission import Admission
 from workers.budget import OutputBudget
 from workers.cluster_time import ClusterClock, OffsetEstimator
+from workers.credentials import check_credentials
 from workers.guardclient import Guard
 from workers.health_http import HealthServer
 from workers.launch import Launcher
 from workers.metrics import WorkerMetrics
 from workers.pace import Pace
+from workers.refusals import Refusals
 from workers.repair import Repairs
 from workers.runner import RunHandle, Runner
 from workers.state import JobTable, PeerView, TickView
 from workers.timer import Timer
 
 log = structlog.get_logger("etcron.worker")
+
+
+def admission_for(config: Config) -> Admission:
+    """Check the credential files, load the trusted keys and the default user;
+    ConfigError (exit 2) for what must change, warnings for what may be a mistake."""
+    cfg = config.worker
+    check_credentials(config)
+    verifier = Verifier.from_files(cfg.trusted_key_files) if cfg.trusted_key_files else None
+    admission = Admission(cfg, verifier)
+    if verifier is None:
+        log.warning(
+            "job signing is off: worker.trusted_key_files is empty, so any job written "
+            "into etcd runs here",
+            worker=cfg.id,
+        )
+    if admission.default_user is not None:
+        try:
+            pwd.getpwnam(admission.default_user)
+        except KeyError:
+            raise ConfigError(
+                f"worker.default_user: no user {admission.default_user!r} on this host"
+            ) from None
+    elif os.geteuid() == 0:
+        log.warning("worker.default_user is empty: jobs without a user run as root", worker=cfg.id)
+    return admission
 
 
 class WorkerCore:
@@ -42,7 +73,9 @@ class WorkerCore:
         """The host's clock: published in the registration, never used to decide."""
         self.clock = ClusterClock(clock)
         """Cluster time (``workers.cluster_time``): every decision reads this."""
-        self.table = JobTable(self.ks.jobs)
+        self.admission = admission_for(config)
+        """Which job definitions this worker runs: signature, policy (``workers.admission``)."""
+        self.table = JobTable(self.ks.jobs, self.admission)
         self.ticks = TickView(self.ks.ticks)
         self.peers = PeerView(self.ks.workers, self.ks.masters, OffsetEstimator(self.id, clock))
         self.timer = Timer()
@@ -76,6 +109,7 @@ class WorkerCore:
         self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
         self.stats |= {"missed": 0, "started": 0, "handovers": 0}
         self.metrics = WorkerMetrics(self)
+        self.refusals = Refusals(self.ks, self.id, self.cfg.labels, self.metrics, self.clock.now)
         self.http: HealthServer | None = None
         """``/metrics``, ``/healthz``, ``/readyz`` on ``worker.listen`` (``workers.health_http``)."""
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from workers.cgroups import RunCgroup
 from workers.spawn import Spawned, spawn
 
 log = structlog.get_logger("etcron.executor")
@@ -97,8 +98,11 @@ class Child:
         kill_grace: float,
         on_start: Callable[[int], None] = lambda pgid: None,
         on_exit: Callable[[int], None] = lambda pgid: None,
+        cgroup: RunCgroup | None = None,
     ) -> None:
         self.argv = argv
+        self.cgroup = cgroup
+        """The attempt's cgroup (a job with ``resources``): the process enters it before exec."""
         self.env = env
         self.cwd = cwd
         self.user = user
@@ -134,7 +138,8 @@ class Child:
         if self.proc is not None or self._failed is not None:
             return self.proc is not None
         try:
-            self.proc = spawn(self.argv, self.env, cwd=self.cwd, user=self.user)
+            argv = self.cgroup.wrap(self.argv) if self.cgroup is not None else self.argv
+            self.proc = spawn(argv, self.env, cwd=self.cwd, user=self.user)
         except Exception as exc:  # any failure to start is the run's failure, never a hang
             msg = f"cannot start {self.argv[0]!r}: {exc}"
             self._write("stderr", (msg + "\n").encode())

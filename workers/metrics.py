@@ -71,6 +71,8 @@ class WorkerMetrics:
         self.runs: Tally[tuple[str, str]] = Tally()
         self.missed_ticks: Tally[tuple[str, str]] = Tally()
         self.skipped_ticks: Tally[tuple[str, str]] = Tally()
+        self.refusals: Tally[str] = Tally()
+        """Job definitions refused (once per revision), by reason (``workers.admission``)."""
         self.output_bytes = 0
         self.registry.register(_State(self))
 
@@ -104,6 +106,9 @@ class WorkerMetrics:
         if job in self.worker.table.jobs:
             self.skipped_ticks[(job, reason)] += 1
 
+    def refused(self, reason: str) -> None:
+        self.refusals[reason] += 1
+
     def forget(self, job: str) -> None:
         """The job's definition is gone: drop its series."""
         for tally in (self.runs, self.missed_ticks, self.skipped_ticks):
@@ -134,6 +139,14 @@ class _State(Collector):
             ("job", "reason"),
             m.skipped_ticks,
         )
+        refusals = CounterMetricFamily(
+            "etcron_job_refusals",
+            "Job definitions this worker refused to run (once per revision), by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(m.refusals.items()):
+            refusals.add_metric([reason], n)
+        yield refusals
         claims = CounterMetricFamily(
             "etcron_claims",
             "Claims this worker sent, by outcome (handover: claimed with a release)",
@@ -167,6 +180,11 @@ class _State(Collector):
         yield _gauge("etcron_runs_running", "Runs active on this worker", len(w.runs))
         yield _gauge("etcron_worker_capacity", "worker.capacity", w.cfg.capacity)
         yield _gauge("etcron_jobs", "Valid jobs in this worker's job table", len(w.table.jobs))
+        yield _gauge(
+            "etcron_jobs_refused",
+            "Job definitions this worker refuses now (signature or policy)",
+            len(w.table.refused),
+        )
         yield _gauge("etcron_worker_ready", "1 when /readyz answers 200", float(not w.readiness()))
 
 

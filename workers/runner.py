@@ -35,11 +35,14 @@ from typing import Protocol
 
 import structlog
 
+from scheduler.durations import format_duration
 from scheduler.etcd.claim import Handed, HandOver, release, release_and_claim
 from scheduler.etcd.client import EtcdError, TxnSender
+from scheduler.limits import format_size
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
-from workers.executor import Child, OutputSink, StopReason
+from workers.cgroups import CgroupHost, Limits, RunCgroup
+from workers.executor import Child, Outcome, OutputSink, StopReason
 
 log = structlog.get_logger("etcron.run")
 
@@ -130,6 +133,7 @@ class Runner:
         *,
         kill_grace: float,
         allow_run_as: bool,
+        default_user: str | None = None,
         lease_left: Callable[[], float],
         now: Callable[[], datetime],
         guard_add: Callable[[int], None],
@@ -138,11 +142,16 @@ class Runner:
         launch: Callable[[int, Callable[[], None]], Awaitable[None]] | None = None,
         next_run: Callable[[RunHandle], NextRun | None] | None = None,
         observer: RunObserver | None = None,
+        cgroups: Callable[[], tuple[CgroupHost | None, str]] = CgroupHost.detect,
     ) -> None:
         self.client = client
+        self._detect_cgroups = cgroups
+        self._cgroups: tuple[CgroupHost | None, str] | None = None
         self.worker_id = worker_id
         self.kill_grace = kill_grace
         self.allow_run_as = allow_run_as
+        self.default_user = default_user
+        """Who runs a job without ``user`` (``workers.admission.default_run_as``)."""
         self.lease_left = lease_left
         self.now = now
         self.guard_add = guard_add
@@ -154,7 +163,7 @@ class Runner:
 
     def _user(self, job: JobSpec) -> tuple[str | None, str]:
         if job.user is None:
-            return None, ""
+            return self.default_user, ""
         if not self.allow_run_as:
             return None, f"run-as user {job.user!r} refused: worker.allow_run_as is off"
         try:
@@ -162,6 +171,25 @@ class Runner:
         except KeyError:
             return None, f"run-as user {job.user!r} does not exist on this host"
         return job.user, ""
+
+    def _cgroup(self, job: JobSpec, name: str, user: str | None) -> tuple[RunCgroup | None, str]:
+        """The attempt's cgroup for a job with ``resources`` (None, "" without); or (None, why)."""
+        res = job.resources
+        if res is None:
+            return None, ""
+        if self._cgroups is None:
+            self._cgroups = self._detect_cgroups()  # once, at the first job that asks
+        host, why = self._cgroups
+        if host is None:
+            return None, f"resources are set, but this host cannot enforce them: {why}"
+        try:
+            cg = host.create(name, Limits(memory=res.memory, cpu=res.cpu, pids=res.pids))
+            if user is not None:
+                pw = pwd.getpwnam(user)
+                cg.allow(pw.pw_uid, pw.pw_gid)
+        except (OSError, KeyError) as exc:
+            return None, f"cannot set up the run's cgroup (resources): {exc}"
+        return cg, ""
 
     def _start(self, h: RunHandle, child: Child) -> None:
         """Start ``child`` unless the run was stopped or the lease is not proven (rule 2)."""
@@ -242,6 +270,9 @@ class Runner:
                 h.stop_reason = StopReason.LOST
                 result.error = "session lease not proven alive: not started"
                 break
+            cgroup, result.error = self._cgroup(job, f"{rec.run_id}-{attempt}", user)
+            if result.error:
+                break
             child = Child(
                 argv_of(job),
                 env=child_env(job, rec, self.worker_id),
@@ -251,6 +282,7 @@ class Runner:
                 kill_grace=self.kill_grace,
                 on_start=self.guard_add,
                 on_exit=self.guard_remove,
+                cgroup=cgroup,
             )
             h.child = child
             if h.stop_reason is not None:
@@ -266,7 +298,20 @@ class Runner:
                     break
             if attempt == 1:
                 log.debug("run started", job=job.name, run=rec.run_id, token=h.token)
-            outcome = await child.run(job.timeout)
+            try:
+                outcome = await child.run(job.timeout)
+            finally:
+                if cgroup is not None:
+                    oom = cgroup.oom_kills()
+                    cgroup.remove()
+            if cgroup is not None and oom:
+                assert job.resources is not None and job.resources.memory is not None
+                outcome.error = (
+                    "killed by the kernel's OOM killer: the run went over its memory limit "
+                    f"(resources.memory {format_size(job.resources.memory)})"
+                )
+            elif cgroup is not None and outcome.exit_code == 125 and not child.sink_error:
+                outcome.error = "exit status 125: the run may not have entered its cgroup"
             if (
                 h.stop_reason is None
                 and outcome.signal == signal.SIGKILL
@@ -278,6 +323,7 @@ class Runner:
             if h.stop_reason is None and outcome.stopped is StopReason.TIMEOUT:
                 h.stop_reason = StopReason.TIMEOUT
             result.exit_code, result.signal = outcome.exit_code, outcome.signal
+            result.attempts.append(_ended(outcome))
             result.error = outcome.error or child.sink_error
             if child.sink_error:
                 result.broken = True
@@ -290,6 +336,11 @@ class Runner:
                 break
             if attempt < attempts:
                 log.info("attempt failed, retrying", job=job.name, run=rec.run_id, attempt=attempt)
+                marker = (
+                    f"--- etcron: attempt {attempt} of {attempts} ended: {_ended(outcome)}; "
+                    f"attempt {attempt + 1} follows after {format_duration(job.retry_backoff)} ---\n"
+                )
+                sink.write("stderr", marker.encode())
                 h.stop_reason = None if h.stop_reason is StopReason.TIMEOUT else h.stop_reason
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(job.retry_backoff):
@@ -324,6 +375,9 @@ class Runner:
         rec.exit_code, rec.signal = result.exit_code, result.signal
         rec.end = self.now()
         rec.message = result.error or _lost_message(h)
+        if len(result.attempts) > 1:
+            tried = "; ".join(f"attempt {i}: {e}" for i, e in enumerate(result.attempts, 1))
+            rec.message = f"{rec.message} ({tried})" if rec.message else tried
         await self.finish(h)
         if self.observer is not None:
             self.observer.run_ended(h)
@@ -406,6 +460,19 @@ class _Result:
     error: str = ""
     broken: bool = False
     """The worker itself failed the run (sink, bookkeeping): never ``succeeded``."""
+    attempts: list[str] = field(default_factory=list)
+    """How each attempt ended (``exit status 1``), for the message of a retried run."""
+
+
+def _ended(outcome: Outcome) -> str:
+    """One attempt's end in words, for the retry marker and the record's message."""
+    if outcome.stopped is StopReason.TIMEOUT:
+        return "timed out"
+    if outcome.exit_code is not None:
+        return f"exit status {outcome.exit_code}"
+    if outcome.signal is not None:
+        return f"signal {outcome.signal}"
+    return outcome.error or "failed"
 
 
 def started_record(

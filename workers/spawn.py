@@ -11,15 +11,23 @@ Rules:
   and SIGXFSZ at their default action (Python ignores SIGPIPE).
 - A bare command name is looked up in the ``PATH`` of the child's environment,
   as :class:`subprocess.Popen` does.
-- The common case (no ``workdir``, no run-as ``user``) uses ``posix_spawn``,
-  which the C library implements with ``vfork``: the cost does not grow with the
-  worker's memory and nothing in Python runs between fork and exec. A working
-  directory or a user needs steps before exec that ``posix_spawn`` cannot take
-  here, so those use :class:`subprocess.Popen`; the returned :class:`Spawned`
-  keeps the ``Popen`` so that it alone reaps the child.
+- The common case (no ``workdir``) uses ``posix_spawn``, which the C library
+  implements with ``vfork``: the cost does not grow with the worker's memory
+  and nothing in Python runs between fork and exec. A run-as ``user`` (on a
+  root worker, every job: ``worker.default_user``) is started the same way
+  through util-linux's ``setpriv``, which sets the user's uid, gid and
+  supplementary groups (never the worker's; capabilities go with uid 0) and
+  execs the program by its resolved path: one more small exec instead of a
+  ``fork`` of the whole worker. A working directory, a host without
+  ``setpriv``, or a worker that is not root (``Popen`` then reports the
+  refusal as a :class:`PermissionError`) need steps before exec that
+  ``posix_spawn`` cannot take here, so those use :class:`subprocess.Popen`; the
+  returned :class:`Spawned` keeps the ``Popen`` so that it alone reaps the child.
 - Errors are :class:`OSError` from the exec (``FileNotFoundError`` for a missing
   program, ``PermissionError`` for one that may not run) or :class:`KeyError`
-  for an unknown user; nothing is left open when one is raised.
+  for an unknown user; nothing is left open when one is raised. Through
+  ``setpriv``, a program that exists but that the user may not execute fails
+  the run instead (exit 126 or 127, ``setpriv``'s message in its output).
 """
 
 from __future__ import annotations
@@ -27,12 +35,15 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
+"""util-linux's ``setpriv`` (None: run-as jobs start through ``Popen``)."""
 
 
 @dataclass
@@ -77,6 +88,22 @@ def seal_inherited_fds() -> int:
     return sealed
 
 
+def as_user(argv: list[str], env: Mapping[str, str], user: str, setpriv: str) -> list[str]:
+    """``argv`` run through ``setpriv`` as ``user`` with the user's own gid and groups.
+
+    The program is resolved here (a bare name in the environment's PATH, as
+    :func:`executable`); a missing one raises :class:`FileNotFoundError` now,
+    as an exec would.
+    """
+    pw = pwd.getpwnam(user)
+    groups = ",".join(str(g) for g in os.getgrouplist(pw.pw_name, pw.pw_gid))
+    program = executable(argv[0], env)
+    if not os.path.isfile(program):
+        raise FileNotFoundError(2, "No such file or directory", program)
+    ids = [f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", f"--groups={groups}"]
+    return [setpriv, *ids, "--", program, *argv[1:]]
+
+
 def spawn(
     argv: list[str], env: Mapping[str, str], *, cwd: str | None = None, user: str | None = None
 ) -> Spawned:
@@ -84,7 +111,10 @@ def spawn(
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     popen: subprocess.Popen[bytes] | None = None
     try:
-        if cwd is None and user is None:
+        if cwd is None and (user is None or (SETPRIV is not None and os.geteuid() == 0)):
+            if user is not None:
+                assert SETPRIV is not None
+                argv = as_user(argv, env, user, SETPRIV)
             pid = os.posix_spawn(
                 executable(argv[0], env),
                 argv,

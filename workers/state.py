@@ -18,6 +18,8 @@ from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
 from scheduler.keyspace import decode_tick
 from scheduler.model import JobSpec
+from scheduler.signing import spec_bytes
+from workers.admission import Admission, Verdict
 from workers.cluster_time import OffsetEstimator
 from workers.peers import Peer
 
@@ -43,43 +45,69 @@ def _kv_changes(
 
 
 class JobTable:
-    """Valid job specs by name, from ``<prefix>/jobs/``."""
+    """Valid, admitted job specs by name, from ``<prefix>/jobs/``.
 
-    def __init__(self, prefix: str) -> None:
+    With an :class:`workers.admission.Admission`, each value is judged once per
+    mod revision (signature, policy); a refused one goes to ``refused`` instead
+    of ``jobs``, and to ``new_refusals`` for the worker to record and report.
+    """
+
+    def __init__(self, prefix: str, admission: Admission | None = None) -> None:
         self.prefix = prefix
+        self.admission = admission
         self.jobs: dict[str, JobSpec] = {}
         self.bad: dict[str, str] = {}
+        self.refused: dict[str, Verdict] = {}
+        self.new_refusals: list[tuple[str, int, Verdict]] = []
+        """(name, mod revision, verdict) refused since the worker last took them."""
         self.revisions: dict[str, int] = {}
         """The revision each definition was last written at."""
         self.revision = 0
 
+    def _judge(self, name: str, value: bytes) -> Verdict:
+        if self.admission is not None:
+            return self.admission.judge(name, value)
+        try:
+            spec = JobSpec.from_json(spec_bytes(value))
+            if spec.name != name:
+                raise ValueError(f"stored under {name!r} but named {spec.name!r}")
+        except ValueError as exc:
+            return Verdict(None, error=str(exc))
+        return Verdict(spec)
+
     def apply(self, item: Snapshot | Batch) -> list[Change]:
         """Apply an item; return (name, new spec or None if removed) for each change."""
         changed: list[Change] = []
-        for name, kv in _kv_changes(item, [*self.jobs, *self.bad], self.prefix):
-            value = None if kv is None else kv.value
-            if kv is not None:
-                self.revisions[name] = kv.mod_revision
-            if value is None:
+        known = [*self.jobs, *self.bad, *self.refused]
+        for name, kv in _kv_changes(item, known, self.prefix):
+            if kv is None:
                 self.revisions.pop(name, None)
                 self.bad.pop(name, None)
+                self.refused.pop(name, None)
                 if self.jobs.pop(name, None) is not None:
                     changed.append((name, None))
                 continue
-            try:
-                spec = JobSpec.from_json(value)
-                if spec.name != name:
-                    raise ValueError(f"stored under {name!r} but named {spec.name!r}")
-            except ValueError as exc:
-                self.bad[name] = str(exc)
-                log.error("skipping malformed job definition", job=name, error=str(exc))
+            if self.revisions.get(name) == kv.mod_revision:
+                continue  # judged already (a re-list): never verified twice
+            self.revisions[name] = kv.mod_revision
+            verdict = self._judge(name, kv.value)
+            if verdict.spec is None or verdict.refusal:
+                if verdict.spec is None:
+                    self.refused.pop(name, None)
+                    self.bad[name] = verdict.error
+                    log.error("skipping malformed job definition", job=name, error=verdict.error)
+                else:
+                    self.bad.pop(name, None)
+                    self.refused[name] = verdict
+                    self.new_refusals.append((name, kv.mod_revision, verdict))
                 if self.jobs.pop(name, None) is not None:
                     changed.append((name, None))
                 continue
             self.bad.pop(name, None)
-            if self.jobs.get(name) != spec:
-                self.jobs[name] = spec
-                changed.append((name, spec))
+            self.refused.pop(name, None)
+            if self.jobs.get(name) != verdict.spec:
+                self.jobs[name] = verdict.spec
+                changed.append((name, verdict.spec))
         self.revision = item.revision
         return changed
 

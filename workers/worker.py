@@ -26,7 +26,7 @@ from scheduler.etcd.batch import TxnBatcher
 from scheduler.etcd.client import EtcdError, KeyValue
 from scheduler.etcd.connect import connect_patiently
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
-from scheduler.model import JobSpec
+from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import from_ms, tick_ms
 from workers.claiming import Claiming
 from workers.executor import StopReason
@@ -143,6 +143,7 @@ class Worker(Membership, Claiming):
                     self._follow(self.ks.workers, self._on_workers),
                     self._follow(self.ks.masters, self._on_masters),
                     self._follow(self.ks.killers, self._on_killers),
+                    self._follow(self.ks.replacements, self._on_replacements),
                     self._follow(self.ks.triggers, self._on_triggers),
                     self._timer_loop(),
                     self._register_loop(),
@@ -200,7 +201,12 @@ class Worker(Membership, Claiming):
 
     def _on_jobs(self, item: Snapshot | Batch) -> None:
         now_ms = int(self.clock.time() * 1000)
-        for name, spec in self.table.apply(item):
+        changes = self.table.apply(item)
+        if self.table.new_refusals:
+            records = self.refusals.report(self.table)
+            if records and self.client is not None:
+                self._background_task(self.refusals.write(self.client, records))
+        for name, spec in changes:
             if spec is None:
                 self.timer.remove(name)
                 self.metrics.forget(name)
@@ -286,20 +292,41 @@ class Worker(Membership, Claiming):
                 self._catch_up(spec, now_ms)
 
     def _on_killers(self, item: Snapshot | Batch) -> None:
+        """Kill requests (written by masters only): stop the job's runs here."""
+        self._stop_requested(item, self.ks.killers, StopReason.KILLED, replace_only=False)
+
+    def _on_replacements(self, item: Snapshot | Batch) -> None:
+        """A worker replacing a run (``concurrency: replace``) asks its holder to stop.
+
+        Workers may write these, so they are honoured for ``replace`` jobs only (as
+        this worker's signed-off definition says), and only for the named run: a
+        worker's credentials cannot stop other runs (docs/security.md)."""
+        self._stop_requested(item, self.ks.replacements, StopReason.KILLED, replace_only=True)
+
+    def _stop_requested(
+        self, item: Snapshot | Batch, prefix: str, reason: StopReason, *, replace_only: bool
+    ) -> None:
         if isinstance(item, Snapshot):
             return  # only requests made while we watch count
         for ev in item.events:
             if ev.kind is not EventKind.PUT:
                 continue
-            name = ev.key[len(self.ks.killers) :]
+            name = ev.key[len(prefix) :]
             try:
                 run_id = json.loads(ev.kv.value or b"{}").get("run_id")
-            except ValueError:
+            except (ValueError, AttributeError):
                 run_id = None
+            if replace_only and not run_id:
+                continue
             for h in list(self.runs.values()):
-                if h.job.name == name and run_id in (None, h.run_id):
-                    self.log.info("kill requested", job=name, run=h.run_id)
-                    h.stop(StopReason.KILLED)
+                if h.job.name != name or run_id not in (None, h.run_id):
+                    continue
+                if replace_only and h.job.concurrency is not Concurrency.REPLACE:
+                    self.log.warning("replace request for a job that is not replace", job=name)
+                    continue
+                what = "replacement requested" if replace_only else "kill requested"
+                self.log.info(what, job=name, run=h.run_id)
+                h.stop(reason)
 
     def _on_triggers(self, item: Snapshot | Batch) -> None:
         """Manual-run requests: remember them until consumed, so a request that

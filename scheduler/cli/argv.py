@@ -2,7 +2,7 @@
 
 Click (under typer) parses options level by level: ``--server`` belongs to
 ``etcron``, so after ``get jobs`` it would be "no such option". Before parsing,
-:func:`hoist` moves ``--server``, ``--token`` and ``--config`` (with their
+:func:`hoist` moves ``--server``, ``--token``, ``--cacert`` and ``--config`` (with their
 values, ``--opt value`` or ``--opt=value``) found after the command to the
 front. It reads the command's own options from the click tree, so a value of
 one of them is never mistaken for a global option, and a command that has its
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-GLOBALS = ("--server", "--token", "--config")
+GLOBALS = ("--server", "--token", "--cacert", "--config")
 
 
 def _option_names(command: Any) -> tuple[set[str], set[str]]:

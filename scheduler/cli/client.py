@@ -12,8 +12,10 @@ Exit codes (also in ``etcron --help`` and docs/cli.md):
 from __future__ import annotations
 
 import json as json_lib
+import ssl
 import sys
 from collections.abc import Generator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -52,6 +54,26 @@ __all__ = [
 ]
 
 
+def _trusting(ca_file: Path) -> ssl.SSLContext:
+    """A client TLS context (hostname checked) that trusts the CA certificates in ``ca_file``."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInput(
+            f"--cacert / cli.ca_file {ca_file}: cannot load CA certificates: {exc}"
+        ) from exc
+
+
+def _unreachable(server: str, exc: httpx.HTTPError) -> str:
+    text = f"cannot reach the master at {server}: {exc}"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        text += (
+            "; if the master's certificate comes from a private CA, pass it with "
+            "--cacert (ETCRON_CACERT, or cli.ca_file in the config)"
+        )
+    return text
+
+
 def _detail(resp: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
     try:
         body = resp.json()
@@ -66,12 +88,23 @@ def _detail(resp: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
 class ApiClient:
     """A synchronous client; use as a context manager so the connection pool is closed."""
 
-    def __init__(self, server: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        ca_file: Path | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
+        self.ca_file = ca_file
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # plain http needs no TLS context: building the default one (loading the CA
-        # bundle) is ~50 ms of every call; https keeps full verification
-        verify = not self.server.startswith("http://")
+        # bundle) is ~50 ms of every call; https keeps full verification, against
+        # ca_file when given (a private CA), else the system's CAs
+        verify: bool | ssl.SSLContext = not self.server.startswith("http://")
+        if verify and ca_file is not None:
+            verify = _trusting(ca_file)
         self._http = httpx.Client(
             base_url=self.server, headers=headers, timeout=timeout, verify=verify
         )
@@ -101,7 +134,7 @@ class ApiClient:
         except httpx.TimeoutException as exc:
             raise Unreachable(f"master at {self.server} did not answer in time") from exc
         except httpx.HTTPError as exc:
-            raise Unreachable(f"cannot reach the master at {self.server}: {exc}") from exc
+            raise Unreachable(_unreachable(self.server, exc)) from exc
         if resp.status_code < 400:
             return resp.json()
         self._raise(resp)
@@ -109,10 +142,12 @@ class ApiClient:
     def _raise(self, resp: httpx.Response) -> NoReturn:
         detail, problems = _detail(resp)
         code = resp.status_code
-        if code in (401, 403):
+        if code == 401:
             raise Refused(
                 f"the master refused the request ({code}): {detail}; check --token / ETCRON_TOKEN"
             )
+        if code == 403:
+            raise Refused(f"the master refused the request ({code}): {detail}")
         if code == 503:
             raise Unreachable(f"the master cannot serve the request (503): {detail}")
         if code == 404:

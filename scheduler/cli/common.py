@@ -42,7 +42,32 @@ FileOpt = Annotated[Path, typer.Option("-f", "--file", help="a jobs YAML file")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", envvar="ETCRON_CONFIG", help="config file (YAML)")
 ]
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the job's name", show_default=False)]
+
+
+def complete_job_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of a job name: the server's jobs, asked with a 1 s bound; none on error."""
+    root = ctx.find_root().params
+    target = Globals(root.get("server"), root.get("token"), root.get("config"), root.get("cacert"))
+    try:
+        from scheduler.cli.client import ApiClient
+
+        server, token, cacert = target.resolve()
+        with ApiClient(server, token, timeout=1.0, ca_file=cacert) as api:
+            names = [str(job["name"]) for job in api.list_jobs()["jobs"]]
+    except Exception:  # completion never prints an error into the user's command line
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME",
+        help="the job's name",
+        show_default=False,
+        autocompletion=complete_job_names,
+    ),
+]
 
 
 def globals_of(ctx: typer.Context) -> Globals:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from scheduler.cli.common import NameArg
 from scheduler.cli.errors import InvalidInput, NotFound
 from scheduler.durations import parse_duration
 
@@ -192,7 +193,7 @@ def register(app: typer.Typer, client_of: Any) -> None:
     @app.command("logs", help=LOGS_HELP)
     def logs_command(
         ctx: typer.Context,
-        name: Annotated[str, typer.Argument(metavar="NAME", help="the job's name")],
+        name: NameArg,
         run: Annotated[str | None, typer.Option("--run", help="a run id")] = None,
         previous: Annotated[
             bool, typer.Option("--previous", "-p", help="the run before the latest")

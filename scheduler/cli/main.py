@@ -19,15 +19,26 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
 from scheduler import __version__
-from scheduler.cli import argv, daemons_cmd, jobs_cmd, logs_cmd, notify_cmd, run_cmd
+from scheduler.cli import (
+    argv,
+    daemons_cmd,
+    jobs_cmd,
+    keys_cmd,
+    logs_cmd,
+    notify_cmd,
+    run_cmd,
+    token_cmd,
+)
 from scheduler.cli.common import ConfigOpt, FileOpt, globals_of, job_name
 from scheduler.cli.errors import CliError, InvalidInput
 from scheduler.cli.target import DEFAULT_SERVER, Globals
@@ -50,7 +61,8 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "notifications", "master", "worker", "version",
+    "suspend", "resume", "delete", "notifications", "keygen", "token", "master", "worker",
+    "completion", "version",
 )  # fmt: skip
 
 
@@ -114,6 +126,16 @@ def _globals(
             show_default=False,
         ),
     ] = None,
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            envvar="ETCRON_CACERT",
+            help="CA certificate(s) to trust for an https master [default: the config's "
+            "cli.ca_file, else the system's CAs]",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     version: Annotated[
         bool,
@@ -122,7 +144,7 @@ def _globals(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Globals(server, token, config)
+    ctx.obj = Globals(server, token, config, cacert)
 
 
 # offline --------------------------------------------------------------------------
@@ -174,6 +196,31 @@ def next_(
         render.say(f"{t.isoformat()}  ({local.isoformat()} {tz})")
 
 
+COMPLETE_VAR = "_ETCRON_COMPLETE"
+"""The environment variable the completion scripts set when they ask for completions."""
+SHELLS = ("bash", "zsh")
+
+
+@app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash or zsh", show_default=False)],
+) -> None:
+    """Print the shell completion script for bash or zsh.
+
+    \b
+    Examples:
+      source <(etcron completion bash)                  # this shell only
+      etcron completion bash > /etc/bash_completion.d/etcron
+      etcron completion zsh > "${fpath[1]}/_etcron"      # then restart zsh
+    """
+    from typer._completion_shared import get_completion_script
+
+    if shell not in SHELLS:
+        raise InvalidInput(f"unknown shell {shell!r}: give one of {', '.join(SHELLS)}")
+    script = get_completion_script(prog_name="etcron", complete_var=COMPLETE_VAR, shell=shell)
+    sys.stdout.write(script.strip("\n") + "\n")
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -187,6 +234,8 @@ logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 
 daemons_cmd.register(app)
+keys_cmd.register(app)
+token_cmd.register(app)
 
 
 # entry point ----------------------------------------------------------------------------
@@ -196,7 +245,13 @@ def main(args: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and maps every failure to an exit code."""
     code = 0
     command = typer.main.get_command(app)
-    args = argv.hoist(command, sys.argv[1:] if args is None else args)
+    if os.environ.get(COMPLETE_VAR):
+        # a completion script asks (etcron completion SHELL): click answers and exits
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    else:
+        args = argv.hoist(command, sys.argv[1:] if args is None else args)
     try:
         # standalone mode: usage errors print the usage and exit 2, --help exits 0
         command.main(args=args, prog_name="etcron", standalone_mode=True)

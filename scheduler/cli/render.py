@@ -107,16 +107,48 @@ def emit(data: Any, fmt: str) -> None:
         say(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+GREEN, RED, YELLOW, CYAN = "32", "31", "33", "36"
+STATUS_COLOURS = {
+    "succeeded": GREEN, "claiming": GREEN,
+    "running": CYAN,
+    "failed": RED, "timed_out": RED, "killed": RED, "lost": RED,
+    "skipped": YELLOW, "missed": YELLOW, "draining": YELLOW, "comparing": YELLOW,
+    "clock-skewed": RED,
+}  # fmt: skip
+"""The colour of a status cell by its first word (``failed 2m ago`` is red)."""
+
+
+def status_colour(cell: str) -> str | None:
+    word, _, _ = cell.partition(" ")
+    return STATUS_COLOURS.get(word)
+
+
+def _yes_yellow(cell: str) -> str | None:
+    return YELLOW if cell == "yes" else None
+
+
+PAINT = {"STATUS": status_colour, "LAST RUN": status_colour, "STATE": status_colour}
+PAINT_JOBS = {**PAINT, "SUSPENDED": _yes_yellow}
+
+
 def print_table(
-    headers: list[str], rows: list[list[str]], *, wide: bool = False, keep: tuple[str, ...] = ()
+    headers: list[str],
+    rows: list[list[str]],
+    *,
+    wide: bool = False,
+    keep: tuple[str, ...] = (),
+    paint: dict[str, Any] | None = None,
 ) -> None:
     """Whole values in a pipe or with ``wide``; fitted to the terminal otherwise
-    (``keep``: columns cut only when nothing else can give)."""
+    (``keep``: columns cut only when nothing else can give). Status cells are
+    coloured (``paint``) only on a terminal that takes colour (not with
+    ``NO_COLOR`` set or ``TERM=dumb``): a pipe gets plain text."""
     from scheduler.cli import table
 
     console = out()
     width = console.width if console.is_terminal and not wide else None
-    for line in table.render(headers, rows, width, keep):
+    coloured = console.is_terminal and console.color_system is not None and not console.no_color
+    for line in table.render(headers, rows, width, keep, paint if coloured else None):
         console.file.write(line + "\n")
     console.file.flush()
 
@@ -170,7 +202,7 @@ def jobs_table(
             ]
         rows.append(row)
     keep = ("NAME", "SCHEDULE", "CONCURRENCY", "SUSPENDED", "ACTIVE", "LAST RUN", "NEXT RUN")
-    print_table(headers, rows, wide=wide, keep=keep)
+    print_table(headers, rows, wide=wide, keep=keep, paint=PAINT_JOBS)
     for bad in invalid:
         warn(f"warning: invalid job value in etcd: {bad['name']}: {bad['error']}")
 
@@ -273,7 +305,7 @@ def runs_table(runs: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
             row.append("-" if ok else str(r.get("message") or "-"))
         rows.append(row)
     keep = ("RUN ID", "STATUS", "DURATION", "EXIT", "TOKEN")
-    print_table(headers, rows, wide=wide, keep=keep)
+    print_table(headers, rows, wide=wide, keep=keep, paint=PAINT)
 
 
 def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
@@ -293,7 +325,8 @@ def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> N
                 str(w.get("version") or "-"),
             ]
         )
-    print_table(headers, rows, wide=wide, keep=("ID", "CAPACITY", "RUNNING", "SKEW", "STATE"))
+    keep = ("ID", "CAPACITY", "RUNNING", "SKEW", "STATE")
+    print_table(headers, rows, wide=wide, keep=keep, paint=PAINT)
 
 
 def _worker_state(w: dict[str, Any]) -> str:

@@ -11,11 +11,15 @@
 
 A newline or tab inside a value (a multi-line ``shell:``) is shown as ``\\n`` /
 ``\\t``, so a row stays one line.
+
+``paint`` (a terminal with colours only) maps a column's header to a function
+that gives a cell's SGR colour code (``"32"``) or None; the code wraps the
+value, not its padding, so the columns stay aligned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from rich.cells import cell_len, set_cell_size
 
@@ -54,11 +58,22 @@ def _cell(text: str, width: int, last: bool) -> str:
     return text
 
 
+Paint = Mapping[str, Callable[[str], str | None]]
+
+
+def _painted(text: str, code: str | None) -> str:
+    if not code:
+        return text
+    core = text.rstrip(" ")
+    return f"\x1b[{code}m{core}\x1b[0m{text[len(core) :]}"
+
+
 def render(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
     width: int | None,
     keep: Collection[str] = (),
+    paint: Paint | None = None,
 ) -> list[str]:
     """The table as lines (header first); see the module docstring for ``width``."""
     cells = [[_clean(str(c)) for c in row] for row in rows]
@@ -71,7 +86,13 @@ def render(
         kept = [w if h in keep else f for h, w, f in zip(headers, widths, floors, strict=True)]
         widths = fit(fit(widths, kept, budget), floors, budget)
     last = len(headers) - 1
-    return [
-        GAP.join(_cell(c, widths[i], i == last) for i, c in enumerate(row)).rstrip()
-        for row in [list(headers), *cells]
-    ]
+    painters = [(paint or {}).get(h) for h in headers]
+    lines = [GAP.join(_cell(h, widths[i], i == last) for i, h in enumerate(headers)).rstrip()]
+    for row in cells:
+        parts = []
+        for i, c in enumerate(row):
+            text = _cell(c, widths[i], i == last)
+            painter = painters[i]
+            parts.append(_painted(text, painter(c)) if painter else text)
+        lines.append(GAP.join(parts).rstrip())
+    return lines

@@ -2,9 +2,12 @@
 
 - server: ``--server`` / ``ETCRON_SERVER``; else, with ``--config`` /
   ``ETCRON_CONFIG``, the config's ``master.listen`` (a wildcard address such as
-  ``0.0.0.0`` means this host: ``127.0.0.1``); else ``http://127.0.0.1:8070``.
+  ``0.0.0.0`` means this host: ``127.0.0.1``; ``https`` when the config sets
+  ``master.tls_cert_file``); else ``http://127.0.0.1:8070``.
 - token: ``--token`` / ``ETCRON_TOKEN``; else the config's ``master.token_file``
   or ``master.token``; else none (the master answers 401, exit 3).
+- CA: ``--cacert`` / ``ETCRON_CACERT``; else the config's ``cli.ca_file``; else
+  the system's trusted CAs (for an ``https`` server only).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def read_config(path: Path | None) -> Config:
         raise InvalidInput(f"invalid configuration:\n{exc}") from exc
 
 
-def server_from_listen(listen: str) -> str:
+def server_from_listen(listen: str, tls: bool = False) -> str:
     """The URL a client on this host uses to reach a master listening on ``listen``."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -42,31 +45,43 @@ def server_from_listen(listen: str) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 class Globals:
     """The global options, resolved lazily (offline commands never read the config)."""
 
-    def __init__(self, server: str | None, token: str | None, config: Path | None) -> None:
+    def __init__(
+        self,
+        server: str | None,
+        token: str | None,
+        config: Path | None,
+        cacert: Path | None = None,
+    ) -> None:
         self.server = server
         self.token = token
         self.config = config
+        self.cacert = cacert
 
-    def resolve(self) -> tuple[str, str | None]:
-        server, token = self.server, self.token
-        if self.config is not None and (server is None or token is None):
+    def resolve(self) -> tuple[str, str | None, Path | None]:
+        """(server URL, token, CA file)."""
+        server, token, cacert = self.server, self.token, self.cacert
+        if self.config is not None and None in (server, token, cacert):
             cfg = read_config(self.config)
             if server is None:
-                server = server_from_listen(cfg.master.listen)
+                tls = cfg.master.tls_cert_file is not None
+                server = server_from_listen(cfg.master.listen, tls)
             if token is None:
                 try:
                     token = cfg.master.resolved_token()
                 except OSError as exc:
                     raise InvalidInput(f"cannot read master.token_file: {exc}") from exc
-        return server or DEFAULT_SERVER, token
+            if cacert is None:
+                cacert = cfg.cli.ca_file
+        return server or DEFAULT_SERVER, token, cacert
 
     def client(self) -> ApiClient:
         from scheduler.cli.client import ApiClient
 
-        return ApiClient(*self.resolve())
+        server, token, cacert = self.resolve()
+        return ApiClient(server, token, ca_file=cacert)

@@ -38,8 +38,12 @@ so the lock compare always holds)::
   the mod revision. A lost reply is resolved as for a claim: the else branch
   shows the lock holding the next run's value if the first attempt committed.
 
-Manual runs use a trigger key instead of the tick fence: the claim deletes the
-trigger, so one request starts at most one run.
+Manual runs use the request instead of the tick fence: the claim compares that
+the request (``trigger/J/R``, written by a master) still exists and that no
+claim has taken it (``taken/J/R`` was never created), and creates ``taken/J/R``,
+so one request starts at most one run. Workers only read requests (docs/security.md):
+the request expires with its lease, and the leader deletes ``taken`` keys whose
+request is gone.
 """
 
 from __future__ import annotations
@@ -106,13 +110,15 @@ class Fence:
     def ops(self) -> list[Op]:
         raise NotImplementedError
 
-    def check(self) -> Op:
+    def checks(self) -> list[Op]:
+        """What the failure branch reads, to tell why the compare failed."""
         raise NotImplementedError
 
-    def taken(self, seen: list[KeyValue]) -> bool:
+    def taken(self, seen: list[list[KeyValue]]) -> bool:
+        """Someone else took it (or it is gone): ``seen`` holds one result per check."""
         raise NotImplementedError
 
-    def missing(self, seen: list[KeyValue]) -> bool:
+    def missing(self, seen: list[list[KeyValue]]) -> bool:
         """True when the fence key does not exist and the compare must change."""
         return False
 
@@ -136,11 +142,12 @@ class TickFence(Fence):
     def ops(self) -> list[Op]:
         return [op_put(self.key, self.value, prev_kv=True)]
 
-    def check(self) -> Op:
-        return op_get(self.key)
+    def checks(self) -> list[Op]:
+        return [op_get(self.key)]
 
-    def taken(self, seen: list[KeyValue]) -> bool:
-        return bool(seen) and seen[0].value >= self.value
+    def taken(self, seen: list[list[KeyValue]]) -> bool:
+        (fence,) = seen
+        return bool(fence) and fence[0].value >= self.value
 
     def replaced(self, written: list[KeyValue]) -> int | None:
         try:
@@ -148,33 +155,38 @@ class TickFence(Fence):
         except ValueError:
             return None
 
-    def missing(self, seen: list[KeyValue]) -> bool:
-        if not seen and not self.first:
+    def missing(self, seen: list[list[KeyValue]]) -> bool:
+        (fence,) = seen
+        if not fence and not self.first:
             self.first = True
             return True
-        if seen and self.first:
+        if fence and self.first:
             self.first = False
             return True
         return False
 
 
 class TriggerFence(Fence):
-    """A manual-run request key: the claim consumes (deletes) it."""
+    """A manual-run request: the claim creates its ``taken`` key, while the request lives."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, taken_key: str, value: bytes = b"") -> None:
         self.key = key
+        self.taken_key = taken_key
+        self.value = value
+        """What the ``taken`` key says (the run id), for people reading etcd."""
 
     def compares(self) -> list[Cmp]:
-        return [cmp_created(self.key, 0, GREATER)]
+        return [cmp_created(self.key, 0, GREATER), cmp_created(self.taken_key, 0)]
 
     def ops(self) -> list[Op]:
-        return [op_delete(self.key)]
+        return [op_put(self.taken_key, self.value)]
 
-    def check(self) -> Op:
-        return op_get(self.key)
+    def checks(self) -> list[Op]:
+        return [op_get(self.taken_key), op_get(self.key)]
 
-    def taken(self, seen: list[KeyValue]) -> bool:
-        return not seen
+    def taken(self, seen: list[list[KeyValue]]) -> bool:
+        taken, request = seen
+        return bool(taken) or not request  # taken by a claim, or expired before any
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +225,7 @@ async def claim(
     txns = 0
     delay = 0.05
     lock_key = req.lock_key
-    failure = [op_get(lock_key or req.record_key), req.fence.check(), op_get(req.record_key)]
+    failure = [op_get(lock_key or req.record_key), *req.fence.checks(), op_get(req.record_key)]
     while True:
         try:
             txns += 1
@@ -233,7 +245,7 @@ async def claim(
                     replaced=req.fence.replaced(prev),
                     replaced_revision=prev[0].mod_revision if prev else 0,
                 )
-            lock, seen, record = res.responses
+            lock, *seen, record = res.responses
             if record:  # an earlier attempt of ours committed; its reply was lost
                 if lock_key is None or _holds(lock, req.lock_value):
                     token = record[0].create_revision if lock_key is None else lock[0].mod_revision
@@ -242,7 +254,7 @@ async def claim(
             if req.fence.missing(seen):
                 continue
             if req.fence.taken(seen):
-                last = decode_tick(seen[0].value) if isinstance(req.fence, TickFence) else None
+                last = decode_tick(seen[0][0].value) if isinstance(req.fence, TickFence) else None
                 return Claim(Outcome.TAKEN, last_tick=last, txns=txns)
             if not lock or lock_key is None:
                 continue  # the lock was released between our compare and now: try again

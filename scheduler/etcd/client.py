@@ -62,8 +62,9 @@ import etcd3aio
 import grpc
 import structlog
 from etcd3aio import prefix_range_end
-from etcd3aio._protobuf import RequestOp, TxnRequest
+from etcd3aio._protobuf import RangeRequest, RequestOp, TxnRequest
 from etcd3aio.auth import AuthService
+from etcd3aio.cluster import ClusterService
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.maintenance import AlarmType, MaintenanceService
@@ -281,6 +282,7 @@ class Member:
         self.lease = LeaseService(channel, max_attempts=1)
         self.maintenance = MaintenanceService(channel, max_attempts=1)
         self.auth = AuthService(channel, max_attempts=1)
+        self.cluster = ClusterService(channel, max_attempts=1)
         self.state = HEALTHY
         self.leader = 0
         self.term = 0
@@ -290,7 +292,7 @@ class Member:
         return f"Member({self.endpoint}, state={self.state})"
 
     def set_token(self, token: str | None) -> None:
-        for svc in (self.kv, self.lease, self.maintenance, self.auth):
+        for svc in (self.kv, self.lease, self.maintenance, self.auth, self.cluster):
             svc.set_token(token)
 
 
@@ -773,6 +775,19 @@ class EtcdClient:
             "member": int(resp.header.member_id),
         }
 
+    async def member_list(self) -> list[dict[str, Any]]:
+        """The cluster's members: id, name, client URLs, learner or not."""
+        resp = await self._call("member list", lambda m, t: m.cluster.member_list(timeout=t))
+        return [
+            {
+                "id": int(x.ID),
+                "name": str(x.name),
+                "client_urls": [str(u) for u in x.clientURLs],
+                "learner": bool(x.isLearner),
+            }
+            for x in resp.members
+        ]
+
     async def alarms(self) -> list[str]:
         """The cluster's active alarms by name (``NOSPACE``, ``CORRUPT``), one per member."""
         resp = await self._call("alarms", lambda m, t: m.maintenance.alarms(timeout=t))
@@ -870,6 +885,19 @@ def op_put(key: str, value: bytes, lease: int = 0, *, prev_kv: bool = False) -> 
 
 def op_get(key: str) -> Op:
     return KVService.txn_op_get(key)
+
+
+def op_newest(prefix: str, limit: int) -> Op:
+    """A range read of the last ``limit`` keys under ``prefix``, in descending key order."""
+    return RequestOp(
+        request_range=RangeRequest(
+            key=prefix.encode(),
+            range_end=prefix_range_end(prefix),
+            limit=limit,
+            sort_order=RangeRequest.DESCEND,
+            sort_target=RangeRequest.KEY,
+        )
+    )
 
 
 def op_delete(key: str, *, prefix: bool = False) -> Op:

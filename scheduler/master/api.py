@@ -2,9 +2,12 @@
 
 Rules:
 
-- Every route except ``GET /v1/health`` (and the OpenAPI pages) needs
-  ``Authorization: Bearer <token>``; the token is compared in constant time
-  (:func:`hmac.compare_digest`). A missing or wrong token is answered 401 by
+- Every route except ``GET /v1/health`` (and the OpenAPI pages with
+  ``public_docs``) needs ``Authorization: Bearer <token>``, checked by
+  :meth:`Tokens.check` (hashed, constant time). A missing or wrong token is
+  answered 401, a token whose scope is too low for the request 403
+  (:func:`~scheduler.master.principal.required_scope`: GET ``read``; run, kill,
+  suspend, resume ``operate``; put, delete, apply ``admin``), by
   :class:`~scheduler.master.http_guard.HttpGuard` before the body is read, and
   checked again by the routes. The guard also bounds the body
   (``max_body_bytes``: 413) and refuses JSON that is not strict (422).
@@ -38,12 +41,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scheduler import __version__
 from scheduler.clip import clip, quote
 from scheduler.config import DEFAULT_MAX_BODY_BYTES
-from scheduler.etcd.client import EtcdAuthError, EtcdError
+from scheduler.etcd.client import EtcdError
 from scheduler.limits import MAX_SPEC_BYTES
+from scheduler.master.health_api import add_health_route
 from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
 from scheduler.master.notify_api import add_notification_routes
-from scheduler.master.principal import client_address
+from scheduler.master.principal import Principal, client_address, forbidden, required_scope
 from scheduler.master.tokens import Tokens
 from scheduler.model import JobSpec, validation_messages
 from scheduler.runs import RunRecord
@@ -73,22 +77,6 @@ class Problem(BaseModel):
 class ErrorOut(BaseModel):
     detail: str
     problems: list[Problem] = []
-
-
-async def _alarms(store: JobStore) -> list[str]:
-    """etcd's active alarms; [] when the master's etcd user may not read them."""
-    try:
-        return sorted(set(await store.client.alarms()))
-    except EtcdAuthError:
-        return []
-
-
-class HealthOut(BaseModel):
-    status: str
-    etcd_revision: int | None = None
-    version: str = __version__
-    error: str | None = None
-    alarms: list[str] = []
 
 
 class InvalidJobOut(BaseModel):
@@ -289,6 +277,7 @@ def _install_handlers(app: FastAPI) -> None:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or wrong bearer token"},
+    403: {"model": ErrorOut, "description": "the token's scope is too low for the request"},
     503: {"model": ErrorOut, "description": "etcd unavailable"},
 }
 
@@ -299,27 +288,42 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(
     store: JobStore,
     *,
-    token: str,
+    token: str | None = None,
+    tokens: Tokens | None = None,
+    public_docs: bool = False,
     max_spec_bytes: int = MAX_SPEC_BYTES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    etcd_quota_bytes: int = 2 * 1024**3,
 ) -> FastAPI:
-    """The API for one store, behind :class:`HttpGuard`; ``token`` must be non-empty."""
-    tokens = Tokens(token)
+    """The API for one store, behind :class:`HttpGuard`: ``tokens``, or one
+    admin ``token`` (non-empty). The web dashboard (:mod:`scheduler.master.ui`)
+    is served under ``/ui/``."""
+    from scheduler.master.ui import ui_router  # it reuses parse_specs from here
+
+    if (token is None) == (tokens is None):
+        raise ValueError("create_app needs either token or tokens")
+    known = tokens if tokens is not None else Tokens(token)
 
     async def auth(
         request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
+    ) -> Principal:
         # Starlette decodes headers as latin-1: encode back to the bytes sent,
         # the bytes the guard compared.
         given = creds.credentials.encode("latin-1") if creds is not None else b""
-        principal = tokens.check(given, client_address(request))
+        principal = known.check(given, client_address(request))
         if principal is None:
             raise _Unauthorized()
+        needed = required_scope(request.method, request.scope["path"])
+        if not principal.can(needed):
+            raise _Forbidden(forbidden(principal, needed))
         request.state.principal = principal
+        return principal
 
     app = FastAPI(title="etcron master", version=__version__, docs_url="/docs")
-    app.add_middleware(HttpGuard, tokens=tokens, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        HttpGuard, tokens=known, max_body_bytes=max_body_bytes, public_docs=public_docs
+    )
     _install_handlers(app)
 
     @app.exception_handler(_Unauthorized)
@@ -328,22 +332,11 @@ def create_app(
         resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
 
-    @app.get("/v1/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-    async def health() -> Any:
-        """No auth. 200 when etcd answers and takes writes, 503 otherwise (etcd
-        unreachable, or its NOSPACE alarm: it refuses every write)."""
-        try:
-            rev = await store.revision()
-            alarms = await _alarms(store)
-        except EtcdError as exc:
-            return JSONResponse(
-                HealthOut(status="unavailable", error=str(exc)).model_dump(), status_code=503
-            )
-        if "NOSPACE" in alarms:
-            why = "etcd is out of space (NOSPACE alarm): it refuses writes; see docs/operations.md"
-            out = HealthOut(status="nospace", etcd_revision=rev, error=why, alarms=alarms)
-            return JSONResponse(out.model_dump(), status_code=503)
-        return HealthOut(status="ok", etcd_revision=rev, alarms=alarms)
+    @app.exception_handler(_Forbidden)
+    async def _forbid(_: Request, exc: _Forbidden) -> JSONResponse:
+        return _error(403, str(exc))
+
+    add_health_route(app, store, known)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERRORS)
 
@@ -451,10 +444,17 @@ def create_app(
     add_output_routes(v1, store)
     add_notification_routes(v1, store)
     app.include_router(v1)
+    app.include_router(
+        ui_router(store, known, max_spec_bytes=max_spec_bytes, quota_bytes=etcd_quota_bytes)
+    )
     return app
 
 
 class _Unauthorized(Exception):
+    pass
+
+
+class _Forbidden(Exception):
     pass
 
 

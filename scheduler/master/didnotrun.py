@@ -50,6 +50,7 @@ from scheduler.etcd.client import EtcdClient, EtcdError, op_put
 from scheduler.keyspace import Keyspace, decode_tick
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from scheduler.signing import spec_bytes
 
 log = structlog.get_logger("etcron.didnotrun")
 
@@ -115,7 +116,7 @@ class DidNotRun:
             if written >= MAX_RECORDS_PER_SWEEP:
                 break
             try:
-                job = JobSpec.from_json(kv.value)
+                job = JobSpec.from_json(spec_bytes(kv.value))  # signed or not
             except ValueError:
                 continue
             rev, seen_ms = self._seen.get(job.name, (0, 0))

@@ -48,6 +48,7 @@ from scheduler.keyspace import Keyspace
 from scheduler.master.space import SpaceKeeper
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
+from scheduler.signing import spec_bytes
 from scheduler.store import end_orphaned_run
 
 log = structlog.get_logger("etcron.housekeeping")
@@ -62,6 +63,7 @@ class SweepReport:
     marked_lost: int = 0
     malformed: int = 0
     output_dropped: int = 0
+    taken_cleaned: int = 0
 
 
 class Housekeeper:
@@ -193,16 +195,32 @@ class Housekeeper:
             await self.client.txn([], ops)
         report.deleted = len(deletes)
         report.output_dropped = await self.space.drop_output(kept, pressed=full)
-        if report.deleted or report.marked_lost or report.output_dropped:
+        report.taken_cleaned = await self._clean_taken()
+        if report.deleted or report.marked_lost or report.output_dropped or report.taken_cleaned:
             log.info("housekeeping sweep", **report.__dict__)
         return report
+
+    async def _clean_taken(self, most: int = 500) -> int:
+        """Delete ``taken/J/R`` keys whose manual-run request ``trigger/J/R`` is gone.
+
+        Safe at any time: a claim needs its request to exist, so no claim can use
+        a request whose ``taken`` key is deleted here (the compare is in the delete)."""
+        taken, _ = await self.client.get_prefix(self.ks.taken_requests)
+        cleaned = 0
+        for kv in taken[:most]:
+            tail = Keyspace.tail(kv.key, self.ks.taken_requests)
+            job, _, request = tail.partition("/")
+            trigger = self.ks.trigger(job, request)
+            res = await self.client.txn([cmp_created(trigger, 0)], [op_delete(kv.key)])
+            cleaned += int(res.succeeded)
+        return cleaned
 
     async def _jobs(self) -> dict[str, JobSpec]:
         kvs, _ = await self.client.get_prefix(self.ks.jobs)
         out = {}
         for kv in kvs:
             with contextlib.suppress(ValueError):
-                spec = JobSpec.from_json(kv.value)
+                spec = JobSpec.from_json(spec_bytes(kv.value))
                 out[spec.name] = spec
         return out
 

@@ -5,11 +5,18 @@ request it refuses.
 
 Rules:
 
-- Every request except the public ones (``GET``/``HEAD`` of ``/v1/health``,
-  ``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``) needs
-  ``Authorization: Bearer <token>``, compared in constant time on bytes. A
-  missing or wrong token is ``401`` (``WWW-Authenticate: Bearer``) answered
-  from the headers alone: not one byte of the body is read.
+- Every request except the public ones (``GET``/``HEAD`` of ``/v1/health``;
+  of ``/docs``, ``/docs/oauth2-redirect``, ``/redoc`` and ``/openapi.json``
+  only with ``public_docs``) needs ``Authorization: Bearer <token>``, checked
+  by :meth:`Tokens.check` (constant time). A missing or wrong token is ``401``
+  (``WWW-Authenticate: Bearer``) answered from the headers alone: not one byte
+  of the body is read.
+- A token whose scope is below what the request needs
+  (:func:`~scheduler.master.principal.required_scope`) is ``403``, from the
+  headers alone too.
+- The web dashboard's paths (``/ui`` and under ``/ui/``, any method) pass
+  without a bearer token: its routes check their own session cookie, scope and
+  CSRF token (:mod:`scheduler.master.ui`). Body limits still apply.
 - A body may be at most ``max_body_bytes``: a larger ``Content-Length`` is
   ``413`` without reading; a body without one (chunked) is counted as it
   arrives and refused with ``413`` as soon as it passes the limit.
@@ -29,13 +36,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scheduler.master.principal import Principal, forbidden, required_scope
 from scheduler.master.strict_json import json_problem
 from scheduler.master.tokens import Tokens
 
-PUBLIC_PATHS = frozenset(
-    {"/v1/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
+PUBLIC_PATHS = frozenset({"/v1/health"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
+UI_PREFIX = "/ui/"
+"""The dashboard's paths: past the token check (cookie auth there), not past the body bounds."""
 UNAUTHORIZED = "missing or wrong bearer token"
 
 
@@ -58,10 +67,13 @@ def _is_json(content_type: bytes | None) -> bool:
 class HttpGuard:
     """ASGI middleware; see the module rules."""
 
-    def __init__(self, app: ASGIApp, *, tokens: Tokens, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, tokens: Tokens, max_body_bytes: int, public_docs: bool = False
+    ) -> None:
         self.app = app
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
+        self.public_paths = PUBLIC_PATHS | DOCS_PATHS if public_docs else PUBLIC_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,12 +83,23 @@ class HttpGuard:
         announced = bool(_headers(scope, b"transfer-encoding")) or any(
             v.strip() not in (b"", b"0") for v in lengths
         )
-        public = scope["method"] in PUBLIC_METHODS and scope["path"] in PUBLIC_PATHS
-        if not public and not self._authorized(scope):
-            await _answer(
-                send, 401, UNAUTHORIZED, close=announced, extra=[(b"www-authenticate", b"Bearer")]
-            )
-            return
+        method, path = scope["method"], scope["path"]
+        ui = path == UI_PREFIX.rstrip("/") or path.startswith(UI_PREFIX)
+        if not ui and not (method in PUBLIC_METHODS and path in self.public_paths):
+            principal = self._principal(scope)
+            if principal is None:
+                await _answer(
+                    send,
+                    401,
+                    UNAUTHORIZED,
+                    close=announced,
+                    extra=[(b"www-authenticate", b"Bearer")],
+                )
+                return
+            needed = required_scope(method, path)
+            if not principal.can(needed):
+                await _answer(send, 403, forbidden(principal, needed), close=announced)
+                return
         for value in lengths:
             text = value.strip()
             if not text.isdigit():  # bytes: ASCII digits only
@@ -101,14 +124,14 @@ class HttpGuard:
                 return
         await self.app(scope, _replay(body, receive), send)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _principal(self, scope: Scope) -> Principal | None:
         values = _headers(scope, b"authorization")
         if len(values) != 1:
-            return False
+            return None
         scheme, _, credentials = values[0].strip().partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
-        return self.tokens.check(credentials.strip()) is not None
+            return None
+        return self.tokens.check(credentials.strip())
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_body_bytes} bytes (master.max_body_bytes)"

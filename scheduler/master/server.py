@@ -2,9 +2,13 @@
 
 Rules:
 
-- The master refuses to start without a token (``master.token`` or
-  ``master.token_file``): :class:`MasterConfigError` says which settings to set.
-- It listens on ``master.listen`` (default ``127.0.0.1:8070``, loopback only).
+- The master refuses to start without a token (``master.tokens_file``,
+  ``master.token_file`` or ``master.token``), with a short token or a token
+  file others can read (:mod:`scheduler.master.access`):
+  :class:`MasterConfigError` says which setting to change.
+- It listens on ``master.listen`` (default ``127.0.0.1:8070``, loopback only),
+  with TLS when ``master.tls_cert_file`` and ``master.tls_key_file`` are set;
+  plain HTTP on an address other than loopback is a warning in the log.
   The socket is bound here before uvicorn starts, so a busy port is a clear
   :class:`MasterConfigError`, never a ``sys.exit`` from inside the event loop.
 - This module installs no signal handlers (uvicorn's own are disabled); the CLI
@@ -34,15 +38,17 @@ from typing import Any
 import structlog
 import uvicorn
 
-from scheduler.config import Config, ConfigError
+from scheduler.config import Config
 from scheduler.etcd.client import EtcdClient
 from scheduler.etcd.connect import connect_patiently
 from scheduler.keyspace import Keyspace
+from scheduler.master.access import MasterConfigError, master_tokens, tls_context
 from scheduler.master.api import create_app
 from scheduler.master.connections import connection_budget
 from scheduler.master.http_protocol import LINGER_BYTES, HttpLimits, limited_protocol
 from scheduler.master.log_throttle import throttled
 from scheduler.master.metrics import MasterMetrics, MetricsMiddleware
+from scheduler.signing import Signer
 from scheduler.store import JobStore
 
 log = structlog.get_logger("etcron.master")
@@ -56,19 +62,43 @@ Housekeeping = Callable[[EtcdClient, Keyspace, Config, MasterMetrics], Coroutine
 """A long-running coroutine started next to the API (cancelled at stop)."""
 
 
-class MasterConfigError(ConfigError):
-    """The master cannot start with this configuration; the message says why."""
+__all__ = ["MasterConfigError", "leader_housekeeping", "parse_listen", "run_master"]
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers (the CLI owns signals), with an ``up`` event."""
+    """uvicorn without its signal handlers (the CLI owns signals), with an ``up`` event.
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    With TLS, a connection reaches the protocol (and so its limits) only once its
+    handshake is done: ``handshake_timeout`` bounds the handshake (asyncio's
+    default is 60 s), which uvicorn does not expose; it is passed to the loop's
+    ``create_server`` while uvicorn starts.
+    """
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float | None = None) -> None:
         super().__init__(config)
         self.up = asyncio.Event()
+        self.handshake_timeout = handshake_timeout
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+        timeout = self.handshake_timeout
+
+        async def bounded(*args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", timeout)
+            return await create_server(*args, **kwargs)
+
+        patched = False
+        if timeout is not None:
+            with contextlib.suppress(AttributeError):  # a loop without instance attributes
+                loop.create_server = bounded  # type: ignore[method-assign]
+                patched = True
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            if patched:
+                del loop.create_server
         if self.started:
             self.up.set()
 
@@ -85,24 +115,30 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def master_token(config: Config) -> str:
-    try:
-        token = config.master.resolved_token()
-    except OSError as exc:
-        raise MasterConfigError(
-            f"master.token_file {config.master.token_file}: cannot read: {exc.strerror}"
-        ) from exc
-    if not token:
-        raise MasterConfigError(
-            "the master needs an API token: set master.token_file (recommended) or "
-            "master.token in the config, or ETCRON_MASTER__TOKEN in the environment"
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def master_signer(config: Config) -> Signer | None:
+    """The key every job written is signed with (KeyFileError, exit 2, when unusable)."""
+    path = config.master.signing_key_file
+    if path is None:
+        log.warning(
+            "job signing is off: master.signing_key_file is not set; workers with "
+            "worker.trusted_key_files refuse the jobs this master writes"
         )
-    return token
+        return None
+    signer = Signer.from_file(path)
+    log.info("signing jobs", key_id=signer.key_id)
+    return signer
 
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say
+    # TCP, and without it every response after the first on a keep-alive
+    # connection waited ~40 ms (Nagle against the client's delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -120,8 +156,16 @@ async def run_master(
     housekeeping: Housekeeping | None = None,
 ) -> None:
     """Serve the API until ``stop`` is set or the task is cancelled."""
-    token = master_token(config)
+    tokens = master_tokens(config.master)
+    tls = tls_context(config.master)
+    signer = master_signer(config)
     host, port = parse_listen(config.master.listen)
+    if tls is None and not _is_loopback(host):
+        log.warning(
+            "the API serves plain HTTP on a non-loopback address: tokens cross the network "
+            "in clear; set master.tls_cert_file and master.tls_key_file",
+            listen=config.master.listen,
+        )
     limits, backlog = _limits(config)
     sock = _bind(host, port)
     try:
@@ -139,10 +183,12 @@ async def run_master(
     client.observe = metrics.etcd.observe
     app = MetricsMiddleware(
         create_app(
-            JobStore(client, keyspace),
-            token=token,
+            JobStore(client, keyspace, signer=signer),
+            tokens=tokens,
+            public_docs=master.public_docs,
             max_spec_bytes=master.max_spec_bytes,
             max_body_bytes=master.max_body_bytes,
+            etcd_quota_bytes=master.etcd_quota_bytes,
         ),
         metrics,
         token=master.metrics_token,
@@ -157,7 +203,9 @@ async def run_master(
             http=limited_protocol(limits),
             backlog=backlog,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        )
+            ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
+        ),
+        handshake_timeout=master.request_timeout,
     )
     tasks: list[asyncio.Task[Any]] = []
     quiet = contextlib.ExitStack()
@@ -174,7 +222,12 @@ async def run_master(
         tasks.append(up)
         await asyncio.wait([up, serving], return_when=asyncio.FIRST_COMPLETED)
         if server.up.is_set():
-            log.info("master listening", listen=f"{host}:{sock.getsockname()[1]}")
+            log.info(
+                "master listening",
+                listen=f"{host}:{sock.getsockname()[1]}",
+                tls=tls is not None,
+                tokens=tokens.names,
+            )
             if ready is not None:
                 ready.set()
         await asyncio.shield(serving)

@@ -47,6 +47,7 @@ from scheduler.notify.deliveries import Claimed, Delivery, Outcome
 from scheduler.notify.events import EventState, Notice, raised
 from scheduler.notify.rules import Event, NotifyRule, redact, rules_for
 from scheduler.runs import RunRecord
+from scheduler.signing import spec_bytes
 
 log = structlog.get_logger("etcron.notify")
 
@@ -165,7 +166,7 @@ class Notifier:
 
     def _job_put(self, key: str, value: bytes) -> None:
         with contextlib.suppress(ValueError):
-            spec = JobSpec.from_json(value)
+            spec = JobSpec.from_json(spec_bytes(value))  # signed or not
             self.jobs[spec.name] = spec
 
     async def _watch_runs(self, jobs_ready: asyncio.Event) -> None:

@@ -18,7 +18,7 @@ from scheduler.master.api import MAX_PROBLEMS, create_app
 from scheduler.master.server import MasterConfigError, run_master
 from scheduler.store import JobStore
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -360,7 +360,8 @@ async def test_etcd_unreachable_is_503(etcd_endpoints: list[str], ks: Keyspace) 
 
 
 async def test_openapi_lists_routes(api: httpx.AsyncClient) -> None:
-    r = await api.get("/openapi.json")
+    assert (await api.get("/openapi.json")).status_code == 401  # master.public_docs: false
+    r = await api.get("/openapi.json", headers=AUTH)
     paths = r.json()["paths"]
     assert "/v1/jobs/{name}" in paths and "/v1/apply" in paths
 

@@ -77,7 +77,7 @@ async def test_unreadable_tls_file_is_one_line_exit_2(tmp_path: Path) -> None:
     missing = tmp_path / "ca.crt"
     env = _env(
         ETCRON_ETCD__CA_FILE=str(missing),
-        ETCRON_MASTER__TOKEN="t",
+        ETCRON_MASTER__TOKEN="t" * 32,
         ETCRON_MASTER__LISTEN="127.0.0.1:0",
         ETCRON_LOG__FORMAT="json",
     )

@@ -243,19 +243,30 @@ async def test_committed_claim_with_lost_reply_is_reported_won(
         await c.close()
 
 
-async def test_trigger_claim_consumes_request_once(client: EtcdClient, prefix: str) -> None:
+async def test_trigger_claim_takes_a_request_once(client: EtcdClient, prefix: str) -> None:
+    """Five claims race for one manual-run request: one wins, it writes the request's
+    ``taken`` key and leaves the request itself alone (workers may not write it);
+    a request that is gone cannot be claimed at all."""
     ks = Keyspace(prefix)
-    key = ks.trigger("j", "req")
+    key, taken = ks.trigger("j", "req"), ks.taken("j", "req")
     await client.put(key, b"{}")
 
-    def req(run: str) -> ClaimRequest:
+    def req(run: str, trigger: str = key, took: str = taken) -> ClaimRequest:
+        fence = TriggerFence(trigger, took, run.encode())
         return ClaimRequest(
-            TriggerFence(key), ks.run_lock("j", run), b"x", 0, run, ks.run("j", run), b"r", None
+            fence, ks.run_lock("j", run), b"x", 0, run, ks.run("j", run), b"r", None
         )
 
     results = await asyncio.gather(*(claim(client, req(f"m{i}")) for i in range(5)))
-    assert [r.outcome for r in results].count(Outcome.WON) == 1
-    assert (await client.get(key))[0] is None
+    outcomes = [r.outcome for r in results]
+    assert outcomes.count(Outcome.WON) == 1 and outcomes.count(Outcome.TAKEN) == 4, outcomes
+    winner = next(f"m{i}" for i, r in enumerate(results) if r.outcome is Outcome.WON)
+    assert (await client.get(taken))[0].value == winner.encode()  # type: ignore[union-attr]
+    assert (await client.get(key))[0] is not None, "the request stays until its lease ends"
+
+    gone = await claim(client, req("late", ks.trigger("j", "gone"), ks.taken("j", "gone")))
+    assert gone.outcome is Outcome.TAKEN
+    assert (await client.get(ks.taken("j", "gone")))[0] is None
 
 
 def _handover(ks: Keyspace, run: str, tick: int) -> HandOver:

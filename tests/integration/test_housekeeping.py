@@ -103,3 +103,23 @@ async def test_full_output_also_kept_in_rotated_local_files(
     assert all(f.read_bytes() == b"y" * 5000 for f in files), (
         "the local copy is complete despite the 1 KiB cap"
     )
+
+
+async def test_sweep_deletes_taken_marks_of_requests_that_are_gone(
+    client: EtcdClient, prefix: str
+) -> None:
+    """Workers cannot delete manual-run requests, so the claim marks a request
+    ``taken``; the leader deletes a mark once its request has expired, never before."""
+    ks = Keyspace(prefix)
+    lease, _ = await client.grant(60)
+    await client.put(ks.trigger("j", "live"), b"{}", lease=lease)
+    await client.put(ks.taken("j", "live"), b'{"worker":"w"}')
+    await client.put(ks.taken("j", "expired"), b'{"worker":"w"}')
+    keeper = Housekeeper(client, ks, MasterConfig(), identity="m")
+    report = await keeper.sweep()
+    assert report.taken_cleaned == 1
+    assert (await client.get(ks.taken("j", "expired")))[0] is None
+    assert (await client.get(ks.taken("j", "live")))[0] is not None, "its request still lives"
+    await client.revoke(lease)
+    assert (await keeper.sweep()).taken_cleaned == 1
+    assert await client.count_prefix(ks.taken_requests) == 0

@@ -32,7 +32,7 @@ from scheduler.master.server import run_master
 from scheduler.master.tokens import Tokens
 from tests.support import wait_for
 
-TOKEN = "limits-token"
+TOKEN = "limits-token-0123456789"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
 REQUEST_TIMEOUT = 0.6
 KEEP_ALIVE = 0.4

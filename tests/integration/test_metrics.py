@@ -30,7 +30,7 @@ from tests.support.cluster import make_config, put_jobs, runs_of, workers
 from tests.support.proxy import TcpProxy
 from workers.worker import Worker
 
-TOKEN = "api-token"
+TOKEN = "api-token-0123456789"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -14,6 +14,7 @@ from scheduler.devtools.etcd_process import find_etcd_binary, reserve_ports
 from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdUnavailable
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
+from scheduler.roles import create_roles
 from scheduler.runs import RunStatus
 from tests.integration.test_cli import _env
 from tests.integration.test_daemon_errors import daemon, plain_lines
@@ -88,26 +89,16 @@ async def _connect(cfg: EtcdConfig) -> EtcdClient:
 
 @pytest.fixture(scope="module")
 async def secured(tls_etcd: str, certs: Path) -> AsyncIterator[str]:
-    """Users and roles as deploy/etcd/setup-auth.sh creates them, then auth on."""
+    """Users and roles as deploy/etcd/setup-auth.sh creates them (scheduler/roles.py), then auth on."""
     admin = await _connect(_cfg(tls_etcd, certs, "master"))
     auth = admin.raw.auth
     assert auth is not None
     await auth.user_add("root", "root-secret")
     await auth.role_add("root")
     await auth.user_grant_role("root", "root")
-    await auth.role_add("etcron-master")
-    await auth.role_grant_permission("etcron-master", PREFIX + "/", PREFIX + "0", perm_type=2)
+    await create_roles(auth, PREFIX)
     await auth.user_add("etcron-master", MASTER_PW)
     await auth.user_grant_role("etcron-master", "etcron-master")
-    await auth.role_add("etcron-worker")
-    for d in ("jobs", "masters"):
-        await auth.role_grant_permission(
-            "etcron-worker", f"{PREFIX}/{d}/", f"{PREFIX}/{d}0", perm_type=0
-        )
-    for d in ("lock", "ticks", "workers", "runs", "output", "trigger", "killer", "repairs"):
-        await auth.role_grant_permission(
-            "etcron-worker", f"{PREFIX}/{d}/", f"{PREFIX}/{d}0", perm_type=2
-        )
     await auth.user_add("etcron-worker", WORKER_PW)
     await auth.user_grant_role("etcron-worker", "etcron-worker")
     await auth.auth_enable()
@@ -164,7 +155,7 @@ async def test_worker_runs_jobs_over_tls_as_its_own_user(
         await master.put(ks.trigger("secure", "r1"), b"{}")
         cfg = Config(
             etcd=_cfg(secured, certs, "worker", user="etcron-worker", password=WORKER_PW),
-            worker=WorkerConfig(id="tls-worker", lease_ttl=3, lease_margin=0.5),
+            worker=WorkerConfig(id="tls-worker", lease_ttl=3, lease_margin=0.5, default_user=""),
         )
         async with workers([cfg]):
 
@@ -193,3 +184,49 @@ async def test_worker_with_wrong_password_exits_3_with_one_line(secured: str, ce
     [line] = plain_lines(err)
     assert line.startswith("error: etcd refused the worker's credentials"), line
     assert "authentication failed" in line and "Traceback" not in err
+
+
+async def test_worker_credentials_cannot_make_master_requests(secured: str, certs: Path) -> None:
+    """The worker role (scheduler/roles.py) reads the requests masters make and writes
+    only what running jobs needs: no job, manual run, kill, budget, leadership or
+    master clock can be written with a worker's credentials."""
+    ks = Keyspace(PREFIX)
+    worker = await _connect(
+        _cfg(secured, certs, "worker", user="etcron-worker", password=WORKER_PW)
+    )
+    master = await _connect(
+        _cfg(secured, certs, "master", user="etcron-master", password=MASTER_PW)
+    )
+    try:
+        refused = {
+            "job": ks.job("evil"),
+            "manual run": ks.trigger("probe", "evil"),
+            "kill": ks.killer("probe"),
+            "budget": ks.budget,
+            "leadership": ks.leader,
+            "master clock": ks.master("evil"),
+            "outside the keyspace": "/elsewhere/x",
+        }
+        for what, key in refused.items():
+            with pytest.raises(EtcdAuthError):
+                await worker.put(key, b"{}")
+            if key.startswith(PREFIX):
+                assert (await master.get(key))[0] is None, what
+        with pytest.raises(EtcdAuthError):
+            await worker.delete(ks.jobs, prefix=True)
+        with pytest.raises(EtcdAuthError):
+            await worker.delete(PREFIX + "/", prefix=True)
+        # what it may write: each is needed by a run (and documented in docs/security.md)
+        allowed = [
+            ks.lock("probe"), ks.tick("probe"), ks.worker("w"), ks.run("probe", "r"),
+            ks.output_chunk("probe", "r", 0), ks.taken("probe", "req"), ks.replacing("probe"),
+            ks.repair("lock", "probe"),
+        ]  # fmt: skip
+        for key in allowed:
+            await worker.put(key, b"{}")
+            await worker.delete(key)
+        for key in (ks.jobs, ks.triggers, ks.killers, ks.masters):
+            await worker.get_prefix(key)  # reads are allowed
+    finally:
+        await worker.close()
+        await master.close()

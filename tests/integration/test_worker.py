@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 from pathlib import Path
@@ -197,6 +198,12 @@ async def test_timeout_retries_and_env(
     assert len(set(lines[1::2])) == 1 and int(lines[1]) > 0, "one fencing token for all attempts"
     (rec,) = await runs_of(client, ks, "flaky")
     assert rec.exit_code == 3 and rec.attempt == 3 and rec.manual
+    # the attempts are told apart: in the message, and by a marker line between them
+    assert rec.message == (
+        "attempt 1: exit status 3; attempt 2: exit status 3; attempt 3: exit status 3"
+    ), rec
+    assert rec.output_tail.count("--- etcron: attempt ") == 2, rec.output_tail
+    assert "attempt 1 of 3 ended: exit status 3; attempt 2 follows after 100ms" in rec.output_tail
 
 
 async def test_manual_run_kill_suspend_selector_capacity(
@@ -227,7 +234,8 @@ async def test_manual_run_kill_suspend_selector_capacity(
     entries = read_ledger(ledger)
     assert {e.worker for e in entries if e.job == "gpu"} == {"gpu"}
     assert not [e for e in entries if e.job == "off"]
-    assert (await client.get(ks.trigger("long", "r1")))[0] is None, "the trigger is consumed"
+    taken, _ = await client.get(ks.taken("long", "r1"))
+    assert taken is not None and b'"cpu"' in taken.value, "the request is taken, by the runner"
 
 
 async def test_worker_process_sigkill_next_tick_runs_elsewhere_without_ttl(
@@ -390,3 +398,38 @@ async def test_a_guard_that_dies_is_restarted_and_still_guards(
         await wait_for(lambda: _gone(client, ks, "guarded"), timeout=5)
     finally:
         proc.close()
+
+
+async def test_replace_requests_stop_only_replace_runs(
+    client: EtcdClient, etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    """Workers may write ``replace/<job>`` (they cannot write kill requests): the holder
+    honours it only for a ``replace`` job and only for the run it names."""
+    ks = Keyspace(prefix)
+    ledger = tmp_path / "ledger"
+    held = ledger_job("held", ledger, schedule="@every 3600s", body="sleep 60")
+    swap = ledger_job(
+        "swap", ledger, schedule="@every 3600s", body="sleep 60", concurrency="replace"
+    )
+    async with workers([make_config(etcd_endpoints, prefix, "w1")]):
+        await put_jobs(client, ks, held, swap)
+        for name in ("held", "swap"):
+            await client.put(ks.trigger(name, "r1"), b"{}")
+
+        async def running(name: str) -> str | None:
+            recs = await runs_of(client, ks, name)
+            return recs[0].run_id if recs and recs[0].status is RunStatus.RUNNING else None
+
+        held_run = await wait_for(lambda: running("held"), timeout=10)
+        swap_run = await wait_for(lambda: running("swap"), timeout=10)
+        await client.put(ks.replacing("held"), json.dumps({"run_id": held_run}).encode())
+        await client.put(ks.replacing("swap"), json.dumps({"run_id": "someone-else"}).encode())
+        await client.put(ks.replacing("swap"), json.dumps({"run_id": swap_run}).encode())
+
+        async def swap_status() -> RunStatus | None:
+            recs = await runs_of(client, ks, "swap")
+            return recs[0].status if recs and recs[0].status.final else None
+
+        assert await wait_for(swap_status, timeout=10) is RunStatus.KILLED
+        # the requests were handled in order: the ones before the last did nothing
+        assert await running("held") == held_run

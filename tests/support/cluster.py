@@ -34,6 +34,8 @@ def make_config(endpoints: list[str], prefix: str, worker_id: str = "w1", **work
     worker.setdefault("drain_grace", 10.0)
     worker.setdefault("handoff_delay", 0.2)
     worker.setdefault("listen", "127.0.0.1:0")  # a free port: many workers on one host
+    # jobs write into the tests' (root-only) temporary directories: as the worker's user
+    worker.setdefault("default_user", "")
     return Config(
         etcd=EtcdConfig(endpoints=endpoints, prefix=prefix),
         worker=WorkerConfig(id=worker_id, **worker),

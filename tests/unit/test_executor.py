@@ -13,7 +13,7 @@ from scheduler.clock import Clock
 from tests.support import wait_for
 from workers.executor import Child, OutputSink, StopReason
 from workers.launch import Launcher
-from workers.spawn import executable, seal_inherited_fds
+from workers.spawn import as_user, executable, seal_inherited_fds
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -198,9 +198,11 @@ def _root_group_file(where: str) -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="run-as needs root")
-async def test_run_as_takes_the_users_groups_not_roots() -> None:
+@pytest.mark.parametrize("cwd", [None, "/"], ids=["posix_spawn+setpriv", "popen"])
+async def test_run_as_takes_the_users_groups_not_roots(cwd: str | None) -> None:
     """A job run as ``nobody`` gets nobody's gid and supplementary groups: not
-    root's group, so a root-group-only file stays closed to it."""
+    root's group, so a root-group-only file stays closed to it. Both ways of
+    starting it (``workers.spawn``): through ``setpriv``, and ``Popen`` (a workdir)."""
     import grp
     import pwd
     import shutil
@@ -213,7 +215,7 @@ async def test_run_as_takes_the_users_groups_not_roots() -> None:
     sink = Streams()
     script = f"id -u; id -g; id -G; cat {secret} || echo refused"
     try:
-        out = await child(["/bin/sh", "-c", script], sink, user="nobody").run(5)
+        out = await child(["/bin/sh", "-c", script], sink, user="nobody", cwd=cwd).run(5)
     finally:
         shutil.rmtree(where)
     assert out.ok, sink.by_stream
@@ -222,3 +224,18 @@ async def test_run_as_takes_the_users_groups_not_roots() -> None:
     assert sorted(int(g) for g in groups.split()) == expected
     assert 0 not in {int(g) for g in groups.split()}, grp.getgrgid(0).gr_name
     assert last == "refused"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run-as needs root")
+async def test_run_as_keeps_no_capability_and_a_missing_program_fails_at_spawn() -> None:
+    """Through ``setpriv`` the child is nobody with no capability left; a missing
+    program is a FileNotFoundError from the spawn, as without a user."""
+    sink = Streams()
+    out = await child(["grep", "^Cap[PE]", "/proc/self/status"], sink, user="nobody").run(5)
+    assert out.ok, sink.by_stream
+    caps = sink.by_stream["stdout"].decode().split()
+    assert caps == ["CapPrm:", "0000000000000000", "CapEff:", "0000000000000000"], caps
+    with pytest.raises(FileNotFoundError):
+        as_user(["no-such-program-x"], ENV, "nobody", "/usr/bin/setpriv")
+    with pytest.raises(FileNotFoundError):
+        as_user(["/no/such/program"], ENV, "nobody", "/usr/bin/setpriv")
