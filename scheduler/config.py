@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from scheduler.durations import parse_duration, parse_size
 from scheduler.limits import MAX_OUTPUT_LIMIT, MAX_SPEC_BYTES
+from scheduler.notify.rules import MAX_RULES, NotifyRule
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -209,6 +210,64 @@ class CliConfig(_Section):
     """CA certificate(s) the CLI trusts for an https master (else the system's)."""
 
 
+class SmtpConfig(_Section):
+    host: str = ""
+    """Empty: no email notifications (an ``email`` rule then fails, and says so)."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    starttls: bool = True
+    username: str | None = None
+    password_file: Path | None = None
+    from_: Annotated[str, Field(alias="from")] = "etcron@localhost"
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return None
+
+
+class NotifyConfig(_Section):
+    """Notifications and the did-not-run detector, both run by the leader master
+    (docs/operations.md, "Notifications" and "Did-not-run detection")."""
+
+    defaults: Annotated[list[NotifyRule], Field(max_length=MAX_RULES)] = []
+    """Rules for every job without a ``notify:`` list of its own."""
+    secret_file: Path | None = None
+    """The HMAC-SHA256 key of webhook signatures (required for webhook rules)."""
+    smtp: SmtpConfig = SmtpConfig()
+    timeout: Annotated[Duration, Field(gt=0, le=300)] = 10.0
+    """Every HTTP call of a delivery (connect, send, answer) within this."""
+    attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    backoff: Annotated[Duration, Field(gt=0)] = 2.0
+    """First retry after this, then doubling, at most ``max_backoff``."""
+    max_backoff: Annotated[Duration, Field(gt=0)] = 60.0
+    rate_per_job: Annotated[int, Field(ge=1)] = 20
+    """At most this many notifications per job per ``rate_interval``; more are dropped (and counted)."""
+    rate_interval: Annotated[Duration, Field(gt=0)] = 60.0
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    max_age: Annotated[Duration, Field(gt=0)] = 3600.0
+    """Run records older than this seen at start-up (or after a compaction) are not notified."""
+    keep: Annotated[int, Field(ge=1)] = 200
+    """Delivery records kept per job (and none older than ``master.keep_for``)."""
+    output_tail: Annotated[Size, Field(ge=0, le=64 * 1024)] = 2048
+    """Bytes of the run's output tail sent in webhooks and emails."""
+    did_not_run: bool = True
+    """The did-not-run detector (a ``missed`` record for every tick that got none)."""
+    did_not_run_grace: Annotated[Duration, Field(ge=0)] = 30.0
+    """A tick with no record by ``tick + starting_deadline + this`` did not run."""
+    did_not_run_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    did_not_run_max_ticks: Annotated[int, Field(ge=2, le=1000)] = 100
+    """At most this many ticks of one job recorded per sweep (the oldest first)."""
+
+    def resolved_secret(self) -> bytes | None:
+        if self.secret_file is None:
+            return None
+        return self.secret_file.read_bytes().strip()
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -220,6 +279,7 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     cli: CliConfig = CliConfig()
     log: LogConfig = LogConfig()
+    notify: NotifyConfig = NotifyConfig()
 
 
 class ConfigError(Exception):
@@ -269,5 +329,6 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{source}: {where}: {err['msg']}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{source}: {where}: {msg}")
         raise ConfigError("\n".join(lines)) from exc

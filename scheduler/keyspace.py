@@ -22,6 +22,7 @@ Every key etcron reads or writes is built here, under a configurable prefix
 | ``budget``                            | the leader master     | none             |
 | ``audit/<ms>-<nonce>``                | masters, in the change's txn | none (retention) |
 | ``history/<name>/<version>``          | masters, in the job write's txn | none (last N) |
+| ``notify/<name>/<run>/<event>/<sink>``| the leader master     | none (retention) |
 """
 
 from __future__ import annotations
@@ -159,6 +160,18 @@ class Keyspace:
     def repair(self, kind: str, name: str) -> str:
         """The last repair of a stale or forged key (kind: fence, lock, worker)."""
         return f"{self.repairs}{kind}/{name}"
+
+    # notifications: one delivery record per (job, run, event, sink)
+    @property
+    def notifications(self) -> str:
+        return self._dir("notify")
+
+    def job_notifications(self, name: str) -> str:
+        return f"{self.notifications}{name}/"
+
+    def notification(self, name: str, run_id: str, event: str, sink_id: str) -> str:
+        """The delivery record of one event of one run to one sink (the idempotency key)."""
+        return f"{self.notifications}{name}/{run_id}/{event}/{sink_id}"
 
     @property
     def leader(self) -> str:

@@ -66,6 +66,7 @@ from scheduler.limits import (
     format_size,
     quote,
 )
+from scheduler.notify.rules import MAX_RULES, NotifyRule
 from scheduler.schedule import Schedule, validate_timezone
 
 __all__ = [
@@ -183,6 +184,8 @@ class JobSpec(BaseModel):
     keep_succeeded: int | None = Field(default=None, ge=0)
     keep_failed: int | None = Field(default=None, ge=0)
     keep_for: OptDuration = None
+    notify: list[NotifyRule] | None = None
+    """None: ``notify.defaults`` of the config apply; ``[]``: no notifications."""
 
     @field_validator("name")
     @classmethod
@@ -218,6 +221,13 @@ class JobSpec(BaseModel):
             else:
                 most = MAX_ENV if info.field_name == "env" else MAX_LABELS
                 check_count(str(info.field_name), v, most, "entries")
+        return v
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify_count(cls, v: Any, info: ValidationInfo) -> Any:
+        if _writing(info):
+            check_count("notify", v, MAX_RULES, "rules")
         return v
 
     @field_validator("command", mode="before")

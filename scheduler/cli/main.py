@@ -37,6 +37,7 @@ from scheduler.cli import (
     jobs_cmd,
     keys_cmd,
     logs_cmd,
+    notify_cmd,
     run_cmd,
     token_cmd,
 )
@@ -62,8 +63,8 @@ Examples:
 
 ORDER = (
     "validate", "apply", "diff", "get", "next", "run", "kill", "history", "logs", "workers",
-    "suspend", "resume", "delete", "audit", "rollout", "doctor", "keygen", "token", "master",
-    "worker", "completion", "version",
+    "suspend", "resume", "delete", "audit", "rollout", "notifications", "doctor", "keygen",
+    "token", "master", "worker", "completion", "version",
 )  # fmt: skip
 
 
@@ -231,6 +232,7 @@ def version() -> None:
 jobs_cmd.register(app, get_app, delete_app)
 run_cmd.register(app)
 audit_cmd.register(app)
+notify_cmd.register(app)
 logs_cmd.register(app, lambda ctx: globals_of(ctx).client())
 
 

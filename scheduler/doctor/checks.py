@@ -35,6 +35,7 @@ from scheduler.doctor.report import Check, fail, ok, warn
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
+from scheduler.notify.deliveries import Delivery
 
 REGISTRATION_AGE = 10.0
 """Seconds a registration's published clock may lag this host's without a warning:
@@ -189,15 +190,31 @@ def alarms_check(alarms: list[str] | None, why_unknown: str = "") -> Check:
     return ok("etcd alarms", "none active")
 
 
-def notifications_check() -> Check:
-    """Notification sinks that keep failing.
+FAILING_STREAK = 3
+"""A sink whose last this many deliveries all failed keeps failing (WARN)."""
 
-    TODO(notifications): notifications are being built on another branch
-    (issue 14, item 2). Once deliveries are recorded in etcd, read the recent
-    ones here and report WARN for a sink whose last deliveries all failed.
-    Until then this check has nothing to read.
-    """
-    return ok("notifications", "not configured (no notification data to check)")
+
+def notifications_check(deliveries: Sequence[Delivery]) -> Check:
+    """Notification sinks that keep failing: the newest :data:`FAILING_STREAK`
+    deliveries of a sink (by its id) all ``failed``."""
+    if not deliveries:
+        return ok("notifications", "no deliveries recorded")
+    by_sink: dict[str, list[Delivery]] = {}
+    for d in deliveries:
+        by_sink.setdefault(d.sink_id, []).append(d)
+    failing = []
+    for group in by_sink.values():
+        newest = sorted(group, key=lambda d: d.updated, reverse=True)[:FAILING_STREAK]
+        if len(newest) == FAILING_STREAK and all(d.status == "failed" for d in newest):
+            last = newest[0]
+            failing.append(f"{last.sink_kind} {last.sink} ({last.error or 'failed'})")
+    if failing:
+        return warn(
+            "notifications",
+            f"{len(failing)} sink(s) failed their last {FAILING_STREAK} deliveries: "
+            + "; ".join(sorted(failing)),
+        )
+    return ok("notifications", f"{len(by_sink)} sink(s); none keeps failing")
 
 
 async def lock_check(

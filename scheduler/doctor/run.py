@@ -30,6 +30,7 @@ from scheduler.etcd.client import EtcdClient, EtcdError
 from scheduler.etcd.connect import preflight
 from scheduler.etcd.probe import EndpointHealth, probe_endpoint
 from scheduler.keyspace import Keyspace
+from scheduler.notify.deliveries import recent
 from scheduler.store import JobStore
 
 DEFAULT_TIMEOUT = 5.0
@@ -177,7 +178,12 @@ class Doctor:
             await self._bounded("versions", versions)
             await self._bounded("locks", locks)
             await self._bounded("jobs", jobs)
-        self.report.add(checks.notifications_check())
+
+        async def notifications() -> list[Check]:
+            found, _ = await recent(client, ks, None, 1000)
+            return [checks.notifications_check(found)]
+
+        await self._bounded("notifications", notifications)
 
     def _quota(self) -> int:
         return int(self.cfg.master.etcd_quota_bytes)

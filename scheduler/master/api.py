@@ -48,6 +48,7 @@ from scheduler.master.audit_api import actor_of, add_audit_routes
 from scheduler.master.health_api import add_health_route
 from scheduler.master.http_guard import UNAUTHORIZED, HttpGuard
 from scheduler.master.logs_api import add_output_routes
+from scheduler.master.notify_api import add_notification_routes
 from scheduler.master.principal import Principal, client_address, forbidden, required_scope
 from scheduler.master.tokens import Tokens
 from scheduler.model import JobSpec, validation_messages
@@ -453,6 +454,7 @@ def create_app(
 
     add_output_routes(v1, store)
     add_audit_routes(v1, store, _if_match)
+    add_notification_routes(v1, store)
     app.include_router(v1)
     app.include_router(
         ui_router(store, known, max_spec_bytes=max_spec_bytes, quota_bytes=etcd_quota_bytes)

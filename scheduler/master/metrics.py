@@ -92,6 +92,19 @@ class MasterMetrics:
             "Runs whose stored output the output budget deleted (their records stay)",
             registry=r,
         )
+        self.notifications = Counter(
+            "etcron_notifications_total",
+            "Notification outcomes by sink kind (webhook, slack, email) and outcome "
+            "(delivered, failed, retried, rate_limited, dropped)",
+            ["sink_kind", "outcome"],
+            registry=r,
+        )
+        self.did_not_run = Counter(
+            "etcron_did_not_run_total",
+            "Ticks the did-not-run detector recorded missed (no record by their deadline)",
+            ["job"],
+            registry=r,
+        )
         self.leader: asyncio.Event | None = None
         """``Housekeeper.is_leader`` once housekeeping runs (``etcron_master_leader``)."""
         self.etcd_up = False
@@ -111,6 +124,12 @@ class MasterMetrics:
         self.marked_lost.inc(report.marked_lost)
         self.deleted.inc(report.deleted)
         self.output_dropped.inc(report.output_dropped)
+
+    def notified(self, sink_kind: str, outcome: str) -> None:
+        self.notifications.labels(sink_kind, outcome).inc()
+
+    def missed(self, job: str, n: int) -> None:
+        self.did_not_run.labels(job).inc(n)
 
     def request_done(self, route: str, method: str, code: int, seconds: float) -> None:
         self.requests.labels(route, method if method in METHODS else "other", str(code)).inc()

@@ -285,8 +285,10 @@ async def leader_housekeeping(
     """The :data:`Housekeeping` the ``etcron master`` command uses: leader-elected
     sweeps (told to ``metrics``), and the master's clock published for the
     workers' cluster time."""
+    from scheduler.master.didnotrun import DidNotRun
     from scheduler.master.housekeeping import Housekeeper
     from scheduler.master.presence import publish_presence
+    from scheduler.notify.notifier import Notifier
 
     identity = f"{socket.gethostname()}:{os.getpid()}"
     async with asyncio.TaskGroup() as tg:
@@ -296,6 +298,26 @@ async def leader_housekeeping(
         )
         metrics.leader = keeper.is_leader
         tg.create_task(keeper.run())
+        # the leader's other duties, in their own tasks: they never hold up a sweep
+        notifier = Notifier(
+            client,
+            keyspace,
+            config,
+            identity=identity,
+            is_leader=keeper.is_leader,
+            count=metrics.notified,
+        )
+        tg.create_task(notifier.run())
+        if config.notify.did_not_run:
+            detector = DidNotRun(
+                client,
+                keyspace,
+                config,
+                identity=identity,
+                is_leader=keeper.is_leader,
+                on_missed=metrics.missed,
+            )
+            tg.create_task(detector.run())
 
 
 async def _logged(coro: Coroutine[Any, Any, None]) -> None:

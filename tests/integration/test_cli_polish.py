@@ -102,9 +102,9 @@ async def test_help_is_plain_ordered_and_has_examples() -> None:
     assert r.code == h.code == 0 and r.out == h.out
     listed = re.findall(r"^  (\w+)  ", r.out.split("Commands:")[1], re.MULTILINE)
     assert listed[:5] == ["validate", "apply", "diff", "get", "next"], listed
-    assert listed[-9:] == [
-        "audit", "rollout", "doctor", "keygen", "token", "master", "worker", "completion",
-        "version",
+    assert listed[-10:] == [
+        "audit", "rollout", "notifications", "doctor", "keygen", "token", "master", "worker",
+        "completion", "version",
     ], listed  # fmt: skip
     assert "Examples:" in r.out and "Exit codes" in r.out
     for args in (["apply"], ["logs"], ["history"], ["diff"], ["get", "jobs"], ["worker"]):

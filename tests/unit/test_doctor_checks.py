@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from scheduler.doctor.report import Report, Status, fail, ok, warn
 from scheduler.doctor.run import _cert_check
 from scheduler.doctor.tls import CertExpiry
 from scheduler.model import JobSpec
+from scheduler.notify.deliveries import Delivery
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -94,9 +96,29 @@ def test_alarms_check() -> None:
     assert checks.alarms_check(None, "no permission").status is Status.WARN
 
 
-def test_notifications_hook_says_not_configured() -> None:
-    got = checks.notifications_check()
-    assert got.status is Status.OK and "not configured" in got.detail
+def _delivery(sink: str, status: str, minute: int) -> Delivery:
+    at = datetime.fromtimestamp(NOW, UTC) + timedelta(minutes=minute)
+    return Delivery(
+        job="j", run_id=f"r{minute}", event="failed", sink_kind="webhook", sink=sink,
+        sink_id=sink, status=status, error="HTTP 500" if status == "failed" else "",
+        created=at, updated=at,
+    )  # fmt: skip
+
+
+def test_notification_sinks_that_keep_failing() -> None:
+    assert checks.notifications_check([]).status is Status.OK
+    good = [_delivery("https://a", "delivered", m) for m in range(3)]
+    # b failed before and recovered; c failed its last three
+    b = [_delivery("https://b", "failed", m) for m in range(3)] + [
+        _delivery("https://b", "delivered", 9)
+    ]
+    c = [_delivery("https://c", "delivered", 0)] + [
+        _delivery("https://c", "failed", m) for m in (5, 6, 7)
+    ]
+    got = checks.notifications_check(good + b + c)
+    assert got.status is Status.WARN, got
+    assert "webhook https://c (HTTP 500)" in got.detail and "https://b" not in got.detail
+    assert checks.notifications_check(good + b).status is Status.OK
 
 
 @pytest.mark.parametrize(
