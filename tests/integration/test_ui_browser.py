@@ -203,21 +203,15 @@ def _threaded_child_watcher() -> Iterator[None]:
     """Playwright starts its driver with asyncio on a loop of its own. An in-process
     worker of an earlier test may have installed a pidfd child watcher bound to the
     test session's loop (workers/worker.py), which is not running while a sync test
-    runs: Python 3.11 then refuses to start subprocesses. Use a threaded watcher
-    (any loop) while Playwright starts, then put the previous one back."""
-    if sys.version_info >= (3, 12):
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        previous = asyncio.get_child_watcher()
-        asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
-    try:
-        yield
-    finally:
+    runs: Python 3.11 then refuses to start subprocesses. Install a threaded watcher
+    (any loop) first. It stays: setting a watcher closes the one before it, so the
+    old one cannot be put back; the next in-process worker installs a new pidfd
+    watcher on its own loop."""
+    if sys.version_info < (3, 12):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            asyncio.set_child_watcher(previous)
+            asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
+    yield
 
 
 @pytest.fixture(scope="module")
