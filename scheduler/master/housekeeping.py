@@ -1,8 +1,9 @@
 """Leader-elected housekeeping: retention, lost runs, compaction.
 
-Any number of masters run; one at a time is the *leader*: it holds
-``<prefix>/leader`` on its session lease (created with ``CreateRevision == 0``;
-the others wait for the key to vanish). Only the leader sweeps:
+Any number of masters run; one at a time is the *leader*
+(:class:`scheduler.etcd.election.Election` on ``<prefix>/leader``, held on the
+master's session lease; the others wait for the key to vanish). Only the
+leader sweeps:
 
 - **Lost runs.** A record still ``running`` whose worker lease is gone (etcd
   says the lease does not exist) is rewritten as ``lost``, guarded by its mod
@@ -44,8 +45,8 @@ from scheduler.etcd.client import (
     KeyValue,
     cmp_created,
     op_delete,
-    op_put,
 )
+from scheduler.etcd.election import Election
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from scheduler.master.space import SpaceKeeper
@@ -85,7 +86,11 @@ class Housekeeper:
         self.config = config
         self.identity = identity
         self.clock = clock or Clock()
-        self.is_leader = asyncio.Event()
+        self.election = Election(
+            client, ks.leader, identity, retry=min(2.0, config.housekeeping_interval)
+        )
+        self.is_leader = self.election.is_leader
+        """Set while this master leads (:attr:`Election.is_leader`)."""
         self._last_compact = 0.0
         self.space = SpaceKeeper(client, ks, config)
         self.on_sweep = on_sweep
@@ -106,25 +111,18 @@ class Housekeeper:
                 log.warning("housekeeping: etcd error", error=str(exc))
                 await asyncio.sleep(1)
             finally:
-                self.is_leader.clear()
+                await self.election.resign()
                 await session.close()
 
     async def _lead(self, session: Session) -> None:
+        if not await self.election.campaign(session):
+            return
+        log.info("housekeeping: leader", master=self.identity)
         while not session.lost.is_set():
-            res = await self.client.txn(
-                [cmp_created(self.ks.leader, 0)],
-                [op_put(self.ks.leader, self.identity.encode(), lease=session.lease_id)],
-            )
-            if not res.succeeded:
-                await asyncio.sleep(min(2.0, self.config.housekeeping_interval))
-                continue
-            self.is_leader.set()
-            log.info("housekeeping: leader", master=self.identity)
-            while not session.lost.is_set():
-                await self.tend()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.housekeeping_interval):
-                        await session.lost.wait()
+            await self.tend()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.housekeeping_interval):
+                    await session.lost.wait()
 
     async def tend(self) -> None:
         """One round of the leader's work: space first (a full etcd refuses the

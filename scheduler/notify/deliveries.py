@@ -4,7 +4,8 @@ Rules:
 
 - The key (:meth:`Keyspace.notification`) is the idempotency key. The leader
   creates it (``pending``) before the first attempt, with a create-only
-  transaction that also requires ``leader`` to hold its own identity, so a
+  transaction that also requires the election's owner compare
+  (:func:`scheduler.etcd.election.is_owner`: ``leader`` holds our identity), so a
   master that is no longer leader never starts a delivery, and a record that
   exists is never delivered again: not after a watch resumed, not by the next
   leader.
@@ -31,10 +32,10 @@ from scheduler.etcd.client import (
     KeyValue,
     cmp_created,
     cmp_mod,
-    cmp_value,
     op_get,
     op_put,
 )
+from scheduler.etcd.election import is_owner
 from scheduler.keyspace import Keyspace
 
 
@@ -83,7 +84,7 @@ async def claim(
 ) -> tuple[Claimed, Delivery]:
     """Create the record ``pending`` (or take over another master's ``pending`` one)."""
     key = ks.notification(d.job, d.run_id, d.event, d.sink_id)
-    leader = cmp_value(ks.leader, identity.encode())
+    leader = is_owner(ks.leader, identity)
     res = await client.txn(
         [cmp_created(key, 0), leader], [op_put(key, d.to_json())], [op_get(key), op_get(ks.leader)]
     )
@@ -110,7 +111,7 @@ async def claim(
 async def finish(client: EtcdClient, ks: Keyspace, d: Delivery, identity: str) -> bool:
     """Write the outcome, while we lead; False when we no longer do."""
     key = ks.notification(d.job, d.run_id, d.event, d.sink_id)
-    res = await client.txn([cmp_value(ks.leader, identity.encode())], [op_put(key, d.to_json())])
+    res = await client.txn([is_owner(ks.leader, identity)], [op_put(key, d.to_json())])
     return res.succeeded
 
 
