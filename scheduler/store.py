@@ -68,6 +68,7 @@ from scheduler.etcd.client import (
     KeyValue,
     cmp_created,
     cmp_mod,
+    cmp_unchanged,
     op_delete,
     op_get,
     op_put,
@@ -595,7 +596,7 @@ async def end_orphaned_run(
     token = rec.fencing_token or kv.create_revision
     final = rec.model_copy(update={"status": status, "end": now, "message": message})
     for _ in range(3):
-        compares = [cmp_mod(kv.key, kv.mod_revision)]
+        compares = [cmp_unchanged(kv)]
         ops = [op_put(kv.key, final.to_json())]
         for lock_key in (ks.lock(rec.job), ks.run_lock(rec.job, rec.run_id)):
             lock, _ = await client.get(lock_key)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from scheduler.audit import Operation, spec_hash
-from scheduler.etcd.client import Cmp, EtcdClient, Op, cmp_created, op_delete_range, op_put
+from scheduler.etcd.client import Cmp, EtcdClient, Op, cmp_absent, op_delete_range, op_put
 from scheduler.keyspace import VERSION_WIDTH, Keyspace
 from scheduler.model import JobSpec
 
@@ -119,7 +119,7 @@ def version_ops(ks: Keyspace, v: Version, keep: int) -> tuple[list[Cmp], list[Op
     oldest_kept = v.version - keep + 1
     if oldest_kept > 1:
         ops.append(op_delete_range(ks.job_history(v.job), ks.version(v.job, oldest_kept)))
-    return [cmp_created(key, 0)], ops
+    return [cmp_absent(key)], ops
 
 
 async def list_versions(client: EtcdClient, ks: Keyspace, job: str, limit: int) -> list[Version]:

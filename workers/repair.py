@@ -33,7 +33,7 @@ from scheduler.etcd.client import (
     EtcdCompacted,
     EtcdError,
     KeyValue,
-    cmp_mod,
+    cmp_unchanged,
     op_delete,
     op_put,
 )
@@ -66,9 +66,7 @@ class Repairs:
         value = await self._plausible(kv, limit_ms)
         if value is None:
             value = limit_ms
-        res = await self.client.txn(
-            [cmp_mod(kv.key, kv.mod_revision)], [op_put(kv.key, encode_tick(value))]
-        )
+        res = await self.client.txn([cmp_unchanged(kv)], [op_put(kv.key, encode_tick(value))])
         if res.succeeded:
             await self._record("fence", job, kv, repaired_to=value)
         return res.succeeded
@@ -97,7 +95,7 @@ class Repairs:
 
     async def lock(self, job: str, kv: KeyValue, why: str) -> bool:
         """Delete a lock no live run stands behind (exactly the version seen)."""
-        res = await self.client.txn([cmp_mod(kv.key, kv.mod_revision)], [op_delete(kv.key)])
+        res = await self.client.txn([cmp_unchanged(kv)], [op_delete(kv.key)])
         if res.succeeded:
             await self._record("lock", job, kv, why=why)
         return res.succeeded
@@ -108,7 +106,7 @@ class Repairs:
         for kv in kvs:
             if kv.lease:
                 continue
-            res = await self.client.txn([cmp_mod(kv.key, kv.mod_revision)], [op_delete(kv.key)])
+            res = await self.client.txn([cmp_unchanged(kv)], [op_delete(kv.key)])
             if res.succeeded:
                 n += 1
                 await self._record("worker", kv.key.rpartition("/")[2], kv, why="no lease")

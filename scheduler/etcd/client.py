@@ -904,6 +904,16 @@ def cmp_mod(key: str, revision: int, result: int = EQUAL) -> Cmp:
     return Compare(result=result, target=Compare.MOD, key=key.encode(), mod_revision=revision)
 
 
+def cmp_absent(key: str) -> Cmp:
+    """The key does not exist (create-only writes)."""
+    return cmp_created(key, 0)
+
+
+def cmp_unchanged(kv: KeyValue) -> Cmp:
+    """The key is still as read: same mod revision (compare-and-swap, guarded delete)."""
+    return cmp_mod(kv.key, kv.mod_revision)
+
+
 def cmp_value(key: str, value: bytes, result: int = EQUAL) -> Cmp:
     """Compare a key's value; always false when the key does not exist."""
     return KVService.txn_compare_value(key, value, result=result)

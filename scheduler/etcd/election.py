@@ -27,7 +27,7 @@ from scheduler.etcd.client import (
     Cmp,
     EtcdClient,
     EtcdError,
-    cmp_created,
+    cmp_absent,
     cmp_value,
     op_delete,
     op_put,
@@ -61,7 +61,7 @@ class Election:
         session was lost first. Raises :class:`EtcdError` from etcd."""
         while not session.lost.is_set():
             res = await self.client.txn(
-                [cmp_created(self.key, 0)],
+                [cmp_absent(self.key)],
                 [op_put(self.key, self.identity.encode(), lease=session.lease_id)],
             )
             if res.succeeded:

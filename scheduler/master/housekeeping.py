@@ -43,7 +43,7 @@ from scheduler.etcd.client import (
     EtcdError,
     EtcdNoSpace,
     KeyValue,
-    cmp_created,
+    cmp_absent,
     op_delete,
 )
 from scheduler.etcd.election import Election
@@ -219,7 +219,7 @@ class Housekeeper:
             tail = Keyspace.tail(kv.key, self.ks.taken_requests)
             job, _, request = tail.partition("/")
             trigger = self.ks.trigger(job, request)
-            res = await self.client.txn([cmp_created(trigger, 0)], [op_delete(kv.key)])
+            res = await self.client.txn([cmp_absent(trigger)], [op_delete(kv.key)])
             cleaned += int(res.succeeded)
         return cleaned
 

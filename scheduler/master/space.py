@@ -41,7 +41,7 @@ from scheduler.etcd.client import (
     EtcdClient,
     EtcdError,
     KeyValue,
-    cmp_mod,
+    cmp_unchanged,
     op_delete,
     op_put,
 )
@@ -130,7 +130,7 @@ class SpaceKeeper:
                 await self.client.txn([], [delete])
             else:
                 await self.client.txn(
-                    [cmp_mod(kv.key, kv.mod_revision)], [delete, op_put(kv.key, dropped.to_json())]
+                    [cmp_unchanged(kv)], [delete, op_put(kv.key, dropped.to_json())]
                 )
         if doomed:
             log.warning(

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict
 from scheduler.etcd.client import (
     EtcdClient,
     KeyValue,
-    cmp_created,
-    cmp_mod,
+    cmp_absent,
+    cmp_unchanged,
     op_get,
     op_put,
 )
@@ -86,7 +86,7 @@ async def claim(
     key = ks.notification(d.job, d.run_id, d.event, d.sink_id)
     leader = is_owner(ks.leader, identity)
     res = await client.txn(
-        [cmp_created(key, 0), leader], [op_put(key, d.to_json())], [op_get(key), op_get(ks.leader)]
+        [cmp_absent(key), leader], [op_put(key, d.to_json())], [op_get(key), op_get(ks.leader)]
     )
     if res.succeeded:
         return Claimed.NEW, d
@@ -102,9 +102,7 @@ async def claim(
     if old.status is not Outcome.PENDING or old.master == identity:
         return Claimed.DONE, old
     took = d.model_copy(update={"attempts": old.attempts, "created": old.created})
-    res = await client.txn(
-        [cmp_mod(key, found[0].mod_revision), leader], [op_put(key, took.to_json())]
-    )
+    res = await client.txn([cmp_unchanged(found[0]), leader], [op_put(key, took.to_json())])
     return (Claimed.NEW, took) if res.succeeded else (Claimed.DONE, old)
 
 
