@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proof import ledger as checker
 from scheduler.config import WorkerConfig
 from scheduler.model import JobSpec
 from scheduler.runs import RunStatus
-from tests.chaos import checker
 from tests.chaos.rig import Rig
 from tests.support import wait_for
 
