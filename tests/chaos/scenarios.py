@@ -2,7 +2,7 @@
 
 Each scenario starts its own :class:`Rig` (3 etcd members, 3 worker processes),
 holds one fault for a fixed time, stops everything, then judges the ledger with
-:mod:`tests.chaos.checker` plus what it saw in etcd. Scenarios needing etcd-level
+:mod:`proof.ledger` plus what it saw in etcd. Scenarios needing etcd-level
 faults live in :mod:`tests.chaos.scenarios_etcd`.
 """
 
