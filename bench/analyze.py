@@ -1,9 +1,8 @@
 """Read a benchmark ledger and say what happened.
 
-A ledger line is ``job tick time pid worker [kind]``: the job name, ``$ETCRON_TICK``
-(ISO UTC with milliseconds), the shell's wall clock at start (``date +%s.%N``),
-the shell's pid, ``$ETCRON_WORKER``, and ``start``/``end`` (missing = ``start``).
-Each line is one ``printf`` to an O_APPEND file, so lines never interleave.
+The ledger's line format, reader and checker (duplicates, overlaps, misses) are
+:mod:`proof.ledger`, shared with the chaos suite and the tests; this module turns
+them into the benchmark's figures (fires, lag, spread, CPU and etcd writes per run).
 
 The window is [t0, t1): the ticks counted are the whole seconds T with
 t0 <= T < t1; every job is expected to start once at each of them.
@@ -23,55 +22,13 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, rounded
 from bench.table import cpu_ms, field, render, w1_columns
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    job: str
-    tick_ms: int
-    at: float
-    pid: int
-    worker: str
-    kind: str
-
-    @property
-    def lag_ms(self) -> float:
-        return self.at * 1000 - self.tick_ms
-
-
-def parse_tick(text: str) -> int:
-    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def parse_line(text: str) -> Line | None:
-    parts = text.split()
-    if len(parts) < 4:
-        return None
-    try:
-        return Line(
-            job=parts[0],
-            tick_ms=parse_tick(parts[1]),
-            at=float(parts[2]),
-            pid=int(parts[3]),
-            worker=parts[4] if len(parts) > 4 else "?",
-            kind=parts[5] if len(parts) > 5 else "start",
-        )
-    except ValueError:
-        return None
-
-
-def read_ledger(path: Path) -> list[Line]:
-    if not path.exists():
-        return []
-    with open(path, errors="replace") as f:
-        return [line for line in map(parse_line, f) if line is not None]
+from proof import ledger
+from proof.ledger import Line
 
 
 def window_ticks(t0: float, t1: float) -> list[int]:
@@ -84,20 +41,22 @@ def fires(lines: Iterable[Line], jobs: Sequence[str], t0: float, t1: float) -> d
     ticks = window_ticks(t0, t1)
     lo, hi = math.ceil(t0) * 1000, math.ceil(t1) * 1000
     starts = [x for x in lines if x.kind == "start" and lo <= x.tick_ms < hi]
-    count = Counter((x.job, x.tick_ms) for x in starts)
+    started = {(x.job, x.tick_ms) for x in starts}
     expected = {(j, t) for j in jobs for t in ticks}
     lags = [x.lag_ms for x in starts]
     per_worker = Counter(x.worker for x in starts)
     runs = list(per_worker.values())
-    missed = sorted(expected - set(count))
+    missed = sorted(
+        (j, t * 1000) for j, t in ledger.misses(starts, jobs, [t // 1000 for t in ticks])
+    )
     return {
         "window_s": len(ticks),
         "jobs": len(jobs),
         "fires_expected": len(expected),
         "fires_seen": len(starts),
-        "duplicates": sum(c - 1 for c in count.values() if c > 1),
+        "duplicates": sum(n - 1 for n in ledger.duplicates(starts).values()),
         "misses": len(missed),
-        "unexpected": len(set(count) - expected),
+        "unexpected": len(started - expected),
         "lag_ms": {
             "p50": rounded(percentile(lags, 50)),
             "p99": rounded(percentile(lags, 99)),
@@ -109,36 +68,6 @@ def fires(lines: Iterable[Line], jobs: Sequence[str], t0: float, t1: float) -> d
         ),
         "missed_sample": [[j, t // 1000] for j, t in missed[:5]],
     }
-
-
-def runs_of(lines: Iterable[Line]) -> dict[str, list[tuple[float, float | None]]]:
-    """Per job, its runs as (start, end or None), ordered by start. A run is (job, tick, pid)."""
-    spans: dict[tuple[str, int, int], list[float | None]] = {}
-    for x in lines:
-        span = spans.setdefault((x.job, x.tick_ms, x.pid), [None, None])
-        span[0 if x.kind == "start" else 1] = x.at
-    out: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
-    for (job, _, _), (start, end) in spans.items():
-        if start is not None:
-            out[job].append((start, end))
-    for runs in out.values():
-        runs.sort()
-    return out
-
-
-def overlaps(lines: Iterable[Line]) -> int:
-    """Pairs of consecutive runs of a job where the later started before the earlier ended."""
-    bad = 0
-    for runs in runs_of(lines).values():
-        for (_, end_a), (start_b, _) in itertools.pairwise(runs):
-            if end_a is not None and start_b < end_a:
-                bad += 1
-    return bad
-
-
-def unfinished(lines: Iterable[Line]) -> int:
-    """Runs with a start line and no end line (killed, or still running at the end)."""
-    return sum(1 for runs in runs_of(lines).values() for _, end in runs if end is None)
 
 
 def max_gap(lines: Iterable[Line], t0: float, t1: float) -> float | None:
@@ -172,7 +101,7 @@ def costs(meta: dict[str, Any], runs: int) -> dict[str, Any]:
 
 
 def analyze(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    lines = read_ledger(path)
+    lines = ledger.read(path)
     meta = dict(meta or {})
     jobs = meta.get("job_names") or sorted({x.job for x in lines})
     if "t0" not in meta:

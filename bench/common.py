@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from proof.ledger import shell_line
 from scheduler.config import Config, EtcdConfig, LogConfig, WorkerConfig
 from scheduler.devtools.etcd_process import EtcdMember
 from scheduler.devtools.procfs import cmdline, guards_of
@@ -106,14 +107,9 @@ def job_names(n: int) -> list[str]:
 # --------------------------------------------------------------------------- ledger jobs
 
 
-def ledger_printf(ledger: Path, kind: str | None = None) -> str:
-    """One ``printf`` (one write to an O_APPEND fd) of ``job tick time pid worker [kind]``."""
-    suffix = f" {kind}" if kind else ""
-    return (
-        f"printf '%s %s %s %s %s{suffix}\\n' "
-        '"$ETCRON_JOB" "$ETCRON_TICK" "$(date +%s.%N)" $$ "$ETCRON_WORKER" '
-        f">> {shlex.quote(str(ledger))}"
-    )
+def ledger_printf(ledger: Path, kind: str = "start") -> str:
+    """One ``printf`` (one write to an O_APPEND fd) of a :mod:`proof.ledger` line."""
+    return f"{shell_line(kind)} >> {shlex.quote(str(ledger))}"
 
 
 BODY_SOURCE = REPO / "bench" / "body" / "ledger_append.c"

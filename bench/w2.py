@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.analyze import fires, max_gap, overlaps, read_ledger, unfinished
+from bench.analyze import fires, max_gap
 from bench.common import (
     KS,
     WorkerProc,
@@ -50,6 +50,8 @@ from bench.common import (
     workdir,
     write_json,
 )
+from proof.ledger import overlaps, unfinished
+from proof.ledger import read as read_ledger
 from scheduler.etcd.client import EtcdClient
 from scheduler.runs import RunRecord
 
@@ -176,7 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "fires_expected": pause["fires_expected"],
                 "fires_seen": pause["fires_seen"],
                 "duplicates": pause["duplicates"],
-                "overlaps": overlaps(window),
+                "overlaps": len(overlaps(window)),
                 "runs_without_end_line": unfinished(window),
                 "misses": pause["misses"],
                 "misses_while_paused": during["misses"],

@@ -1,8 +1,8 @@
 """Shared pieces of the peer benchmarks (no etcron imports: this runs in the peers venv).
 
-- :func:`ledger_line` writes ``job tick time pid worker`` with one ``os.write``
-  to an ``O_APPEND`` file descriptor, the same line format as etcron's ledger
-  jobs (``bench/README.md``, "The ledger"), so ``bench.analyze`` reads it unchanged.
+- :func:`ledger_line` writes a ``proof/ledger.py`` line (``job tick run-id token
+  worker kind at``; run id ``<pid>.<n>``, token 0) with one ``os.write`` to an
+  ``O_APPEND`` file descriptor, so ``bench.analyze`` reads it as etcron's.
 - :func:`redis_server` starts a private ``redis-server`` on a free loopback port
   (no persistence) and stops it by pid.
 - :func:`tree_cpu` sums utime+stime of a process and its live descendants.
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _fds: dict[str, int] = {}
+_runs = itertools.count(1)
 
 
 def tick_iso(when: datetime) -> str:
@@ -40,11 +42,13 @@ def tick_iso(when: datetime) -> str:
 
 
 def ledger_line(ledger: str, job: str, tick: str, worker: str) -> None:
-    """Append ``job tick time pid worker`` with one write (the fd is opened once per process)."""
+    """Append one ledger line with one write (the fd is opened once per process)."""
     fd = _fds.get(ledger)
     if fd is None:
         fd = _fds[ledger] = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f"{job} {tick} {time.time():.9f} {os.getpid()} {worker}\n".encode())
+    at = time.time()
+    run = f"{os.getpid()}.{next(_runs)}"
+    os.write(fd, f"{job} {tick} {run} 0 {worker} start {at:.9f}\n".encode())
 
 
 BODY_SOURCE = REPO / "bench" / "body" / "ledger_append.c"

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from proof import ledger as checker
 from tests.chaos import (
-    checker,
     scenarios,
     scenarios_clock,
     scenarios_disk,

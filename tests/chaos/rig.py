@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from proof import ledger as checker
 from scheduler.config import EtcdConfig, MasterConfig
 from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import EtcdClient, EtcdError
@@ -27,7 +28,6 @@ from scheduler.keyspace import Keyspace
 from scheduler.master.housekeeping import Housekeeper
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord
-from tests.chaos import checker
 from tests.chaos.netns import Lab
 from tests.support import wait_for
 from tests.support.cluster import WorkerProcess, make_config

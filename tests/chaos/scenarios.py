@@ -2,7 +2,7 @@
 
 Each scenario starts its own :class:`Rig` (3 etcd members, 3 worker processes),
 holds one fault for a fixed time, stops everything, then judges the ledger with
-:mod:`tests.chaos.checker` plus what it saw in etcd. Scenarios needing etcd-level
+:mod:`proof.ledger` plus what it saw in etcd. Scenarios needing etcd-level
 faults live in :mod:`tests.chaos.scenarios_etcd`.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proof import ledger as checker
 from scheduler.config import WorkerConfig
 from scheduler.model import JobSpec
 from scheduler.runs import RunStatus
-from tests.chaos import checker
 from tests.chaos.rig import Rig
 from tests.support import wait_for
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proof import ledger as checker
 from scheduler.etcd.client import EtcdError, cmp_created, op_put
 from scheduler.etcd.listwatch import EventKind, ListWatch, Snapshot
 from scheduler.keyspace import decode_tick, encode_tick
 from scheduler.model import JobSpec
 from scheduler.runs import LockValue, RunStatus, from_ms, new_run_id
-from tests.chaos import checker
 from tests.chaos.faketime import ClockRig, FakeTime, preloaded, probe_shell, read_probe
 from tests.chaos.rig import PREFIX, Rig
 from tests.chaos.scenarios import Opts, Result, result

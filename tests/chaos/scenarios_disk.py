@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from proof import ledger as checker
 from scheduler.runs import RunStatus
-from tests.chaos import checker
 from tests.chaos.rig import Rig
 from tests.chaos.scenarios import Opts, Result, result
 from tests.chaos.scenarios_net import skipped

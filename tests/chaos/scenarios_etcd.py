@@ -7,9 +7,9 @@ import contextlib
 import random
 import time
 
+from proof import ledger as checker
 from scheduler.etcd.client import EtcdError
 from scheduler.model import JobSpec
-from tests.chaos import checker
 from tests.chaos.rig import Rig
 from tests.chaos.scenarios import Opts, Result, new_run_elsewhere, result, run_lines, started
 from tests.support import wait_for

@@ -14,7 +14,7 @@ import json
 import time
 import urllib.request
 
-from tests.chaos import checker
+from proof import ledger as checker
 from tests.chaos.rig import Rig
 from tests.chaos.scenarios import Opts, Result, result
 

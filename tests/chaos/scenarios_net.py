@@ -17,8 +17,9 @@ import os
 import time
 from typing import Any
 
+from proof import ledger as checker
 from scheduler.runs import RunRecord, RunStatus
-from tests.chaos import checker, netns, slowdisk
+from tests.chaos import netns, slowdisk
 from tests.chaos.rig import Rig
 from tests.chaos.scenarios import Opts, Result, result
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import structlog
 
+from proof.ledger import overlaps
+from proof.ledger import read as read_ledger
 from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.devtools.etcd_process import EtcdCluster
@@ -26,9 +28,7 @@ from tests.support import wait_for
 from tests.support.cluster import (
     ledger_job,
     make_config,
-    overlaps,
     put_jobs,
-    read_ledger,
     registration,
     runs_of,
     workers,
@@ -111,7 +111,7 @@ async def test_worker_an_hour_ahead_stands_back_and_the_others_run_every_tick(
         kv, _ = await client.get(ks.tick("tick"))
         assert kv is not None
         assert decode_tick(kv.value) / 1000 < time.time() + 2, "the fence ran ahead"
-        starts = [e.tick for e in entries if e.kind == "start"]
+        starts = [e.tick_iso for e in entries if e.kind == "start"]
         assert len(starts) == len(set(starts)), "a tick ran twice"
     finally:
         await asyncio.gather(*(w.stop(grace=2) for w in [*good, bad]), return_exceptions=True)
@@ -185,7 +185,7 @@ async def test_ticks_no_worker_claimed_get_missed_records(
     ticks = sorted(int(r.tick.timestamp() * 1000) for r in recs)
     assert ticks[:4] == [last + 1000 * i for i in range(1, 5)]
     assert all(r.message.startswith(UNCLAIMED) for r in recs)
-    starts = [e.tick for e in read_ledger(ledger) if e.kind == "start"]
+    starts = [e.tick_iso for e in read_ledger(ledger) if e.kind == "start"]
     ran = {int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000) for t in starts}
     assert not ran & set(ticks), "a tick both ran and was recorded missed"
 
@@ -224,7 +224,7 @@ async def test_forged_and_stale_keys_are_repaired_and_recorded(
     assert lock_rec["by"] in {"w0", "w1"}
     assert decode_tick(fence_rec["value"].encode()) > fence_rec["repaired_to"]
     assert worker_rec is not None and worker_rec["kind"] == "worker"
-    starts = [(e.job, e.tick) for e in read_ledger(ledger) if e.kind == "start"]
+    starts = [(e.job, e.tick_iso) for e in read_ledger(ledger) if e.kind == "start"]
     assert len(starts) == len(set(starts)), "a tick ran twice"
 
 
@@ -274,7 +274,7 @@ async def test_while_commits_are_slow_a_forbid_run_hands_its_lock_to_the_next_ti
         await wait_for(lambda: _lock_gone(client, ks.lock("every")), 10)
     entries = read_ledger(ledger)
     starts = [e for e in entries if e.kind == "start"]
-    ticks = [e.tick for e in starts]
+    ticks = [e.tick_iso for e in starts]
     assert len(ticks) == len(set(ticks)), "a tick ran twice"
     assert not overlaps(entries)
     tokens = [e.token for e in sorted(starts, key=lambda e: e.tick)]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import structlog
 
+from proof.ledger import read as read_ledger
 from scheduler.config import EtcdConfig
 from scheduler.devtools.procfs import running
 from scheduler.etcd.client import EtcdClient, op_put
@@ -36,7 +37,6 @@ from tests.support.cluster import (
     ledger_job,
     make_config,
     put_jobs,
-    read_ledger,
     registration,
     runs_of,
     workers,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from proof.ledger import duplicates, overlaps
+from proof.ledger import read as read_ledger
 from scheduler.clock import Clock, OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.devtools.procfs import guards_of, running
@@ -23,11 +25,8 @@ from tests.support.cluster import (
     WorkerProcess,
     ledger_job,
     make_config,
-    overlaps,
     put_jobs,
-    read_ledger,
     runs_of,
-    starts_by_tick,
     workers,
 )
 
@@ -40,11 +39,11 @@ async def client(etcd_endpoints: list[str]) -> EtcdClient:
 
 
 def _ticks(ledger: Path, job: str) -> list[str]:
-    return sorted(t for (j, t) in starts_by_tick(read_ledger(ledger)) if j == job)
+    return sorted({e.tick_iso for e in read_ledger(ledger) if e.job == job and e.is_start})
 
 
 def _assert_once_per_tick(ledger: Path) -> None:
-    dups = {k: v for k, v in starts_by_tick(read_ledger(ledger)).items() if len(v) > 1}
+    dups = duplicates(read_ledger(ledger))
     assert not dups, f"duplicate runs: {dups}"
 
 
@@ -154,7 +153,7 @@ async def test_allow_runs_overlap_and_replace_kills_previous(
         await wait_for(killed, timeout=20)
         await wait_for(
             lambda: (
-                len([o for o in overlaps(read_ledger(ledger)) if o[0] in _run_ids(ledger, "allow")])
+                len([o for o in overlaps(read_ledger(ledger)) if o[1] in _run_ids(ledger, "allow")])
                 > 0
             ),
             timeout=10,

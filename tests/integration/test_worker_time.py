@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from proof.ledger import read as read_ledger
 from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.runs import RunStatus
 from tests.support import wait_for
-from tests.support.cluster import ledger_job, make_config, put_jobs, read_ledger, runs_of, workers
+from tests.support.cluster import ledger_job, make_config, put_jobs, runs_of, workers
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ async def test_dst_fires_once_at_the_defined_instant(
         await put_jobs(client, ks, job)
         await wait_for(lambda: read_ledger(ledger), timeout=10)
         nxt = w.timer.next_fire_ms()
-    ticks = [e.tick for e in read_ledger(ledger) if e.kind == "start"]
+    ticks = [e.tick_iso for e in read_ledger(ledger) if e.kind == "start"]
     assert ticks == [expected_tick]
     assert (
         nxt is not None and nxt / 1000 - datetime.fromisoformat(expected_tick).timestamp() > 3600
@@ -105,11 +106,11 @@ async def test_latest_missed_tick_runs_once_after_full_outage(
         await wait_for(lambda: len(read_ledger(ledger)) >= 2, timeout=10)
     stopped = time.time()
     await wait_for(lambda: time.time() > stopped + 5, timeout=10)  # the outage: no worker at all
-    before = {e.tick for e in read_ledger(ledger) if e.kind == "start"}
+    before = {e.tick_iso for e in read_ledger(ledger) if e.kind == "start"}
     async with workers([make_config(etcd_endpoints, prefix, "second")]):
         await wait_for(lambda: any(e.worker == "second" for e in read_ledger(ledger)), timeout=10)
         restarted = time.time()
-    after = sorted({e.tick for e in read_ledger(ledger) if e.kind == "start"} - before)
+    after = sorted({e.tick_iso for e in read_ledger(ledger) if e.kind == "start"} - before)
     in_outage = [t for t in after if datetime.fromisoformat(t).timestamp() < restarted - 0.1]
     assert len(in_outage) == 1, f"only the latest missed tick runs late: {after}"
 
@@ -125,7 +126,7 @@ async def test_tick_past_its_starting_deadline_is_recorded_missed(
         await wait_for(lambda: read_ledger(ledger), timeout=10)
 
     # the outage spans the next tick; come back 1.5 s after it (past its 0.5 s deadline)
-    last = max(datetime.fromisoformat(e.tick).timestamp() for e in read_ledger(ledger))
+    last = max(datetime.fromisoformat(e.tick_iso).timestamp() for e in read_ledger(ledger))
     await wait_for(lambda: time.time() > last + 6.5, timeout=10)
     async with workers([make_config(etcd_endpoints, prefix, "second")]):
 
@@ -134,7 +135,8 @@ async def test_tick_past_its_starting_deadline_is_recorded_missed(
 
         await wait_for(missed, timeout=10)
     assert not any(
-        e.worker == "second" and e.kind == "start" and _age(e.tick) > 4 for e in read_ledger(ledger)
+        e.worker == "second" and e.kind == "start" and _age(e.tick_iso) > 4
+        for e in read_ledger(ledger)
     )
 
 

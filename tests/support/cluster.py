@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
-from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proof.ledger import shell_line
 from scheduler.clock import Clock
 from scheduler.config import Config, EtcdConfig, WorkerConfig
 from scheduler.etcd.client import EtcdClient
@@ -23,8 +22,6 @@ from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord
 from workers.worker import Worker
-
-LEDGER_LINE = 'echo "$ETCRON_JOB $ETCRON_TICK $ETCRON_RUN_ID $ETCRON_FENCING_TOKEN $ETCRON_WORKER'
 
 
 def make_config(endpoints: list[str], prefix: str, worker_id: str = "w1", **worker: Any) -> Config:
@@ -52,11 +49,11 @@ def ledger_job(
     pre: str = "",
     **kw: Any,
 ) -> JobSpec:
-    """A job that appends a ledger line at start, ``beat`` lines every 0.1 s for
+    """A job that appends a ledger line (:mod:`proof.ledger`) at start, ``beat`` lines every 0.1 s for
     ``beats`` seconds (proof it is alive), runs ``body``, then appends ``end``."""
-    start = f'{LEDGER_LINE} start $(date +%s.%N)" >> {ledger}'
-    beat = f'{LEDGER_LINE} beat $(date +%s.%N)" >> {ledger}'
-    end = f'{LEDGER_LINE} end $(date +%s.%N)" >> {ledger}'
+    start = f"{shell_line('start')} >> {shlex.quote(str(ledger))}"
+    beat = f"{shell_line('beat')} >> {shlex.quote(str(ledger))}"
+    end = f"{shell_line('end')} >> {shlex.quote(str(ledger))}"
     loop = (
         f"i=0; while [ $i -lt {int(beats * 10)} ]; do {beat}; sleep 0.1; i=$((i+1)); done; "
         if beats
@@ -64,60 +61,6 @@ def ledger_job(
     )
     script = f"{start}; {pre + '; ' if pre else ''}{loop}{body + '; ' if body else ''}{end}"
     return JobSpec(name=name, schedule=schedule, shell=script, **kw)
-
-
-@dataclass
-class Entry:
-    job: str
-    tick: str
-    run_id: str
-    token: int
-    worker: str
-    kind: str
-    at: float
-
-
-def read_ledger(path: Path) -> list[Entry]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 7:
-            out.append(
-                Entry(
-                    parts[0], parts[1], parts[2], int(parts[3]), parts[4], parts[5], float(parts[6])
-                )
-            )
-    return out
-
-
-def starts_by_tick(entries: list[Entry]) -> dict[tuple[str, str], list[Entry]]:
-    out: dict[tuple[str, str], list[Entry]] = defaultdict(list)
-    for e in entries:
-        if e.kind == "start":
-            out[(e.job, e.tick)].append(e)
-    return out
-
-
-def overlaps(entries: list[Entry]) -> list[tuple[str, str]]:
-    """Pairs of runs of the same job that were provably alive at the same time.
-
-    A run's span is [start, its last line (beat or end)]: a killed run wrote
-    nothing after it died, and every line proves it was alive when written.
-    """
-    spans: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for e in entries:
-        span = spans[e.job].setdefault(e.run_id, [e.at, e.at])
-        span[0] = min(span[0], e.at)
-        span[1] = max(span[1], e.at)
-    bad = []
-    for _job, runs in spans.items():
-        ordered = sorted(runs.items(), key=lambda kv: kv[1][0])
-        for (ra, a), (rb, b) in itertools.pairwise(ordered):
-            if b[0] < a[1]:
-                bad.append((ra, rb))
-    return bad
 
 
 async def put_jobs(client: EtcdClient, ks: Keyspace, *jobs: JobSpec) -> None:
