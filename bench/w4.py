@@ -71,15 +71,15 @@ async def claim_step(client: EtcdClient, cid: int) -> Step:
         )
         skipped = rec.model_copy(update={"status": RunStatus.SKIPPED, "start": None})
         lock = LockValue(worker=f"w{cid}", run_id=run_id, tick=when, lease=lease).to_json()
-        req = ClaimRequest(
+        req = ClaimRequest.tick(
             TickFence(KS.tick(job), tick),
-            KS.lock(job),
-            lock,
-            lease,
-            run_id,
-            KS.run(job, run_id),
-            rec.to_json(),
-            skipped.to_json(),
+            lock_key=KS.lock(job),
+            lock_value=lock,
+            lease=lease,
+            run_id=run_id,
+            record_key=KS.run(job, run_id),
+            record_value=rec.to_json(),
+            skip_value=skipped.to_json(),
         )
         c = await claim(client, req)
         if c.outcome is not Outcome.WON:

@@ -6,12 +6,41 @@ the tick taken stops there, without an etcd write. Otherwise it sends the claim
 transaction (``scheduler.etcd.claim``) ``claim_ahead`` before the tick and, if
 it won, prepares the run and starts it at the tick. Manual runs, ``replace``
 and the records of missed and skipped ticks go the same way.
+
+Protocol map (each rule of the claim protocol, and what keeps it):
+
+- **claim** — one transaction takes the tick fence ``ticks/J`` and the lock:
+  ``scheduler.etcd.claim.claim`` (a ``ClaimRequest`` with a ``TickFence``),
+  sent here by ``_claim_and_run`` from ``_tick``.
+- **skip-record** — a ``forbid`` tick whose lock is held gets a ``skipped``
+  record, by exactly one worker: the second transaction of ``claim``; the
+  record is ``_skip_record`` here; early claims ask again (``Retry.ASK_AGAIN``).
+- **missed records** — the fence alone, no lock (``ClaimRequest.record_only``):
+  ``_record_missed`` here; ticks a fence write jumped over:
+  ``workers.accounting.record_gap`` via ``_account``; silent jobs: the
+  leader's ``scheduler.master.didnotrun``.
+- **hand-over** — release and the next tick's claim in one transaction:
+  ``scheduler.etcd.claim.release_and_claim``, prepared by ``_next_run`` here
+  (which tick: ``workers.handover.next_tick``), sent by ``workers.runner.Runner.finish``.
+- **release** — the final record, and the lock deleted only if its mod
+  revision is still our token: ``scheduler.etcd.claim.release``, from
+  ``workers.runner.Runner.finish``.
+- **replace** — claim the fence with no lock, then stop the holder and take the
+  lock: ``_replace`` here, over ``scheduler.etcd.claim.acquire``.
+- **manual runs** — a ``TriggerFence`` creates ``taken/J/R`` once per request:
+  ``scheduler.etcd.claim.TriggerFence``, sent by ``_manual`` here; the leader
+  deletes ``taken`` keys whose request is gone
+  (``scheduler.master.housekeeping``, ``_clean_taken``).
+- **repairs** — ``workers.repair.Repairs``: a lock no live run stands behind
+  (``lock``, from ``_check_lock`` here), a fence ahead of cluster time
+  (``fence``, from ``workers.worker.Worker._repair_fence``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import json
 import zlib
@@ -48,6 +77,16 @@ NO_ELIGIBLE_GRACE = 1.5
 
 MIN_PERIOD_MS = 1000
 """No schedule fires twice within a second (cron has whole seconds, ``@every`` >= 1 s)."""
+
+
+class Retry(enum.Enum):
+    """What ``_claim_and_run`` tells its caller."""
+
+    NO = "no"
+    """Done: the run started, the tick was taken, or it was recorded (skipped)."""
+    ASK_AGAIN = "ask again"
+    """Busy (``forbid``) and no skip recorded (an early claim): ask again at the
+    tick, or shortly while commits are slow."""
 
 
 def _skip_record(rec: RunRecord) -> bytes:
@@ -180,10 +219,10 @@ class Claiming(WorkerCore):
                 if early and slow:
                     await self._after_previous(job, fire_ms)
                 patient = early or (slow and now_ms < fire_ms + self.pace.ahead_ms)
-                busy = await self._claim_and_run(
+                retry = await self._claim_and_run(
                     job, TickFence(self.ks.tick(job.name), fire_ms), tick, record_skip=not patient
                 )
-                if not (busy and patient):
+                if retry is Retry.NO or not patient:
                     return
                 if early and not slow:
                     await self._sleep_until(fire_ms)  # the run may end before the tick
@@ -255,15 +294,11 @@ class Claiming(WorkerCore):
             worker=self.id,
             message=why,
         )
-        req = ClaimRequest(
+        req = ClaimRequest.record_only(
             TickFence(self.ks.tick(job.name), fire_ms),
-            None,
-            b"",
-            0,
-            rec.run_id,
-            self.ks.run(job.name, rec.run_id),
-            rec.to_json(),
-            None,
+            run_id=rec.run_id,
+            record_key=self.ks.run(job.name, rec.run_id),
+            record_value=rec.to_json(),
         )
         with contextlib.suppress(EtcdUnavailable):
             c = await claim(self.batcher or self.client, req)
@@ -288,11 +323,12 @@ class Claiming(WorkerCore):
         manual: bool = False,
         record_skip: bool = True,
         request: str = "",
-    ) -> bool:
+    ) -> Retry:
         """Claim and, if won, run (a scheduled tick starts at the tick itself).
 
-        Returns True when the job was busy (``forbid``) and no skip was recorded
-        because ``record_skip`` was off (an early claim): the caller asks again.
+        Returns :attr:`Retry.ASK_AGAIN` when the job was busy (``forbid``) and no
+        skip was recorded because ``record_skip`` was off (an early claim): the
+        caller asks again. Otherwise :attr:`Retry.NO` (won, taken, or recorded).
         """
         session, client = self.session, self.batcher
         if session is None or client is None or session.remaining() <= 0:
@@ -317,15 +353,15 @@ class Claiming(WorkerCore):
         lock_value = LockValue(
             worker=self.id, run_id=run_id, tick=tick, lease=session.lease_id
         ).to_json()
-        req = ClaimRequest(
-            fence,
-            None if policy is Concurrency.REPLACE else lock_key,
-            lock_value,
-            session.lease_id,
-            run_id,
-            self.ks.run(job.name, run_id),
-            rec.to_json(),
-            _skip_record(rec) if policy is Concurrency.FORBID and record_skip else None,
+        req = ClaimRequest(  # a tick or a manual run, by the fence (see the named constructors)
+            fence=fence,
+            lock_key=None if policy is Concurrency.REPLACE else lock_key,  # replace: _replace locks
+            lock_value=lock_value,
+            lease=session.lease_id,
+            run_id=run_id,
+            record_key=self.ks.run(job.name, run_id),
+            record_value=rec.to_json(),
+            skip_value=_skip_record(rec) if policy is Concurrency.FORBID and record_skip else None,
         )
         self.stats["claims"] += 1
         self._claiming += 1
@@ -340,7 +376,7 @@ class Claiming(WorkerCore):
             self._account(job, result, tick_ms(tick))
         if result.outcome is Outcome.TAKEN:
             self.stats["taken"] += 1
-            return False
+            return Retry.NO
         if result.outcome is Outcome.BUSY:
             self.stats["busy"] += 1
             if result.lock is not None:
@@ -350,7 +386,7 @@ class Claiming(WorkerCore):
                 self.log.info(
                     "tick skipped: previous run still active", job=job.name, tick=str(tick)
                 )
-            return not result.recorded
+            return Retry.NO if result.recorded else Retry.ASK_AGAIN
         token = result.token
         start_at = None if manual else tick_ms(tick)
         if policy is Concurrency.REPLACE:
@@ -358,12 +394,12 @@ class Claiming(WorkerCore):
                 await self._sleep_until(start_at)
             token = await self._replace(job, lock_key, lock_value, session)
             if not token:
-                return False
+                return Retry.NO
         rec.fencing_token = token
         self.stats["won"] += 1
         handle = RunHandle(job, rec, lock_key, self.ks.run(job.name, run_id), token)
         await self._execute(handle, start_at)
-        return False
+        return Retry.NO
 
     def _account(self, job: JobSpec, result: Claim | Handed, fire_ms: int) -> None:
         """Record the ticks our fence write jumped over (``workers.accounting``)."""

@@ -104,7 +104,12 @@ class Claim:
 class Fence:
     """What makes a claim unique: a tick, or a manual-run trigger."""
 
-    def compares(self) -> list[Cmp]:
+    def compares(self, absent: bool = False) -> list[Cmp]:
+        """The claim's compares; ``absent``: the fence key does not exist yet.
+
+        The fence is stateless: the caller (:func:`claim`) keeps ``absent``
+        and flips it when :meth:`missing` says so.
+        """
         raise NotImplementedError
 
     def ops(self) -> list[Op]:
@@ -118,8 +123,8 @@ class Fence:
         """Someone else took it (or it is gone): ``seen`` holds one result per check."""
         raise NotImplementedError
 
-    def missing(self, seen: list[list[KeyValue]]) -> bool:
-        """True when the fence key does not exist and the compare must change."""
+    def missing(self, seen: list[list[KeyValue]], absent: bool) -> bool:
+        """True when the compares made with ``absent`` cannot hold and ``absent`` must flip."""
         return False
 
     def replaced(self, written: list[KeyValue]) -> int | None:
@@ -132,10 +137,9 @@ class TickFence(Fence):
         self.key = key
         self.tick_ms = tick_ms
         self.value = encode_tick(tick_ms)
-        self.first = False
 
-    def compares(self) -> list[Cmp]:
-        if self.first:
+    def compares(self, absent: bool = False) -> list[Cmp]:
+        if absent:
             return [cmp_created(self.key, 0)]
         return [cmp_value(self.key, self.value, LESS)]
 
@@ -155,15 +159,10 @@ class TickFence(Fence):
         except ValueError:
             return None
 
-    def missing(self, seen: list[list[KeyValue]]) -> bool:
+    def missing(self, seen: list[list[KeyValue]], absent: bool) -> bool:
+        # no fence key while comparing its value, or one while comparing its absence
         (fence,) = seen
-        if not fence and not self.first:
-            self.first = True
-            return True
-        if fence and self.first:
-            self.first = False
-            return True
-        return False
+        return bool(fence) == absent
 
 
 class TriggerFence(Fence):
@@ -175,7 +174,7 @@ class TriggerFence(Fence):
         self.value = value
         """What the ``taken`` key says (the run id), for people reading etcd."""
 
-    def compares(self) -> list[Cmp]:
+    def compares(self, absent: bool = False) -> list[Cmp]:
         return [cmp_created(self.key, 0, GREATER), cmp_created(self.taken_key, 0)]
 
     def ops(self) -> list[Op]:
@@ -189,18 +188,88 @@ class TriggerFence(Fence):
         return bool(taken) or not request  # taken by a claim, or expired before any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimRequest:
+    """One claim: the fence it takes, the lock it holds, the records it writes.
+
+    Build it with a named constructor: :meth:`tick` (a scheduled run),
+    :meth:`manual` (a manual run, fenced by its request) or :meth:`record_only`
+    (the fence and a record, no lock: a missed tick).
+    """
+
     fence: Fence
     lock_key: str | None
     """None: claim the fence only (no lock), e.g. to record a missed tick."""
-    lock_value: bytes
-    lease: int
+    lock_value: bytes = b""
+    lease: int = 0
     run_id: str
     record_key: str
     record_value: bytes
-    skip_value: bytes | None
+    skip_value: bytes | None = None
     """The run record to write when the lock is held (``forbid``); None: do not skip-record."""
+
+    @classmethod
+    def tick(
+        cls,
+        fence: TickFence,
+        *,
+        lock_key: str | None,
+        lock_value: bytes,
+        lease: int,
+        run_id: str,
+        record_key: str,
+        record_value: bytes,
+        skip_value: bytes | None = None,
+    ) -> ClaimRequest:
+        """A scheduled run of tick ``fence`` (``lock_key`` None: ``replace`` locks later)."""
+        return cls(
+            fence=fence,
+            lock_key=lock_key,
+            lock_value=lock_value,
+            lease=lease,
+            run_id=run_id,
+            record_key=record_key,
+            record_value=record_value,
+            skip_value=skip_value,
+        )
+
+    @classmethod
+    def manual(
+        cls,
+        fence: TriggerFence,
+        *,
+        lock_key: str | None,
+        lock_value: bytes,
+        lease: int,
+        run_id: str,
+        record_key: str,
+        record_value: bytes,
+        skip_value: bytes | None = None,
+    ) -> ClaimRequest:
+        """A manual run: creates ``taken/J/R`` for request ``fence`` (one run per request)."""
+        return cls(
+            fence=fence,
+            lock_key=lock_key,
+            lock_value=lock_value,
+            lease=lease,
+            run_id=run_id,
+            record_key=record_key,
+            record_value=record_value,
+            skip_value=skip_value,
+        )
+
+    @classmethod
+    def record_only(
+        cls, fence: TickFence, *, run_id: str, record_key: str, record_value: bytes
+    ) -> ClaimRequest:
+        """Take tick ``fence`` to write a record (e.g. missed) with no lock and no run."""
+        return cls(
+            fence=fence,
+            lock_key=None,
+            run_id=run_id,
+            record_key=record_key,
+            record_value=record_value,
+        )
 
 
 def _holds(lock: list[KeyValue], value: bytes) -> bool:
@@ -226,13 +295,16 @@ async def claim(
     delay = 0.05
     lock_key = req.lock_key
     failure = [op_get(lock_key or req.record_key), *req.fence.checks(), op_get(req.record_key)]
+    absent = (
+        False  # compare the fence key's absence instead of its value (kept here, not in the fence)
+    )
     while True:
         try:
             txns += 1
             lock_cmp = [cmp_created(lock_key, 0)] if lock_key else []
             lock_put = [op_put(lock_key, req.lock_value, lease=req.lease)] if lock_key else []
             res = await client.txn_once(
-                [*req.fence.compares(), *lock_cmp],
+                [*req.fence.compares(absent), *lock_cmp],
                 [*req.fence.ops(), *lock_put, op_put(req.record_key, req.record_value)],
                 failure,
             )
@@ -251,7 +323,8 @@ async def claim(
                     token = record[0].create_revision if lock_key is None else lock[0].mod_revision
                     return Claim(Outcome.WON, token=token, txns=txns)
                 return Claim(Outcome.BUSY, recorded=True, txns=txns)
-            if req.fence.missing(seen):
+            if req.fence.missing(seen, absent):
+                absent = not absent
                 continue
             if req.fence.taken(seen):
                 last = decode_tick(seen[0][0].value) if isinstance(req.fence, TickFence) else None
@@ -263,7 +336,7 @@ async def claim(
                 return Claim(Outcome.BUSY, holder=holder, txns=txns, lock=lock[0])
             txns += 1
             skip = await client.txn_once(
-                [*req.fence.compares(), cmp_created(lock_key, 0, NOT_EQUAL)],
+                [*req.fence.compares(absent), cmp_created(lock_key, 0, NOT_EQUAL)],
                 [*req.fence.ops(), op_put(req.record_key, req.skip_value)],
                 failure,
             )

@@ -193,15 +193,11 @@ class DidNotRun:
                 )
             )
         last = records[-1]
-        req = ClaimRequest(
+        req = ClaimRequest.record_only(
             TickFence(self.ks.tick(job.name), o.ticks[-1]),
-            None,
-            b"",
-            0,
-            last.run_id,
-            self.ks.run(job.name, last.run_id),
-            last.to_json(),
-            None,
+            run_id=last.run_id,
+            record_key=self.ks.run(job.name, last.run_id),
+            record_value=last.to_json(),
         )
         if not self.is_leader.is_set():
             return 0

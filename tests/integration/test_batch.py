@@ -23,15 +23,15 @@ async def client(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
 
 
 def _req(ks: Keyspace, job: str, run: str, tick: int) -> ClaimRequest:
-    return ClaimRequest(
+    return ClaimRequest.tick(
         TickFence(ks.tick(job), tick),
-        ks.lock(job),
-        f'{{"run_id":"{run}"}}'.encode(),
-        0,
-        run,
-        ks.run(job, run),
-        b"running",
-        b"skipped",
+        lock_key=ks.lock(job),
+        lock_value=f'{{"run_id":"{run}"}}'.encode(),
+        lease=0,
+        run_id=run,
+        record_key=ks.run(job, run),
+        record_value=b"running",
+        skip_value=b"skipped",
     )
 
 

@@ -77,10 +77,15 @@ async def test_only_ticks_after_the_fence_and_past_their_deadline_are_recorded(
 
     # a worker that comes back cannot claim the recorded tick: the fence is past it
     run_id = new_run_id(T0 + timedelta(seconds=10))
-    req = ClaimRequest(
+    req = ClaimRequest.tick(
         TickFence(ks.tick("dead"), tick_ms(T0 + timedelta(seconds=10))),
-        ks.lock("dead"), b"w1", 0, run_id, ks.run("dead", run_id), b"{}", None,
-    )  # fmt: skip
+        lock_key=ks.lock("dead"),
+        lock_value=b"w1",
+        lease=0,
+        run_id=run_id,
+        record_key=ks.run("dead", run_id),
+        record_value=b"{}",
+    )
     assert (await claim(client, req)).outcome is Outcome.TAKEN
 
     # a long silence: at most max_ticks records, the last one the latest overdue tick
@@ -121,10 +126,15 @@ async def test_a_tick_claimed_meanwhile_is_never_recorded_missed(
     tick = T0 + timedelta(seconds=10)
     run_id = new_run_id(tick)
     rec = RunRecord(job="late", run_id=run_id, tick=tick, status=RunStatus.RUNNING, worker="w1")
-    req = ClaimRequest(
-        TickFence(ks.tick("late"), tick_ms(tick)), ks.lock("late"), b"w1", 0, run_id,
-        ks.run("late", run_id), rec.to_json(), None,
-    )  # fmt: skip
+    req = ClaimRequest.tick(
+        TickFence(ks.tick("late"), tick_ms(tick)),
+        lock_key=ks.lock("late"),
+        lock_value=b"w1",
+        lease=0,
+        run_id=run_id,
+        record_key=ks.run("late", run_id),
+        record_value=rec.to_json(),
+    )
     assert (await claim(client, req)).outcome is Outcome.WON
     assert await d.sweep() == 0
     assert [r.run_id for r in await runs_of(client, ks, "late")] == [run_id]

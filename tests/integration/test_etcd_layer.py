@@ -170,15 +170,15 @@ async def test_session_cut_off_is_lost_before_server_expiry(
 
 
 def _req(ks: Keyspace, run: str, tick: int, lease: int = 0) -> ClaimRequest:
-    return ClaimRequest(
+    return ClaimRequest.tick(
         TickFence(ks.tick("j"), tick),
-        ks.lock("j"),
-        f'{{"run_id":"{run}"}}'.encode(),
-        lease,
-        run,
-        ks.run("j", run),
-        b"running",
-        b"skipped",
+        lock_key=ks.lock("j"),
+        lock_value=f'{{"run_id":"{run}"}}'.encode(),
+        lease=lease,
+        run_id=run,
+        record_key=ks.run("j", run),
+        record_value=b"running",
+        skip_value=b"skipped",
     )
 
 
@@ -253,8 +253,14 @@ async def test_trigger_claim_takes_a_request_once(client: EtcdClient, prefix: st
 
     def req(run: str, trigger: str = key, took: str = taken) -> ClaimRequest:
         fence = TriggerFence(trigger, took, run.encode())
-        return ClaimRequest(
-            fence, ks.run_lock("j", run), b"x", 0, run, ks.run("j", run), b"r", None
+        return ClaimRequest.manual(
+            fence,
+            lock_key=ks.run_lock("j", run),
+            lock_value=b"x",
+            lease=0,
+            run_id=run,
+            record_key=ks.run("j", run),
+            record_value=b"r",
         )
 
     results = await asyncio.gather(*(claim(client, req(f"m{i}")) for i in range(5)))

@@ -24,15 +24,14 @@ CHUNK = 400 * 1024
 
 
 def _claim(ks: Keyspace, run: str, tick: int) -> ClaimRequest:
-    return ClaimRequest(
+    return ClaimRequest.tick(
         TickFence(ks.tick("keep"), tick),
-        ks.lock("keep"),
-        b'{"run_id":"%s"}' % run.encode(),
-        0,
-        run,
-        ks.run("keep", run),
-        b"running",
-        None,
+        lock_key=ks.lock("keep"),
+        lock_value=b'{"run_id":"%s"}' % run.encode(),
+        lease=0,
+        run_id=run,
+        record_key=ks.run("keep", run),
+        record_value=b"running",
     )
 
 
