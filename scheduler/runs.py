@@ -78,6 +78,27 @@ class RunRecord(BaseModel):
     def from_json(cls, data: bytes) -> RunRecord:
         return cls.model_validate_json(data)
 
+    @classmethod
+    def missed(
+        cls,
+        job: str,
+        tick: datetime,
+        message: str,
+        *,
+        worker: str | None,
+        end: datetime | None = None,
+    ) -> RunRecord:
+        """The record of a tick that did not run (a fresh run id for the tick)."""
+        return cls(
+            job=job,
+            run_id=new_run_id(tick),
+            tick=tick,
+            status=RunStatus.MISSED,
+            worker=worker,
+            end=end,
+            message=message,
+        )
+
     @property
     def duration(self) -> float | None:
         if self.start is None or self.end is None:

@@ -23,7 +23,7 @@ import structlog
 from scheduler.etcd.client import EtcdError, TxnSender, op_put
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
-from scheduler.runs import RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from scheduler.runs import RunRecord, from_ms, tick_ms
 
 log = structlog.get_logger("etcron.worker")
 
@@ -62,17 +62,7 @@ def gap_records(
         message = UNCLAIMED
         if more and i == len(ticks) - 1:
             message += f" (and about {more} later ticks before {from_ms(before_ms).isoformat()})"
-        records.append(
-            RunRecord(
-                job=job.name,
-                run_id=new_run_id(tick),
-                tick=tick,
-                status=RunStatus.MISSED,
-                worker=worker,
-                end=now,
-                message=message,
-            )
-        )
+        records.append(RunRecord.missed(job.name, tick, message, worker=worker, end=now))
     return records
 
 

@@ -286,14 +286,7 @@ class Claiming(WorkerCore):
     ) -> None:
         assert self.client is not None
         tick = from_ms(fire_ms)
-        rec = RunRecord(
-            job=job.name,
-            run_id=new_run_id(tick),
-            tick=tick,
-            status=RunStatus.MISSED,
-            worker=self.id,
-            message=why,
-        )
+        rec = RunRecord.missed(job.name, tick, why, worker=self.id)
         req = ClaimRequest.record_only(
             TickFence(self.ks.tick(job.name), fire_ms),
             run_id=rec.run_id,

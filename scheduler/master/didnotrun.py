@@ -49,7 +49,7 @@ from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim
 from scheduler.etcd.client import EtcdClient, EtcdError, op_put
 from scheduler.keyspace import Keyspace, decode_tick
 from scheduler.model import JobSpec
-from scheduler.runs import RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from scheduler.runs import RunRecord, from_ms, tick_ms
 from scheduler.signing import spec_bytes
 
 log = structlog.get_logger("etcron.didnotrun")
@@ -181,17 +181,7 @@ class DidNotRun:
             if o.more and i == len(o.ticks) - 1:
                 message += f" (and about {o.more} earlier ticks)"
             tick = from_ms(ms)
-            records.append(
-                RunRecord(
-                    job=job.name,
-                    run_id=new_run_id(tick),
-                    tick=tick,
-                    status=RunStatus.MISSED,
-                    worker=None,
-                    end=now,
-                    message=message,
-                )
-            )
+            records.append(RunRecord.missed(job.name, tick, message, worker=None, end=now))
         last = records[-1]
         req = ClaimRequest.record_only(
             TickFence(self.ks.tick(job.name), o.ticks[-1]),
