@@ -148,7 +148,7 @@ async def list_entries(
         kvs, more = await client.range(start, end, limit=PAGE, newest_first=True)
         for kv in kvs:
             scanned += 1
-            tail = Keyspace.tail(kv.key, ks.audit)
+            tail = ks.parse_audit(kv.key)
             end = kv.key  # the next page ends before this key
             try:
                 entry = AuditEntry.model_validate_json(kv.value)

@@ -67,7 +67,7 @@ from workers.cgroups import CgroupHost
 from workers.core import WorkerCore
 from workers.executor import OutputSink
 from workers.handover import next_tick
-from workers.output import EtcdOutput, prune_local_logs, run_output_limit
+from workers.output_sink import EtcdOutput, prune_local_logs, run_output_limit
 from workers.peers import rank
 from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner, started_record
 

@@ -16,7 +16,7 @@ import structlog
 
 from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
-from scheduler.keyspace import decode_tick
+from scheduler.keyspace import Keyspace, decode_tick
 from scheduler.model import JobSpec
 from scheduler.signing import spec_bytes
 from workers.admission import Admission, Verdict
@@ -34,13 +34,14 @@ def _kv_changes(
     """(name, key-value or None when gone) for every key the item touches."""
     if isinstance(item, Snapshot):
         out: list[tuple[str, KeyValue | None]] = [
-            (kv.key[len(prefix) :], kv) for kv in item.kvs.values()
+            (Keyspace.tail(kv.key, prefix), kv) for kv in item.kvs.values()
         ]
         present = {name for name, _ in out}
         out.extend((name, None) for name in list(known) if name not in present)
         return out
     return [
-        (ev.key[len(prefix) :], ev.kv if ev.kind is EventKind.PUT else None) for ev in item.events
+        (Keyspace.tail(ev.key, prefix), ev.kv if ev.kind is EventKind.PUT else None)
+        for ev in item.events
     ]
 
 

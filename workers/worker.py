@@ -311,7 +311,7 @@ class Worker(Membership, Claiming):
         for ev in item.events:
             if ev.kind is not EventKind.PUT:
                 continue
-            name = ev.key[len(prefix) :]
+            name = self.ks.tail(ev.key, prefix)
             try:
                 run_id = json.loads(ev.kv.value or b"{}").get("run_id")
             except (ValueError, AttributeError):
@@ -346,9 +346,12 @@ class Worker(Membership, Claiming):
             self._start_manual(key)
 
     def _start_manual(self, key: str) -> None:
-        name, _, request = key[len(self.ks.triggers) :].partition("/")
+        try:
+            name, request = self.ks.parse_trigger(key)
+        except ValueError:
+            return  # not a request's key: nothing to run
         job = self.table.jobs.get(name)
-        if job is not None and request:
+        if job is not None:
             self._spawn(self._manual(job, key, request))
 
     # timer ----------------------------------------------------------------

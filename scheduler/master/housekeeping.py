@@ -175,8 +175,8 @@ class Housekeeper:
         jobs = await self._jobs()
         by_job: dict[str, list[tuple[RunRecord, KeyValue]]] = defaultdict(list)
         for kv in kvs:
-            job = kv.key[len(self.ks.runs) :].split("/", 1)[0]
             try:
+                job, _ = self.ks.parse_run(kv.key)
                 by_job[job].append((RunRecord.from_json(kv.value), kv))
             except ValueError:
                 report.malformed += 1
@@ -216,8 +216,10 @@ class Housekeeper:
         taken, _ = await self.client.get_prefix(self.ks.taken_requests)
         cleaned = 0
         for kv in taken[:most]:
-            tail = Keyspace.tail(kv.key, self.ks.taken_requests)
-            job, _, request = tail.partition("/")
+            try:
+                job, request = self.ks.parse_taken(kv.key)
+            except ValueError:
+                continue  # not written by a claim: not ours to clean
             trigger = self.ks.trigger(job, request)
             res = await self.client.txn([cmp_absent(trigger)], [op_delete(kv.key)])
             cleaned += int(res.succeeded)

@@ -67,7 +67,7 @@ def add_cluster_routes(router: APIRouter, ui: Ui) -> None:
             members=members,
             alarms=alarms,
             housekeeper=housekeeper,
-            masters=[kv.key.rsplit("/", 1)[-1] for kv in masters],
+            masters=[store.ks.parse_master(kv.key) for kv in masters],
             quota=quota,
             used=used,
         )
