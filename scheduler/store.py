@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import secrets
 import statistics
 from collections.abc import Callable, Iterable
@@ -75,6 +74,8 @@ from scheduler.etcd.client import (
 )
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
+from scheduler.registration import WorkerRegistration
+from scheduler.run_requests import RunRequest, StopRequest
 from scheduler.runs import RunRecord, RunStatus
 from scheduler.signing import Signer, spec_bytes, unwrap
 from scheduler.versions import DEFAULT_KEEP
@@ -165,10 +166,6 @@ class Plan:
             "dry_run": self.dry_run,
             "batches": self.batches,
         }
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class JobStore:
@@ -465,14 +462,14 @@ class JobStore:
     # requests -----------------------------------------------------------------
 
     async def _put_if_job(
-        self, job: str, key: str, value: dict[str, Any], ttl: int, operation: Operation, detail: str
+        self, job: str, key: str, value: bytes, ttl: int, operation: Operation, detail: str
     ) -> None:
         lease, _ = await self.client.grant(ttl)
         job_key = self.ks.job(job)
         rec = await self.journal.record(self.actor, operation, [], jobs=[job], detail=detail)
         res = await self.client.txn(
             [cmp_created(job_key, 0, GREATER)],
-            [op_put(key, json.dumps(value).encode(), lease), *rec.ops],
+            [op_put(key, value, lease), *rec.ops],
         )
         if not res.succeeded:
             await self.client.revoke(lease)
@@ -489,7 +486,7 @@ class JobStore:
         await self._put_if_job(
             job,
             self.ks.killer(job),
-            {"requested_at": _now_iso()},
+            StopRequest.kill(datetime.now(UTC)).encode(),
             KILL_TTL,
             "kill",
             "kill requested",
@@ -524,7 +521,7 @@ class JobStore:
         """Ask for one manual run of ``job`` now; returns the request id."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         request_id = f"{stamp}-{secrets.token_hex(4)}"
-        value = {"request_id": request_id, "requested_at": _now_iso()}
+        value = RunRequest(request_id=request_id, requested_at=datetime.now(UTC)).encode()
         key = self.ks.trigger(job, request_id)
         await self._put_if_job(job, key, value, TRIGGER_TTL, "run", f"request {request_id}")
         return request_id
@@ -545,15 +542,11 @@ class JobStore:
         for kv in kvs:
             if not kv.lease:
                 continue  # no live session stands behind it: stale or forged, not a worker
-            try:
-                data = json.loads(kv.value)
-                if not isinstance(data, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                log.warning("invalid worker registration", key=kv.key, error=str(exc))
+            reg = WorkerRegistration.parse(kv.value, worker_id=self.ks.parse_worker(kv.key))
+            if reg is None:
+                log.warning("invalid worker registration", key=kv.key)
                 continue
-            data.setdefault("id", Keyspace.tail(kv.key, self.ks.workers))
-            workers.append(data)
+            workers.append(reg.shown())
         clocks = [float(w["clock"]) for w in workers if _is_number(w.get("clock"))]
         median = statistics.median(clocks) if clocks else None
         for w in workers:
@@ -594,7 +587,7 @@ async def end_orphaned_run(
     alive = {} if alive is None else alive
     alive.setdefault(rec.lease, False)
     token = rec.fencing_token or kv.create_revision
-    final = rec.model_copy(update={"status": status, "end": now, "message": message})
+    final = RunRecord.lost(rec, end=now, message=message, status=status)
     for _ in range(3):
         compares = [cmp_unchanged(kv)]
         ops = [op_put(kv.key, final.to_json())]

@@ -14,7 +14,7 @@ Protocol map (each rule of the claim protocol, and what keeps it):
   sent here by ``_claim_and_run`` from ``_tick``.
 - **skip-record** — a ``forbid`` tick whose lock is held gets a ``skipped``
   record, by exactly one worker: the second transaction of ``claim``; the
-  record is ``_skip_record`` here; early claims ask again (``Retry.ASK_AGAIN``).
+  record is ``RunRecord.skipped``; early claims ask again (``Retry.ASK_AGAIN``).
 - **missed records** — the fence alone, no lock (``ClaimRequest.record_only``):
   ``_record_missed`` here; ticks a fence write jumped over:
   ``workers.accounting.record_gap`` via ``_account``; silent jobs: the
@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import enum
 import functools
-import json
 import zlib
 from datetime import datetime
 
@@ -60,7 +59,8 @@ from scheduler.etcd.claim import (
 from scheduler.etcd.client import EtcdUnavailable, KeyValue
 from scheduler.etcd.session import Session
 from scheduler.model import Concurrency, JobSpec
-from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from scheduler.run_requests import StopRequest, Taken
+from scheduler.runs import LockValue, RunRecord, from_ms, new_run_id, tick_ms
 from workers import orphans
 from workers.accounting import UNCLAIMED, record_gap
 from workers.cgroups import CgroupHost
@@ -69,7 +69,7 @@ from workers.executor import OutputSink
 from workers.handover import next_tick
 from workers.output_sink import EtcdOutput, prune_local_logs, run_output_limit
 from workers.peers import rank
-from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner, started_record
+from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner
 
 NO_ELIGIBLE = "no eligible worker"
 NO_ELIGIBLE_GRACE = 1.5
@@ -87,17 +87,6 @@ class Retry(enum.Enum):
     ASK_AGAIN = "ask again"
     """Busy (``forbid``) and no skip recorded (an early claim): ask again at the
     tick, or shortly while commits are slow."""
-
-
-def _skip_record(rec: RunRecord) -> bytes:
-    """The record a ``forbid`` tick gets when its previous run is still active."""
-    return rec.model_copy(
-        update={
-            "status": RunStatus.SKIPPED,
-            "start": None,
-            "message": "previous run still active (concurrency: forbid)",
-        }
-    ).to_json()
 
 
 class Claiming(WorkerCore):
@@ -267,7 +256,7 @@ class Claiming(WorkerCore):
                 fence = TriggerFence(
                     trigger_key,
                     self.ks.taken(job.name, request),
-                    json.dumps({"worker": self.id}).encode(),
+                    Taken(worker=self.id).encode(),
                 )
                 await self._claim_and_run(
                     job, fence, self.clock.now(), manual=True, request=request
@@ -327,13 +316,13 @@ class Claiming(WorkerCore):
         if session is None or client is None or session.remaining() <= 0:
             raise EtcdUnavailable("no live session")
         run_id = new_run_id(tick, manual=manual)
-        rec = started_record(
-            job,
+        rec = RunRecord.started(
+            job.name,
             run_id,
             tick,
-            self.id,
-            session.lease_id,
-            max(self.clock.now(), tick),
+            worker=self.id,
+            lease=session.lease_id,
+            start=max(self.clock.now(), tick),
             manual=manual,
             request_id=request,
         )
@@ -354,7 +343,9 @@ class Claiming(WorkerCore):
             run_id=run_id,
             record_key=self.ks.run(job.name, run_id),
             record_value=rec.to_json(),
-            skip_value=_skip_record(rec) if policy is Concurrency.FORBID and record_skip else None,
+            skip_value=RunRecord.skipped(rec).to_json()
+            if policy is Concurrency.FORBID and record_skip
+            else None,
         )
         self.stats["claims"] += 1
         self._claiming += 1
@@ -456,10 +447,10 @@ class Claiming(WorkerCore):
                 # workers may not write kill requests (docs/security.md): a
                 # replacement asks through replace/<job>, which the holder honours
                 # for replace jobs only
-                run_id = json.loads(holder).get("run_id")
+                run_id = LockValue.run_id_of(holder)
                 await self.client.put(
                     self.ks.replacing(job.name),
-                    json.dumps({"run_id": run_id}).encode(),
+                    StopRequest.replace(run_id).encode(),
                     lease=session.lease_id,
                 )
                 asked = holder
@@ -530,8 +521,8 @@ class Claiming(WorkerCore):
         tick = from_ms(fire_ms)
         run_id = new_run_id(tick)
         lease = session.lease_id
-        rec = started_record(
-            job, run_id, tick, self.id, lease, max(self.clock.now(), tick), manual=False
+        rec = RunRecord.started(
+            job.name, run_id, tick, worker=self.id, lease=lease, start=max(self.clock.now(), tick)
         )
         lock_value = LockValue(worker=self.id, run_id=run_id, tick=tick, lease=lease).to_json()
         record_key = self.ks.run(job.name, run_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 
@@ -18,6 +17,7 @@ from scheduler import __version__
 from scheduler.config import ConfigError
 from scheduler.etcd.client import EtcdError, EtcdUnavailable, cmp_created, op_put
 from scheduler.etcd.session import Session
+from scheduler.registration import WorkerRegistration
 from workers.core import WorkerCore
 from workers.executor import StopReason
 
@@ -29,15 +29,12 @@ class WorkerIdInUse(ConfigError):
     error: ``etcron worker`` exits 2 with this one line)."""
 
     def __init__(self, worker_id: str, registration: bytes) -> None:
-        try:
-            info = json.loads(registration)
-        except ValueError:
-            info = {}
-        if not isinstance(info, dict):
-            info = {}
+        info = WorkerRegistration.parse(registration, worker_id=worker_id)
+        host = info.host if info is not None and info.host is not None else "?"
+        pid = info.pid if info is not None and info.pid is not None else "?"
         super().__init__(
             f"worker id {worker_id!r} is already registered by a live worker "
-            f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}); "
+            f"(host {host}, pid {pid}); "
             "give each worker its own worker.id"
         )
 
@@ -89,24 +86,22 @@ class Membership(WorkerCore):
                 return
 
     def _registration(self) -> bytes:
-        return json.dumps(
-            {
-                "id": self.id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "labels": self.cfg.labels,
-                "capacity": self.cfg.capacity,
-                "running": len(self.runs),
-                "version": __version__,
-                "clock": self.host_clock.time(),
-                "skew": round(self.skew, 4),
-                "clock_ok": self.clock_ok(),
-                "clock_known": self.clock.known,
-                "draining": self.draining,
-                "jobs": len(self.table.jobs),
-                "revision": self.table.revision,
-                "lease": self.session.lease_id if self.session else 0,
-            }
+        return WorkerRegistration(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            labels=self.cfg.labels,
+            capacity=self.cfg.capacity,
+            running=len(self.runs),
+            version=__version__,
+            clock=self.host_clock.time(),
+            skew=round(self.skew, 4),
+            clock_ok=self.clock_ok(),
+            clock_known=self.clock.known,
+            draining=self.draining,
+            jobs=len(self.table.jobs),
+            revision=self.table.revision,
+            lease=self.session.lease_id if self.session else 0,
         ).encode()
 
     async def _register(self, *, create: bool = False) -> None:

@@ -473,27 +473,3 @@ def _ended(outcome: Outcome) -> str:
     if outcome.signal is not None:
         return f"signal {outcome.signal}"
     return outcome.error or "failed"
-
-
-def started_record(
-    job: JobSpec,
-    run_id: str,
-    tick: datetime,
-    worker: str,
-    lease: int,
-    now: datetime,
-    *,
-    manual: bool,
-    request_id: str = "",
-) -> RunRecord:
-    return RunRecord(
-        job=job.name,
-        run_id=run_id,
-        tick=tick,
-        manual=manual,
-        request_id=request_id,
-        status=RunStatus.RUNNING,
-        worker=worker,
-        lease=lease,
-        start=now,
-    )

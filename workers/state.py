@@ -18,6 +18,7 @@ from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
 from scheduler.keyspace import Keyspace, decode_tick
 from scheduler.model import JobSpec
+from scheduler.registration import WorkerRegistration
 from scheduler.signing import spec_bytes
 from workers.admission import Admission, Verdict
 from workers.cluster_time import OffsetEstimator
@@ -203,11 +204,12 @@ class PeerView:
                 self.peers.pop(wid, None)
                 self.orphans[wid] = kv
                 continue
-            try:
-                peer = Peer.from_json(kv.value, lease=kv.lease)
-            except (ValueError, KeyError, TypeError):
-                log.error("skipping malformed worker registration", worker=wid)
+            reg = WorkerRegistration.parse(kv.value)
+            if reg is None or reg.invalid:
+                bad = reg.invalid if reg is not None else []
+                log.error("skipping malformed worker registration", worker=wid, fields=bad)
                 continue
+            peer = Peer.of(reg, lease=kv.lease)
             if fresh and wid not in self.peers and wid != self.estimator.me:
                 self.joined.set()
             self.peers[wid] = peer

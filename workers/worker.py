@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -27,6 +26,7 @@ from scheduler.etcd.client import EtcdError, KeyValue
 from scheduler.etcd.connect import connect_patiently
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
 from scheduler.model import Concurrency, JobSpec
+from scheduler.run_requests import StopRequest
 from scheduler.runs import from_ms, tick_ms
 from workers.claiming import Claiming
 from workers.executor import StopReason
@@ -312,10 +312,8 @@ class Worker(Membership, Claiming):
             if ev.kind is not EventKind.PUT:
                 continue
             name = self.ks.tail(ev.key, prefix)
-            try:
-                run_id = json.loads(ev.kv.value or b"{}").get("run_id")
-            except (ValueError, AttributeError):
-                run_id = None
+            req = StopRequest.parse(ev.kv.value or b"{}")
+            run_id = req.run_id if req is not None else None
             if replace_only and not run_id:
                 continue
             for h in list(self.runs.values()):
