@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 import structlog
@@ -117,10 +117,6 @@ def entry_op(ks: Keyspace, entry: AuditEntry) -> Op:
 def range_end(prefix: str) -> str:
     """The first key after every key under ``prefix`` (which ends with ``/``)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def list_entries(

@@ -53,7 +53,7 @@ import secrets
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -61,6 +61,7 @@ import structlog
 from scheduler.audit import SYSTEM, Actor, Operation
 from scheduler.changes import Edit, Journal, Record
 from scheduler.clip import quote
+from scheduler.clock import Clock
 from scheduler.etcd.client import (
     GREATER,
     EtcdClient,
@@ -179,12 +180,15 @@ class JobStore:
         signer: Signer | None = None,
         keep_versions: int = DEFAULT_KEEP,
         actor: Actor = SYSTEM,
+        clock: Clock | None = None,
     ) -> None:
         self.client = client
+        self.clock = clock or Clock()
+        """Stamps requests, records and audit entries (``Clock()``: the wall clock)."""
         self.ks = keyspace
         self.signer = signer
         """Signs every spec written (``master.signing_key_file``); None: specs are stored bare."""
-        self.journal = Journal(client, keyspace, keep_versions=keep_versions)
+        self.journal = Journal(client, keyspace, keep_versions=keep_versions, clock=self.clock)
         self.actor = actor
 
     def acting_as(self, actor: Actor) -> JobStore:
@@ -486,7 +490,7 @@ class JobStore:
         await self._put_if_job(
             job,
             self.ks.killer(job),
-            StopRequest.kill(datetime.now(UTC)).encode(),
+            StopRequest.kill(self.clock.now()).encode(),
             KILL_TTL,
             "kill",
             "kill requested",
@@ -510,7 +514,7 @@ class JobStore:
             if alive[rec.lease]:
                 continue
             if await end_orphaned_run(
-                self.client, self.ks, kv, rec, status, message, datetime.now(UTC), alive
+                self.client, self.ks, kv, rec, status, message, self.clock.now(), alive
             ):
                 ended.append(rec.run_id)
         if ended:
@@ -519,9 +523,10 @@ class JobStore:
 
     async def request_run(self, job: str) -> str:
         """Ask for one manual run of ``job`` now; returns the request id."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        now = self.clock.now()
+        stamp = now.strftime("%Y%m%dT%H%M%SZ")
         request_id = f"{stamp}-{secrets.token_hex(4)}"
-        value = RunRequest(request_id=request_id, requested_at=datetime.now(UTC)).encode()
+        value = RunRequest(request_id=request_id, requested_at=now).encode()
         key = self.ks.trigger(job, request_id)
         await self._put_if_job(job, key, value, TRIGGER_TTL, "run", f"request {request_id}")
         return request_id
