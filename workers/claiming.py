@@ -69,7 +69,8 @@ from workers.executor import OutputSink
 from workers.handover import next_tick
 from workers.output_sink import EtcdOutput, prune_local_logs, run_output_limit
 from workers.peers import rank
-from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, Runner
+from workers.run_handle import NextRun, RunHandle
+from workers.runner import MIN_LEASE_LEFT, Runner
 
 NO_ELIGIBLE = "no eligible worker"
 NO_ELIGIBLE_GRACE = 1.5

@@ -29,7 +29,8 @@ from workers.metrics import WorkerMetrics
 from workers.pace import Pace
 from workers.refusals import Refusals
 from workers.repair import Repairs
-from workers.runner import RunHandle, Runner
+from workers.run_handle import RunHandle
+from workers.runner import Runner
 from workers.state import JobTable, PeerView, TickView
 from workers.timer import Timer
 

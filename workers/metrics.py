@@ -28,7 +28,7 @@ from scheduler.metrics import EtcdMetrics, new_registry, render
 
 if TYPE_CHECKING:
     from workers.core import WorkerCore
-    from workers.runner import RunHandle
+    from workers.run_handle import RunHandle
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
