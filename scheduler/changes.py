@@ -10,7 +10,7 @@ was taken meanwhile, the compare fails and the whole transaction writes nothing
 
 Budget per changed job: 2 compares (the job's mod revision, the version key)
 and up to 3 operations (the job, the version, the trim of old versions), plus
-one audit operation per transaction; :data:`scheduler.store.BATCH` keeps a
+one audit operation per transaction; :data:`scheduler.job_apply.BATCH` keeps a
 transaction under etcd's default ``--max-txn-ops`` (128).
 """
 

@@ -9,7 +9,7 @@ leader sweeps:
   says the lease does not exist) is rewritten as ``lost``, guarded by its mod
   revision so a worker's late final record is never overwritten; a lock still
   created at the run's fencing token on a dead lease goes in the same
-  transaction (``scheduler.store.end_orphaned_run``, shared with ``kill``).
+  transaction (``scheduler.run_control.end_orphaned_run``, shared with ``kill``).
 - **Retention.** Per job keep the newest ``keep_succeeded`` successful and
   ``keep_failed`` other final runs (job fields, else the master config), and
   none older than ``keep_for``. Records of deleted jobs go after ``keep_for``.
@@ -51,9 +51,9 @@ from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from scheduler.master.space import SpaceKeeper
 from scheduler.model import JobSpec
+from scheduler.run_control import end_orphaned_run
 from scheduler.runs import RunRecord, RunStatus
 from scheduler.signing import spec_bytes
-from scheduler.store import end_orphaned_run
 
 log = structlog.get_logger("etcron.housekeeping")
 

@@ -29,8 +29,9 @@ from scheduler.etcd.client import EtcdClient, op_put
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.output_reader import read_output
+from scheduler.run_control import WORKER_GONE
 from scheduler.runs import LockValue, RunRecord, RunStatus
-from scheduler.store import WORKER_GONE, JobStore
+from scheduler.store import JobStore
 from tests.support import wait_for
 from tests.support.cluster import (
     WorkerProcess,

@@ -12,11 +12,12 @@ from scheduler.audit import list_entries
 from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.etcd.client import EtcdClient
+from scheduler.job_apply import BATCH, BATCH_BYTES, Plan
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.run_requests import StopRequest
 from scheduler.runs import RunRecord, RunStatus
-from scheduler.store import BATCH, BATCH_BYTES, ConflictError, JobNotFound, JobStore, Plan
+from scheduler.store import ConflictError, JobNotFound, JobStore
 
 
 def job(name: str, **kw: object) -> JobSpec:

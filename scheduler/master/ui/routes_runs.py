@@ -29,8 +29,8 @@ from scheduler.master.ui.present import seconds, status_class
 from scheduler.master.ui.sessions import Session
 from scheduler.output_chunks import Segment
 from scheduler.output_reader import follow_output, follow_runs, read_output
+from scheduler.run_control import TRIGGER_TTL
 from scheduler.runs import RunRecord
-from scheduler.store import TRIGGER_TTL
 
 MAX_FOLLOW = 600.0
 KEEPALIVE = 15.0
