@@ -95,6 +95,13 @@ class WorkerRegistration(BaseModel):
         return None
 
     @classmethod
+    def lenient(cls, raw: Mapping[str, Any]) -> WorkerRegistration:
+        """A registration as the API or the store shows it (a mapping), never an error:
+        one without a usable id is named ``?`` (for display and checks, not the peers)."""
+        reg = cls.from_mapping(raw, worker_id="?")
+        return reg if reg is not None else cls(id="?")
+
+    @classmethod
     def parse(cls, data: bytes, *, worker_id: str | None = None) -> WorkerRegistration | None:
         """The registration stored as ``data``, or None when it is not one (see the module doc).
 

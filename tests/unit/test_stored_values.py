@@ -167,3 +167,11 @@ def test_run_record_constructors_write_the_old_shapes() -> None:
     assert killed.status is RunStatus.KILLED
     assert RunRecord.from_json(killed.to_json()) == killed
     assert start.status is RunStatus.RUNNING, "the constructors do not touch their input"
+
+
+def test_lenient_registration_from_the_api_never_fails() -> None:
+    """The CLI, the UI and doctor read the API's (or the store's) mappings leniently."""
+    assert WorkerRegistration.lenient({}).id == "?"
+    assert WorkerRegistration.lenient({"id": ["x"]}).id == "?"
+    reg = WorkerRegistration.lenient({"id": "w1", "labels": "odd", "capacity": 2, "extra": 1})
+    assert (reg.id, reg.labels, reg.capacity, reg.invalid) == ("w1", {}, 2, ["labels"])
