@@ -155,6 +155,17 @@ class RunRecord(BaseModel):
             message=message,
         )
 
+    @staticmethod
+    def status_of(data: bytes) -> str | None:
+        """Only the ``status`` of a stored record, without a full parse (listings
+        of many records); None when the value has none."""
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            return None
+        status = raw.get("status") if isinstance(raw, dict) else None
+        return None if status is None else str(status)
+
     @property
     def duration(self) -> float | None:
         if self.start is None or self.end is None:

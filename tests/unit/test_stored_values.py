@@ -175,3 +175,11 @@ def test_lenient_registration_from_the_api_never_fails() -> None:
     assert WorkerRegistration.lenient({"id": ["x"]}).id == "?"
     reg = WorkerRegistration.lenient({"id": "w1", "labels": "odd", "capacity": 2, "extra": 1})
     assert (reg.id, reg.labels, reg.capacity, reg.invalid) == ("w1", {}, 2, ["labels"])
+
+
+def test_status_of_reads_only_the_status() -> None:
+    rec = RunRecord.started("j", "r1", T, worker="w1", lease=9, start=T)
+    assert RunRecord.status_of(rec.to_json()) == "running"
+    assert RunRecord.status_of(RunRecord.skipped(rec).to_json()) == "skipped"
+    for bad in [*MALFORMED, b"{}", b'{"status": null}']:
+        assert RunRecord.status_of(bad) is None
