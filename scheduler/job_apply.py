@@ -136,7 +136,7 @@ async def apply_jobs(store: JobStore, specs: list[JobSpec], *, prune: bool, dry_
     Raises :class:`ConflictError` naming the jobs whose revision moved; the
     failing batch writes nothing.
     """
-    plan = await plan_jobs(store, specs, prune=prune)
+    plan = await store.plan(specs, prune=prune)
     plan.dry_run = dry_run
     writes = plan.writes
     if dry_run or not writes:
