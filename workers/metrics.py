@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 from scheduler.metrics import EtcdMetrics, new_registry, render
 
 if TYPE_CHECKING:
-    from workers.core import WorkerCore
     from workers.runner import RunHandle
+    from workers.worker import Worker
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
@@ -40,7 +40,7 @@ SKIPPED_REASONS = ("previous_running",)
 
 
 def missed_reason(message: str) -> str:
-    """The ``reason`` label of a ``missed`` record's message (``workers.claiming``,
+    """The ``reason`` label of a ``missed`` record's message (``workers.missed``,
     ``workers.accounting``)."""
     if message.startswith("no eligible worker"):
         return "no_eligible_worker"
@@ -52,7 +52,7 @@ def missed_reason(message: str) -> str:
 
 
 class WorkerMetrics:
-    def __init__(self, worker: WorkerCore) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.registry = new_registry()
         self.etcd = EtcdMetrics(self.registry)
