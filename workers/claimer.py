@@ -26,8 +26,8 @@ Protocol map (each rule of the claim protocol, and what keeps it):
   ``workers.accounting.record_gap`` via ``MissedTicks.account``; silent jobs: the
   leader's ``scheduler.master.didnotrun``.
 - **hand-over** — release and the next tick's claim in one transaction:
-  ``scheduler.etcd.claim.release_and_claim``, prepared by ``next_run`` here
-  (which tick: ``workers.handover.next_tick``), sent by ``workers.runner.Runner.finish``.
+  ``scheduler.etcd.claim.release_and_claim``, prepared by ``workers.handover.HandOvers.next_run``
+  (which tick: ``next_tick`` there), sent by ``workers.runner.Runner.finish``.
 - **release** — the final record, and the lock deleted only if its mod
   revision is still our token: ``scheduler.etcd.claim.release``, from
   ``workers.runner.Runner.finish``.
@@ -39,7 +39,7 @@ Protocol map (each rule of the claim protocol, and what keeps it):
   (``scheduler.master.housekeeping``, ``_clean_taken``).
 - **repairs** — ``workers.repair.Repairs``: a lock no live run stands behind
   (``lock``, from ``_check_lock`` here), a fence ahead of cluster time
-  (``fence``, from ``workers.worker.Worker._repair_fence``).
+  (``fence``, from ``workers.watches.Watches.check_fences``).
 """
 
 from __future__ import annotations
