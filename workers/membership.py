@@ -104,9 +104,6 @@ class Membership:
 
     async def run(self) -> None:
         """The session loop: take a session, register, and start over when it is lost."""
-        await self._session_loop()
-
-    async def _session_loop(self) -> None:
         delay = 0.2
         while True:
             try:
