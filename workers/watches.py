@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -44,22 +43,6 @@ from workers.tasks import Tasks
 from workers.timer import Timer
 
 Handler = Callable[[Snapshot | Batch], Awaitable[None] | None]
-
-
-def use_pidfd_child_watcher() -> None:
-    """Python 3.11's default child watcher starts a thread per child; a pidfd
-    watcher costs nothing per child (it is the default from Python 3.12 on)."""
-    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
-        return
-    current = asyncio.get_child_watcher()
-    if isinstance(current, asyncio.PidfdChildWatcher):
-        return
-    try:
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-    except (OSError, RuntimeError):
-        return  # no pidfd_open (old kernel): keep the default
-    asyncio.set_child_watcher(watcher)
 
 
 class Watches:

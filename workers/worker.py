@@ -55,13 +55,13 @@ from workers.refusals import Refusals
 from workers.repair import Repairs
 from workers.runner import RunHandle
 from workers.runset import RunSet
-from workers.spawn import seal_inherited_fds
+from workers.spawn import seal_inherited_fds, use_pidfd_child_watcher
 from workers.standing import Standing
 from workers.starter import RunStarter
 from workers.state import JobTable, PeerView, TickView
 from workers.tasks import Tasks
 from workers.timer import Timer
-from workers.watches import Watches, use_pidfd_child_watcher
+from workers.watches import Watches
 
 MAX_SLEEP = 30.0
 SHUTDOWN_GRACE = 15.0
