@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 import structlog
@@ -119,10 +119,6 @@ def range_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def list_entries(
     client: EtcdClient,
     ks: Keyspace,
@@ -148,7 +144,7 @@ async def list_entries(
         kvs, more = await client.range(start, end, limit=PAGE, newest_first=True)
         for kv in kvs:
             scanned += 1
-            tail = Keyspace.tail(kv.key, ks.audit)
+            tail = ks.parse_audit(kv.key)
             end = kv.key  # the next page ends before this key
             try:
                 entry = AuditEntry.model_validate_json(kv.value)

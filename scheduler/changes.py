@@ -10,7 +10,7 @@ was taken meanwhile, the compare fails and the whole transaction writes nothing
 
 Budget per changed job: 2 compares (the job's mod revision, the version key)
 and up to 3 operations (the job, the version, the trim of old versions), plus
-one audit operation per transaction; :data:`scheduler.store.BATCH` keeps a
+one audit operation per transaction; :data:`scheduler.job_apply.BATCH` keeps a
 transaction under etcd's default ``--max-txn-ops`` (128).
 """
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from scheduler.audit import Actor, AuditEntry, JobDelta, Operation, delta, entry_op, now
+from scheduler.audit import Actor, AuditEntry, JobDelta, Operation, delta, entry_op
+from scheduler.clock import Clock
 from scheduler.etcd.client import Cmp, EtcdClient, Op
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
@@ -49,12 +50,21 @@ class Record:
 
 
 class Journal:
-    def __init__(self, client: EtcdClient, ks: Keyspace, *, keep_versions: int = DEFAULT_KEEP):
+    def __init__(
+        self,
+        client: EtcdClient,
+        ks: Keyspace,
+        *,
+        keep_versions: int = DEFAULT_KEEP,
+        clock: Clock | None = None,
+    ):
         if keep_versions < 1:
             raise ValueError("keep_versions must be at least 1")
         self.client = client
         self.ks = ks
         self.keep_versions = keep_versions
+        self.clock = clock or Clock()
+        """Stamps every audit entry and version (``Clock()``: the wall clock)."""
 
     async def record(
         self,
@@ -67,7 +77,7 @@ class Journal:
         restored: int | None = None,
     ) -> Record:
         """The record of one transaction's change (``jobs``: when there are no edits)."""
-        at = now()
+        at = self.clock.now()
         out = Record()
         changed = [e for e in edits if e.changes]
         names = [e.name for e in changed]

@@ -211,3 +211,93 @@ class Keyspace:
         if not key.startswith(prefix):
             raise ValueError(f"{key!r} is not under {prefix!r}")
         return key[len(prefix) :]
+
+    # inverse parsers: each takes a key built above and returns what built it;
+    # a key of another shape is a ValueError naming the key
+
+    def _parts(self, key: str, kind: str, n: int) -> list[str]:
+        """The ``n`` non-empty ``/``-separated parts of ``key`` under ``<prefix>/<kind>/``."""
+        parts = self.tail(key, self._dir(kind)).split("/")
+        if len(parts) != n or not all(parts):
+            raise ValueError(f"{key!r} is not a {kind}/ key of {n} part(s)")
+        return parts
+
+    def _whole(self, key: str, kind: str) -> str:
+        """The non-empty rest of ``key`` under ``<prefix>/<kind>/`` (ids may hold ``/``)."""
+        rest = self.tail(key, self._dir(kind))
+        if not rest:
+            raise ValueError(f"{key!r} names no {kind}/ entry")
+        return rest
+
+    def parse_job(self, key: str) -> str:
+        """``jobs/<name>`` -> name."""
+        return self._parts(key, "jobs", 1)[0]
+
+    def parse_tick(self, key: str) -> str:
+        """``ticks/<name>`` -> the job's name."""
+        return self._parts(key, "ticks", 1)[0]
+
+    def parse_lock(self, key: str) -> tuple[str, str | None]:
+        """``lock/<name>`` -> (name, None); ``lock/<name>/<run>`` (``allow``) -> (name, run id)."""
+        parts = self.tail(key, self.locks).split("/")
+        if len(parts) == 1 and parts[0]:
+            return parts[0], None
+        if len(parts) == 2 and all(parts):
+            return parts[0], parts[1]
+        raise ValueError(f"{key!r} is not a lock/ key")
+
+    def parse_worker(self, key: str) -> str:
+        """``workers/<id>`` -> the worker id."""
+        return self._whole(key, "workers")
+
+    def parse_master(self, key: str) -> str:
+        """``masters/<id>`` -> the master id."""
+        return self._whole(key, "masters")
+
+    def parse_killer(self, key: str) -> str:
+        """``killer/<name>`` -> the job's name."""
+        return self._parts(key, "killer", 1)[0]
+
+    def parse_replacing(self, key: str) -> str:
+        """``replace/<name>`` -> the job's name."""
+        return self._parts(key, "replace", 1)[0]
+
+    def parse_trigger(self, key: str) -> tuple[str, str]:
+        """``trigger/<name>/<request>`` -> (name, request id)."""
+        job, request = self._parts(key, "trigger", 2)
+        return job, request
+
+    def parse_taken(self, key: str) -> tuple[str, str]:
+        """``taken/<name>/<request>`` -> (name, request id)."""
+        job, request = self._parts(key, "taken", 2)
+        return job, request
+
+    def parse_run(self, key: str) -> tuple[str, str]:
+        """``runs/<name>/<run-id>`` -> (name, run id)."""
+        job, run_id = self._parts(key, "runs", 2)
+        return job, run_id
+
+    def parse_output_chunk(self, key: str) -> tuple[str, str, int]:
+        """``output/<name>/<run-id>/<seq>`` -> (name, run id, seq)."""
+        job, run_id, seq = self._parts(key, "output", 3)
+        if not seq.isdigit():
+            raise ValueError(f"{key!r} is not an output chunk key (seq {seq!r})")
+        return job, run_id, int(seq)
+
+    def parse_version(self, key: str) -> tuple[str, int]:
+        """``history/<name>/<version>`` -> (name, version)."""
+        job, number = self._parts(key, "history", 2)
+        if not number.isdigit():
+            raise ValueError(f"{key!r} is not a history key (version {number!r})")
+        return job, int(number)
+
+    def parse_repair(self, key: str) -> tuple[str, str]:
+        """``repairs/<kind>/<name>`` -> (kind, name)."""
+        kind, _, name = self.tail(key, self.repairs).partition("/")
+        if not kind or not name:
+            raise ValueError(f"{key!r} is not a repairs/ key")
+        return kind, name
+
+    def parse_audit(self, key: str) -> str:
+        """``audit/<ms>-<nonce>`` -> the entry's id (``<ms>-<nonce>``)."""
+        return self._whole(key, "audit")

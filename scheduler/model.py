@@ -25,17 +25,12 @@ Rules:
 
 from __future__ import annotations
 
-import difflib
 import re
-import reprlib
-from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -46,21 +41,16 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from scheduler.durations import format_duration, parse_duration, parse_size
+from scheduler import spec_errors
 from scheduler.limits import (
-    MAX_ARG_CHARS,
     MAX_ARGS,
-    MAX_CHARS,
     MAX_DURATION,
     MAX_ENV,
     MAX_ENV_KEY,
-    MAX_ENV_VALUE,
     MAX_LABEL_KEY,
-    MAX_LABEL_VALUE,
     MAX_LABELS,
     MAX_OUTPUT_LIMIT,
     MAX_SPEC_BYTES,
-    QUOTE_CHARS,
     check_count,
     check_text,
     format_size,
@@ -68,93 +58,33 @@ from scheduler.limits import (
 )
 from scheduler.notify.rules import MAX_RULES, NotifyRule
 from scheduler.schedule import Schedule, validate_timezone
+from scheduler.spec_errors import COMMAND_OR_SHELL
+from scheduler.spec_types import (
+    STORED,
+    Arg,
+    Concurrency,
+    Duration,
+    EnvValue,
+    LabelValue,
+    OptDuration,
+    OptSize,
+    Resources,
+    is_writing,
+    seconds_text,
+    text_of,
+)
 
 __all__ = [
     "STORED",
     "Concurrency",
     "JobSpec",
+    "Resources",
     "spec_fields",
     "validation_messages",
 ]
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-_COMMAND_OR_SHELL = "command_or_shell"
-STORED = "stored"
-"""Validation context key: true when the spec is read back from etcd (no limits)."""
-
-
-def _writing(info: ValidationInfo) -> bool:
-    """True unless the spec is read back from etcd (limits apply on write only)."""
-    ctx = info.context
-    return not (isinstance(ctx, dict) and ctx.get(STORED))
-
-
-def _duration(value: Any) -> Any:
-    return None if value is None else parse_duration(value)
-
-
-def _size(value: Any) -> Any:
-    return None if value is None else parse_size(value)
-
-
-def _text(max_chars: int, role: str = "") -> AfterValidator:
-    """A string check: at most ``max_chars`` characters and no NUL byte (when writing)."""
-
-    def check(value: str, info: ValidationInfo) -> str:
-        if _writing(info):
-            check_text(f"{info.field_name} {role}".strip(), value, max_chars)
-        return value
-
-    return AfterValidator(check)
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-OptDuration = Annotated[float | None, BeforeValidator(_duration)]
-OptSize = Annotated[int | None, BeforeValidator(_size)]
-Arg = Annotated[str, _text(MAX_ARG_CHARS, "argument")]
-EnvValue = Annotated[str, _text(MAX_ENV_VALUE, "value")]
-LabelValue = Annotated[str, _text(MAX_LABEL_VALUE, "value")]
-
-
-def _chars(field: str) -> AfterValidator:
-    return _text(MAX_CHARS[field])
-
-
-def _seconds_text(seconds: float) -> str:
-    return format_duration(seconds) if seconds < 1e12 else f"{seconds:.3g}s"
-
-
-class Concurrency(StrEnum):
-    """What a tick does while the previous run of the job is still running."""
-
-    FORBID = "forbid"  # skip the tick (recorded as skipped)
-    ALLOW = "allow"  # run alongside
-    REPLACE = "replace"  # kill the running one, then run
-
-
-MAX_MEMORY = 1024**4
-"""1 TiB: a memory limit above any host's (a typo such as ``512Gi`` for ``512Mi`` stays visible)."""
-
-
-class Resources(BaseModel):
-    """Per-run limits, enforced with cgroups on the worker (workers/cgroups.py)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    memory: OptSize = None
-    """Bytes (``512MiB``): the run is OOM-killed above it, and the record says so."""
-    cpu: float | None = Field(default=None, gt=0, le=1024)
-    """Cores (``0.5``: half of one core), as a CFS quota."""
-    pids: int | None = Field(default=None, ge=1, le=1_000_000)
-    """Processes and threads the run may have at once."""
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, v: int | None) -> int | None:
-        if v is not None and not 1024 * 1024 <= v <= MAX_MEMORY:
-            raise ValueError(f"memory is {format_size(v)}; from 1MiB to {format_size(MAX_MEMORY)}")
-        return v
 
 
 class JobSpec(BaseModel):
@@ -163,13 +93,13 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    schedule: Annotated[str, _chars("schedule")]
-    timezone: Annotated[str, _chars("timezone")] = "UTC"
+    schedule: Annotated[str, text_of("schedule")]
+    timezone: Annotated[str, text_of("timezone")] = "UTC"
     command: list[Arg] | None = None
-    shell: Annotated[str, _chars("shell")] | None = Field(default=None, validate_default=True)
+    shell: Annotated[str, text_of("shell")] | None = Field(default=None, validate_default=True)
     env: dict[str, EnvValue] = Field(default_factory=dict)
-    workdir: Annotated[str, _chars("workdir")] | None = None
-    user: Annotated[str, _chars("user")] | None = None
+    workdir: Annotated[str, text_of("workdir")] | None = None
+    user: Annotated[str, text_of("user")] | None = None
     timeout: OptDuration = None
     concurrency: Concurrency = Concurrency.FORBID
     retries: int = Field(default=0, ge=0, le=10)
@@ -178,7 +108,7 @@ class JobSpec(BaseModel):
     selector: dict[str, LabelValue] = Field(default_factory=dict)
     labels: dict[str, LabelValue] = Field(default_factory=dict)
     suspend: bool = False
-    description: Annotated[str, _chars("description")] = ""
+    description: Annotated[str, text_of("description")] = ""
     output_limit: OptSize = None
     resources: Resources | None = None
     keep_succeeded: int | None = Field(default=None, ge=0)
@@ -201,8 +131,8 @@ class JobSpec(BaseModel):
     @classmethod
     def _schedule(cls, v: str, info: ValidationInfo) -> str:
         every = Schedule.parse(v).every  # ScheduleError is a ValueError with the reason
-        if every is not None and every > MAX_DURATION and _writing(info):
-            raise ValueError(f"@every interval is {_seconds_text(every)}; at most 365d (one year)")
+        if every is not None and every > MAX_DURATION and is_writing(info):
+            raise ValueError(f"@every interval is {seconds_text(every)}; at most 365d (one year)")
         return v
 
     @field_validator("timezone")
@@ -215,7 +145,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _counts(cls, v: Any, info: ValidationInfo) -> Any:
         """Counted before the entries are validated one by one."""
-        if _writing(info):
+        if is_writing(info):
             if info.field_name == "command":
                 check_count("command", v, MAX_ARGS, "arguments")
             else:
@@ -226,7 +156,7 @@ class JobSpec(BaseModel):
     @field_validator("notify", mode="before")
     @classmethod
     def _notify_count(cls, v: Any, info: ValidationInfo) -> Any:
-        if _writing(info):
+        if is_writing(info):
             check_count("notify", v, MAX_RULES, "rules")
         return v
 
@@ -267,7 +197,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key in v:
-            if _writing(info) and len(key) > MAX_ENV_KEY:
+            if is_writing(info) and len(key) > MAX_ENV_KEY:
                 check_text(f"env name {quote(key, 20)}", key, MAX_ENV_KEY)
             if not ENV_RE.match(key):
                 raise ValueError(
@@ -279,7 +209,7 @@ class JobSpec(BaseModel):
     @field_validator("selector", "labels")
     @classmethod
     def _label_keys(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        if _writing(info):
+        if is_writing(info):
             for key in v:
                 check_text(f"{info.field_name} key {quote(key, 20)}", key, MAX_LABEL_KEY)
         return v
@@ -294,14 +224,14 @@ class JobSpec(BaseModel):
     @field_validator("timeout", "retry_backoff", "starting_deadline", "keep_for")
     @classmethod
     def _at_most_a_year(cls, v: float | None, info: ValidationInfo) -> float | None:
-        if v is not None and v > MAX_DURATION and _writing(info):
-            raise ValueError(f"{info.field_name} is {_seconds_text(v)}; at most 365d (one year)")
+        if v is not None and v > MAX_DURATION and is_writing(info):
+            raise ValueError(f"{info.field_name} is {seconds_text(v)}; at most 365d (one year)")
         return v
 
     @field_validator("output_limit")
     @classmethod
     def _output_limit(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is not None and v > MAX_OUTPUT_LIMIT and _writing(info):
+        if v is not None and v > MAX_OUTPUT_LIMIT and is_writing(info):
             raise ValueError(
                 f"output_limit is {format_size(v)}; at most {format_size(MAX_OUTPUT_LIMIT)} "
                 "(workers also cap it with worker.max_output_limit)"
@@ -315,13 +245,13 @@ class JobSpec(BaseModel):
             return v  # command itself is invalid and reported
         if info.data["command"] is not None and v is not None:
             raise PydanticCustomError(
-                _COMMAND_OR_SHELL,
+                COMMAND_OR_SHELL,
                 "both 'command' and 'shell' are set; set exactly one "
                 "('command' is an argv list, 'shell' a string for /bin/sh -c)",
             )
         if info.data["command"] is None and v is None:
             raise PydanticCustomError(
-                _COMMAND_OR_SHELL,
+                COMMAND_OR_SHELL,
                 "missing 'command' or 'shell'; set exactly one "
                 "('command' is an argv list, 'shell' a string for /bin/sh -c)",
             )
@@ -340,7 +270,7 @@ class JobSpec(BaseModel):
         if isinstance(data, JobSpec):
             return data
         spec = handler(data)
-        if _writing(info):
+        if is_writing(info):
             ctx = info.context if isinstance(info.context, dict) else {}
             most = int(ctx.get("max_spec_bytes", MAX_SPEC_BYTES))
             size = len(spec.to_json())
@@ -377,84 +307,8 @@ class JobSpec(BaseModel):
 
 
 def validation_messages(err: ValidationError) -> list[tuple[str, str]]:
-    """(field path, message) pairs, e.g. ``("timeout", "expected a duration like 30s ...")``.
-
-    Paths join nested locations with dots (``env.FOO``, ``command.0``). The
-    command/shell rule is reported on ``command``; a JSON syntax error on "".
-    """
-    out = []
-    for e in err.errors():
-        kind = e["type"]
-        # a dict key's own error is located at ("env", KEY, "[key]"): say "env.KEY"
-        path = ".".join(_part(p) for p in e["loc"] if p != "[key]")
-        msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if kind == _COMMAND_OR_SHELL:
-            path = "command"
-        elif kind == "extra_forbidden":
-            msg = "unknown field"
-            close = difflib.get_close_matches(str(e["loc"][-1]), spec_fields(), n=1)
-            if len(e["loc"]) == 1 and close:
-                msg += f" (did you mean {close[0]!r}?)"
-        elif kind == "missing":
-            msg = "missing required field"
-        elif kind == "json_invalid":
-            msg = f"not valid JSON ({e.get('ctx', {}).get('error', 'syntax error')})"
-        else:
-            msg = _plain(kind, e.get("ctx") or {}, msg)
-            if kind != "value_error" and "(got " not in msg and "input" in e:
-                msg = f"{msg} (got {_short(e['input'])})"
-        out.append((path, msg))
-    return out
-
-
-_PLAIN = {
-    "int_parsing": "must be a whole number",
-    "int_type": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_parsing": "must be a number",
-    "float_type": "must be a number",
-    "string_type": "must be a string",
-    "bool_parsing": "must be true or false",
-    "bool_type": "must be true or false",
-    "dict_type": "must be a mapping (name: value)",
-    "list_type": "must be a list",
-    "less_than_equal": "must be at most {le}",
-    "greater_than_equal": "must be at least {ge}",
-    "less_than": "must be less than {lt}",
-    "greater_than": "must be more than {gt}",
-    "enum": "must be one of {expected}",
-    "literal_error": "must be one of {expected}",
-    "string_too_long": "must be at most {max_length} characters",
-    "too_long": "must have at most {max_length} items",
-}
-"""Plain wording for pydantic's error types (its own says "Input should be ...")."""
-
-
-def _plain(kind: str, ctx: dict[str, Any], fallback: str) -> str:
-    template = _PLAIN.get(kind)
-    if template is None:
-        return fallback
-    try:
-        return template.format(**ctx)
-    except (KeyError, IndexError, ValueError):
-        return fallback
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 40
-
-
-def _part(loc: str | int) -> str:
-    """One part of an error's location; a long key (huge input) is cut."""
-    text = str(loc)
-    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
-
-
-def _short(value: Any) -> str:
-    """A bounded repr: YAML aliases can make huge nested inputs cheaply."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return quote(value, 40)  # repr() refuses ints of more than 4300 digits
-    return _REPR.repr(value)
+    """(field path, message) pairs for a job spec's errors (:mod:`scheduler.spec_errors`)."""
+    return spec_errors.validation_messages(err, spec_fields())
 
 
 def spec_fields() -> list[str]:

@@ -8,6 +8,7 @@ or ``skipped``); the release transaction writes the final one.
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -47,6 +48,10 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+SKIPPED_FORBID = "previous run still active (concurrency: forbid)"
+"""The message of a ``forbid`` tick skipped because its previous run is active."""
+
+
 class RunRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -79,6 +84,57 @@ class RunRecord(BaseModel):
         return cls.model_validate_json(data)
 
     @classmethod
+    def started(
+        cls,
+        job: str,
+        run_id: str,
+        tick: datetime,
+        *,
+        worker: str,
+        lease: int,
+        start: datetime,
+        manual: bool = False,
+        request_id: str = "",
+    ) -> RunRecord:
+        """The first record of a run, written by its claim (``running``)."""
+        return cls(
+            job=job,
+            run_id=run_id,
+            tick=tick,
+            manual=manual,
+            request_id=request_id,
+            status=RunStatus.RUNNING,
+            worker=worker,
+            lease=lease,
+            start=start,
+        )
+
+    @classmethod
+    def skipped(cls, started: RunRecord) -> RunRecord:
+        """The record a ``forbid`` tick gets instead of ``started`` when the
+        previous run is still active (written by the claim that lost to it)."""
+        return started.model_copy(
+            update={
+                "status": RunStatus.SKIPPED,
+                "start": None,
+                "message": SKIPPED_FORBID,
+            }
+        )
+
+    @classmethod
+    def lost(
+        cls,
+        running: RunRecord,
+        *,
+        end: datetime,
+        message: str,
+        status: RunStatus = RunStatus.LOST,
+    ) -> RunRecord:
+        """The final record of a ``running`` run whose worker is gone, written by
+        someone else: ``lost``, or ``killed`` when a kill request ended it."""
+        return running.model_copy(update={"status": status, "end": end, "message": message})
+
+    @classmethod
     def missed(
         cls,
         job: str,
@@ -99,6 +155,17 @@ class RunRecord(BaseModel):
             message=message,
         )
 
+    @staticmethod
+    def status_of(data: bytes) -> str | None:
+        """Only the ``status`` of a stored record, without a full parse (listings
+        of many records); None when the value has none."""
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            return None
+        status = raw.get("status") if isinstance(raw, dict) else None
+        return None if status is None else str(status)
+
     @property
     def duration(self) -> float | None:
         if self.start is None or self.end is None:
@@ -118,3 +185,13 @@ class LockValue(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+    @staticmethod
+    def run_id_of(data: bytes) -> str | None:
+        """The run id a lock value names (lenient: None when it names none)."""
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            return None
+        run_id = raw.get("run_id") if isinstance(raw, dict) else None
+        return run_id if isinstance(run_id, str) else None

@@ -70,7 +70,10 @@ class Version(BaseModel):
 
 
 def _number(key: str, ks: Keyspace, job: str) -> int:
-    return int(Keyspace.tail(key, ks.job_history(job)))
+    name, number = ks.parse_version(key)
+    if name != job:
+        raise ValueError(f"{key!r} is not a version of job {job!r}")
+    return number
 
 
 async def latest_number(client: EtcdClient, ks: Keyspace, job: str) -> int:
@@ -101,9 +104,12 @@ async def latest_numbers(
         return await latest_numbers_each(client, ks, names)
     out = dict.fromkeys(names, 0)
     for kv in kvs:
-        name, _, number = Keyspace.tail(kv.key, ks.history).partition("/")
-        if name in out and number.isdigit():
-            out[name] = max(out[name], int(number))
+        try:
+            name, number = ks.parse_version(kv.key)
+        except ValueError:
+            continue  # not a version's key
+        if name in out:
+            out[name] = max(out[name], number)
     return out
 
 

@@ -3,7 +3,7 @@
 The elected master writes ``budget`` (``{"output_spent": bool}``,
 ``scheduler.master.space``). The worker reads it every ``EVERY`` seconds; while
 the output budget is spent, runs keep their output tail in their record and
-ship no chunks (``workers.output``): etcd's quota is a budget, not a cliff.
+ship no chunks (``workers.output_sink``): etcd's quota is a budget, not a cliff.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Protocol map (each rule of the claim protocol, and what keeps it):
   sent here by ``_claim_and_run`` from ``_tick``.
 - **skip-record** — a ``forbid`` tick whose lock is held gets a ``skipped``
   record, by exactly one worker: the second transaction of ``claim``; the
-  record is ``_skip_record`` here; early claims ask again (``Retry.ASK_AGAIN``).
+  record is ``RunRecord.skipped``; early claims ask again (``Retry.ASK_AGAIN``).
 - **missed records** — the fence alone, no lock (``ClaimRequest.record_only``):
   ``workers.missed.MissedTicks.record``; ticks a fence write jumped over:
   ``workers.accounting.record_gap`` via ``MissedTicks.account``; silent jobs: the
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import zlib
 from datetime import datetime
 
@@ -64,7 +63,8 @@ from scheduler.etcd.claim import (
 from scheduler.etcd.client import EtcdClient, EtcdUnavailable, KeyValue
 from scheduler.keyspace import Keyspace
 from scheduler.model import Concurrency, JobSpec
-from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id, tick_ms
+from scheduler.run_requests import Taken
+from scheduler.runs import LockValue, RunRecord, from_ms, new_run_id, tick_ms
 from workers.cluster_time import ClusterClock
 from workers.eligibility import Eligibility
 from workers.membership import Membership
@@ -74,7 +74,7 @@ from workers.pace import Pace
 from workers.peers import rank
 from workers.repair import Repairs
 from workers.replacing import take_over
-from workers.runner import RunHandle, started_record
+from workers.run_handle import RunHandle
 from workers.runset import RunSet
 from workers.standing import Standing
 from workers.starter import RunStarter
@@ -90,17 +90,6 @@ class Retry(enum.Enum):
     ASK_AGAIN = "ask again"
     """Busy (``forbid``) and no skip recorded (an early claim): ask again at the
     tick, or shortly while commits are slow."""
-
-
-def _skip_record(rec: RunRecord) -> bytes:
-    """The record a ``forbid`` tick gets when its previous run is still active."""
-    return rec.model_copy(
-        update={
-            "status": RunStatus.SKIPPED,
-            "start": None,
-            "message": "previous run still active (concurrency: forbid)",
-        }
-    ).to_json()
 
 
 class Claimer:
@@ -165,9 +154,12 @@ class Claimer:
 
     def start_manual(self, key: str) -> None:
         """Run the manual-run request ``key`` if its job is known here."""
-        name, _, request = key[len(self.ks.triggers) :].partition("/")
+        try:
+            name, request = self.ks.parse_trigger(key)
+        except ValueError:
+            return  # not a request's key: nothing to run
         job = self.table.jobs.get(name)
-        if job is not None and request:
+        if job is not None:
             self.tasks.spawn(self._manual(job, key, request))
 
     def _deadline_ms(self, job: JobSpec) -> int:
@@ -282,7 +274,7 @@ class Claimer:
                 fence = TriggerFence(
                     trigger_key,
                     self.ks.taken(job.name, request),
-                    json.dumps({"worker": self.id}).encode(),
+                    Taken(worker=self.id).encode(),
                 )
                 await self._claim_and_run(
                     job, fence, self.clock.now(), manual=True, request=request
@@ -316,13 +308,13 @@ class Claimer:
         if session is None or client is None or session.remaining() <= 0:
             raise EtcdUnavailable("no live session")
         run_id = new_run_id(tick, manual=manual)
-        rec = started_record(
-            job,
+        rec = RunRecord.started(
+            job.name,
             run_id,
             tick,
-            self.id,
-            session.lease_id,
-            max(self.clock.now(), tick),
+            worker=self.id,
+            lease=session.lease_id,
+            start=max(self.clock.now(), tick),
             manual=manual,
             request_id=request,
         )
@@ -345,7 +337,9 @@ class Claimer:
             run_id=run_id,
             record_key=self.ks.run(job.name, run_id),
             record_value=rec.to_json(),
-            skip_value=_skip_record(rec) if policy is Concurrency.FORBID and record_skip else None,
+            skip_value=RunRecord.skipped(rec).to_json()
+            if policy is Concurrency.FORBID and record_skip
+            else None,
         )
         self.stats["claims"] += 1
         sent = self.clock.monotonic()

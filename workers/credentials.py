@@ -9,7 +9,7 @@ worker (a :class:`ConfigError`, exit 2); one that its group may read, or that
 another user owns, is a warning. A worker that is not root runs its jobs as
 its own user, who can read these files whatever their mode: a warning says so.
 A password given inline (``etcd.password``) is in the worker's memory and
-configuration only; jobs get a fresh environment (``workers.runner.child_env``).
+configuration only; jobs get a fresh environment (``workers.run_env.child_env``).
 """
 
 from __future__ import annotations

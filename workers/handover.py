@@ -28,13 +28,14 @@ from collections.abc import Callable
 from scheduler.etcd.claim import Handed, HandOver, TickFence
 from scheduler.keyspace import Keyspace
 from scheduler.model import Concurrency, JobSpec
-from scheduler.runs import LockValue, from_ms, new_run_id, tick_ms
+from scheduler.runs import LockValue, RunRecord, from_ms, new_run_id, tick_ms
 from workers.cluster_time import ClusterClock
 from workers.eligibility import Eligibility
 from workers.membership import Membership
 from workers.missed import MissedTicks
 from workers.pace import Pace
-from workers.runner import MIN_LEASE_LEFT, NextRun, RunHandle, started_record
+from workers.run_handle import NextRun, RunHandle
+from workers.runner import MIN_LEASE_LEFT
 from workers.runset import RunSet
 from workers.state import JobTable, TickView
 
@@ -115,8 +116,8 @@ class HandOvers:
         tick = from_ms(fire_ms)
         run_id = new_run_id(tick)
         lease = session.lease_id
-        rec = started_record(
-            job, run_id, tick, self.id, lease, max(self.clock.now(), tick), manual=False
+        rec = RunRecord.started(
+            job.name, run_id, tick, worker=self.id, lease=lease, start=max(self.clock.now(), tick)
         )
         lock_value = LockValue(worker=self.id, run_id=run_id, tick=tick, lease=lease).to_json()
         record_key = self.ks.run(job.name, run_id)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 
@@ -27,6 +26,7 @@ from scheduler.config import ConfigError, WorkerConfig
 from scheduler.etcd.client import EtcdClient, EtcdError, EtcdUnavailable, cmp_created, op_put
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
+from scheduler.registration import WorkerRegistration
 from workers.cluster_time import ClusterClock
 from workers.executor import StopReason
 from workers.guardclient import Guard
@@ -44,15 +44,12 @@ class WorkerIdInUse(ConfigError):
     error: ``etcron worker`` exits 2 with this one line)."""
 
     def __init__(self, worker_id: str, registration: bytes) -> None:
-        try:
-            info = json.loads(registration)
-        except ValueError:
-            info = {}
-        if not isinstance(info, dict):
-            info = {}
+        info = WorkerRegistration.parse(registration, worker_id=worker_id)
+        host = info.host if info is not None and info.host is not None else "?"
+        pid = info.pid if info is not None and info.pid is not None else "?"
         super().__init__(
             f"worker id {worker_id!r} is already registered by a live worker "
-            f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}); "
+            f"(host {host}, pid {pid}); "
             "give each worker its own worker.id"
         )
 
@@ -144,24 +141,22 @@ class Membership:
                 return
 
     def _registration(self) -> bytes:
-        return json.dumps(
-            {
-                "id": self.id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "labels": self.cfg.labels,
-                "capacity": self.cfg.capacity,
-                "running": len(self.runs),
-                "version": __version__,
-                "clock": self.host_clock.time(),
-                "skew": round(self.standing.skew, 4),
-                "clock_ok": self.standing.clock_ok(),
-                "clock_known": self.clock.known,
-                "draining": self.standing.draining,
-                "jobs": len(self.table.jobs),
-                "revision": self.table.revision,
-                "lease": self.session.lease_id if self.session else 0,
-            }
+        return WorkerRegistration(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            labels=self.cfg.labels,
+            capacity=self.cfg.capacity,
+            running=len(self.runs),
+            version=__version__,
+            clock=self.host_clock.time(),
+            skew=round(self.standing.skew, 4),
+            clock_ok=self.standing.clock_ok(),
+            clock_known=self.clock.known,
+            draining=self.standing.draining,
+            jobs=len(self.table.jobs),
+            revision=self.table.revision,
+            lease=self.session.lease_id if self.session else 0,
         ).encode()
 
     async def register(self, *, create: bool = False) -> None:

@@ -29,7 +29,7 @@ from scheduler.metrics import EtcdMetrics, new_registry, render
 if TYPE_CHECKING:
     from scheduler.config import WorkerConfig
     from workers.cluster_time import ClusterClock
-    from workers.runner import RunHandle
+    from workers.run_handle import RunHandle
     from workers.runset import RunSet
     from workers.state import JobTable
 

@@ -17,8 +17,9 @@ a tick by more than ``MAX_TURN * handoff_delay``.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
+
+from scheduler.registration import WorkerRegistration
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +36,16 @@ class Peer:
     """The lease its registration hangs on (0: none, a stale or forged key)."""
 
     @classmethod
-    def from_json(cls, data: bytes, lease: int = 0) -> Peer:
-        raw = json.loads(data)
+    def of(cls, reg: WorkerRegistration, lease: int = 0) -> Peer:
+        """The peer a registration describes (``lease``: the one its key hangs on)."""
         return cls(
-            id=str(raw["id"]),
-            labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()},
-            capacity=int(raw.get("capacity", 0)),
-            running=int(raw.get("running", 0)),
-            clock=float(raw.get("clock", 0.0)),
-            draining=bool(raw.get("draining", False)),
-            clock_ok=bool(raw.get("clock_ok", True)),
+            id=reg.id,
+            labels=dict(reg.labels),
+            capacity=reg.capacity or 0,
+            running=reg.running or 0,
+            clock=reg.clock or 0.0,
+            draining=reg.draining,
+            clock_ok=reg.clock_ok,
             lease=lease,
         )
 

@@ -22,7 +22,7 @@ import structlog
 
 from scheduler.etcd.client import EtcdClient, EtcdError
 from scheduler.keyspace import Keyspace
-from scheduler.runs import RunRecord, RunStatus, new_run_id
+from scheduler.runs import RunRecord
 from workers.admission import Verdict
 from workers.metrics import WorkerMetrics
 from workers.state import JobTable
@@ -72,16 +72,7 @@ class Refusals:
             )
             if self.aimed_here(verdict):
                 tick = self.now()
-                records.append(
-                    RunRecord(
-                        job=name,
-                        run_id=new_run_id(tick),
-                        tick=tick,
-                        status=RunStatus.MISSED,
-                        worker=self.worker_id,
-                        message=message,
-                    )
-                )
+                records.append(RunRecord.missed(name, tick, message, worker=self.worker_id))
         return records
 
     async def write(self, client: EtcdClient, records: list[RunRecord]) -> None:

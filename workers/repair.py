@@ -111,7 +111,7 @@ class Repairs:
             res = await self.client.txn([cmp_unchanged(kv)], [op_delete(kv.key)])
             if res.succeeded:
                 n += 1
-                await self._record("worker", kv.key.rpartition("/")[2], kv, why="no lease")
+                await self._record("worker", self.ks.parse_worker(kv.key), kv, why="no lease")
         return n
 
     async def _record(self, kind: str, name: str, kv: KeyValue, **extra: object) -> None:

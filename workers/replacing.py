@@ -12,7 +12,6 @@ passed, or when the session ends.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import structlog
 
@@ -22,6 +21,8 @@ from scheduler.etcd.client import EtcdClient, EtcdUnavailable
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
+from scheduler.run_requests import StopRequest
+from scheduler.runs import LockValue
 
 log = structlog.get_logger("etcron.worker")
 
@@ -48,10 +49,10 @@ async def take_over(
         if token:
             return token
         if holder and holder != asked:
-            run_id = json.loads(holder).get("run_id")
+            run_id = LockValue.run_id_of(holder)
             await client.put(
                 ks.replacing(job.name),
-                json.dumps({"run_id": run_id}).encode(),
+                StopRequest.replace(run_id).encode(),
                 lease=session.lease_id,
             )
             asked = holder

@@ -18,6 +18,11 @@ The rules of a run, in order:
    worker's own bookkeeping (``failed``, with a message naming the cause), a
    cancelled task (the worker going away: ``killed``) all write a final record
    and release the lock.
+
+Its parts: the handle of a run and the words for how it ended
+(:mod:`workers.run_handle`), the child's argv and environment
+(:mod:`workers.run_env`), the run-as user and cgroup
+(:mod:`workers.run_placement`).
 """
 
 from __future__ import annotations
@@ -25,102 +30,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import pwd
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
 
 import structlog
 
 from scheduler.durations import format_duration
-from scheduler.etcd.claim import Handed, HandOver, release, release_and_claim
+from scheduler.etcd.claim import Handed, release, release_and_claim
 from scheduler.etcd.client import EtcdError, TxnSender
 from scheduler.limits import format_size
-from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
-from workers.cgroups import CgroupHost, Limits, RunCgroup
+from workers.cgroups import CgroupHost
 from workers.executor import Child, Outcome, OutputSink, StopReason
+from workers.run_env import argv_of, child_env
+from workers.run_handle import NextRun, RunHandle, RunObserver, final_status, lost_message
+from workers.run_placement import RunPlacement
 
 log = structlog.get_logger("etcron.run")
 
 MIN_LEASE_LEFT = 0.5
 FLUSH_TIMEOUT = 10.0
 """Longest the end of a run waits for its last output chunks before the release."""
-BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
-
-NextRun = tuple[HandOver, Callable[[Handed], None]]
-"""The next tick's claim to send with a release, and what to do with the answer."""
-
-
-class RunObserver(Protocol):
-    """Told when a scheduled run is exec'd at its tick and when a run ended
-    (``workers.metrics``); both must be quick and must not raise."""
-
-    def run_started(self, h: RunHandle) -> None: ...
-
-    def run_ended(self, h: RunHandle) -> None: ...
-
-
-@dataclass
-class RunHandle:
-    """A run this worker holds a claim for."""
-
-    job: JobSpec
-    record: RunRecord
-    lock_key: str
-    record_key: str
-    token: int
-    child: Child | None = None
-    stop_reason: StopReason | None = None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    exec_at: float | None = None
-    """Cluster time (seconds) of the first exec at the tick (``RunObserver.run_started``)."""
-
-    @property
-    def run_id(self) -> str:
-        return self.record.run_id
-
-    def stop(self, reason: StopReason, *, now: bool = False) -> None:
-        if self.stop_reason is None or reason is StopReason.LOST:
-            self.stop_reason = reason
-        self.stopped.set()
-        if self.child is not None:
-            self.child.stop(reason, now=now)
-
-
-def child_env(job: JobSpec, rec: RunRecord, worker_id: str) -> dict[str, str]:
-    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(job.env)
-    env.update(
-        ETCRON_JOB=job.name,
-        ETCRON_TICK=rec.tick.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-        ETCRON_RUN_ID=rec.run_id,
-        ETCRON_FENCING_TOKEN=str(rec.fencing_token),
-        ETCRON_WORKER=worker_id,
-        ETCRON_ATTEMPT=str(rec.attempt),
-    )
-    return env
-
-
-def argv_of(job: JobSpec) -> list[str]:
-    if job.shell is not None:
-        return ["/bin/sh", "-c", job.shell]
-    assert job.command
-    return list(job.command)
-
-
-def _status(h: RunHandle, exit_code: int | None, error: str) -> RunStatus:
-    if h.stop_reason is StopReason.LOST:
-        return RunStatus.LOST
-    if h.stop_reason in (StopReason.KILLED, StopReason.DRAIN):
-        return RunStatus.KILLED
-    if h.stop_reason is StopReason.TIMEOUT:
-        return RunStatus.TIMED_OUT
-    return RunStatus.SUCCEEDED if exit_code == 0 and not error else RunStatus.FAILED
 
 
 class Runner:
@@ -145,13 +77,12 @@ class Runner:
         cgroups: Callable[[], tuple[CgroupHost | None, str]] = CgroupHost.detect,
     ) -> None:
         self.client = client
-        self._detect_cgroups = cgroups
-        self._cgroups: tuple[CgroupHost | None, str] | None = None
+        self.placement = RunPlacement(
+            allow_run_as=allow_run_as, default_user=default_user, cgroups=cgroups
+        )
+        """The run-as user and the cgroup of each attempt."""
         self.worker_id = worker_id
         self.kill_grace = kill_grace
-        self.allow_run_as = allow_run_as
-        self.default_user = default_user
-        """Who runs a job without ``user`` (``workers.admission.default_run_as``)."""
         self.lease_left = lease_left
         self.now = now
         self.guard_add = guard_add
@@ -160,36 +91,6 @@ class Runner:
         self.launch = launch
         self.next_run = next_run
         self.observer = observer
-
-    def _user(self, job: JobSpec) -> tuple[str | None, str]:
-        if job.user is None:
-            return self.default_user, ""
-        if not self.allow_run_as:
-            return None, f"run-as user {job.user!r} refused: worker.allow_run_as is off"
-        try:
-            pwd.getpwnam(job.user)
-        except KeyError:
-            return None, f"run-as user {job.user!r} does not exist on this host"
-        return job.user, ""
-
-    def _cgroup(self, job: JobSpec, name: str, user: str | None) -> tuple[RunCgroup | None, str]:
-        """The attempt's cgroup for a job with ``resources`` (None, "" without); or (None, why)."""
-        res = job.resources
-        if res is None:
-            return None, ""
-        if self._cgroups is None:
-            self._cgroups = self._detect_cgroups()  # once, at the first job that asks
-        host, why = self._cgroups
-        if host is None:
-            return None, f"resources are set, but this host cannot enforce them: {why}"
-        try:
-            cg = host.create(name, Limits(memory=res.memory, cpu=res.cpu, pids=res.pids))
-            if user is not None:
-                pw = pwd.getpwnam(user)
-                cg.allow(pw.pw_uid, pw.pw_gid)
-        except (OSError, KeyError) as exc:
-            return None, f"cannot set up the run's cgroup (resources): {exc}"
-        return cg, ""
 
     def _start(self, h: RunHandle, child: Child) -> None:
         """Start ``child`` unless the run was stopped or the lease is not proven (rule 2)."""
@@ -260,7 +161,7 @@ class Runner:
         self, h: RunHandle, sink: OutputSink, start_at_ms: int | None, result: _Result
     ) -> None:
         job, rec = h.job, h.record
-        user, result.error = self._user(job)
+        user, result.error = self.placement.user(job)
         attempts = job.retries + 1
         for attempt in range(1, attempts + 1):
             rec.attempt = attempt
@@ -270,7 +171,7 @@ class Runner:
                 h.stop_reason = StopReason.LOST
                 result.error = "session lease not proven alive: not started"
                 break
-            cgroup, result.error = self._cgroup(job, f"{rec.run_id}-{attempt}", user)
+            cgroup, result.error = self.placement.cgroup(job, f"{rec.run_id}-{attempt}", user)
             if result.error:
                 break
             child = Child(
@@ -368,13 +269,13 @@ class Runner:
                         setattr(rec, f"output_{name}", getattr(sink, name))
             except Exception as exc:  # a broken sink costs its numbers, not the record
                 log.warning("output summary failed", job=h.job.name, run=h.run_id, error=repr(exc))
-        status = _status(h, result.exit_code, result.error)
+        status = final_status(h, result.exit_code, result.error)
         if result.broken and status is RunStatus.SUCCEEDED:
             status = RunStatus.FAILED
         rec.status = status
         rec.exit_code, rec.signal = result.exit_code, result.signal
         rec.end = self.now()
-        rec.message = result.error or _lost_message(h)
+        rec.message = result.error or lost_message(h)
         if len(result.attempts) > 1:
             tried = "; ".join(f"attempt {i}: {e}" for i, e in enumerate(result.attempts, 1))
             rec.message = f"{rec.message} ({tried})" if rec.message else tried
@@ -445,12 +346,6 @@ class Runner:
             return None
 
 
-def _lost_message(h: RunHandle) -> str:
-    if h.stop_reason is StopReason.LOST:
-        return "the worker's session lease ran out while the run was active; its child was killed"
-    return ""
-
-
 @dataclass
 class _Result:
     """What the attempts ended with, filled in as they go."""
@@ -473,27 +368,3 @@ def _ended(outcome: Outcome) -> str:
     if outcome.signal is not None:
         return f"signal {outcome.signal}"
     return outcome.error or "failed"
-
-
-def started_record(
-    job: JobSpec,
-    run_id: str,
-    tick: datetime,
-    worker: str,
-    lease: int,
-    now: datetime,
-    *,
-    manual: bool,
-    request_id: str = "",
-) -> RunRecord:
-    return RunRecord(
-        job=job.name,
-        run_id=run_id,
-        tick=tick,
-        manual=manual,
-        request_id=request_id,
-        status=RunStatus.RUNNING,
-        worker=worker,
-        lease=lease,
-        start=now,
-    )

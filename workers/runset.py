@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Iterator
 
 from workers.executor import StopReason
-from workers.runner import RunHandle
+from workers.run_handle import RunHandle
 
 
 class RunSet:

@@ -25,8 +25,9 @@ from workers.executor import OutputSink
 from workers.guardclient import Guard
 from workers.launch import Launcher
 from workers.metrics import WorkerMetrics
-from workers.output import EtcdOutput, prune_local_logs, run_output_limit
-from workers.runner import NextRun, RunHandle, Runner
+from workers.output_sink import EtcdOutput, prune_local_logs, run_output_limit
+from workers.run_handle import NextRun, RunHandle
+from workers.runner import Runner
 from workers.runset import RunSet
 
 

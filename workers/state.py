@@ -16,8 +16,9 @@ import structlog
 
 from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
-from scheduler.keyspace import decode_tick
+from scheduler.keyspace import Keyspace, decode_tick
 from scheduler.model import JobSpec
+from scheduler.registration import WorkerRegistration
 from scheduler.signing import spec_bytes
 from workers.admission import Admission, Verdict
 from workers.cluster_time import OffsetEstimator
@@ -34,13 +35,14 @@ def _kv_changes(
     """(name, key-value or None when gone) for every key the item touches."""
     if isinstance(item, Snapshot):
         out: list[tuple[str, KeyValue | None]] = [
-            (kv.key[len(prefix) :], kv) for kv in item.kvs.values()
+            (Keyspace.tail(kv.key, prefix), kv) for kv in item.kvs.values()
         ]
         present = {name for name, _ in out}
         out.extend((name, None) for name in list(known) if name not in present)
         return out
     return [
-        (ev.key[len(prefix) :], ev.kv if ev.kind is EventKind.PUT else None) for ev in item.events
+        (Keyspace.tail(ev.key, prefix), ev.kv if ev.kind is EventKind.PUT else None)
+        for ev in item.events
     ]
 
 
@@ -202,11 +204,12 @@ class PeerView:
                 self.peers.pop(wid, None)
                 self.orphans[wid] = kv
                 continue
-            try:
-                peer = Peer.from_json(kv.value, lease=kv.lease)
-            except (ValueError, KeyError, TypeError):
-                log.error("skipping malformed worker registration", worker=wid)
+            reg = WorkerRegistration.parse(kv.value)
+            if reg is None or reg.invalid:
+                bad = reg.invalid if reg is not None else []
+                log.error("skipping malformed worker registration", worker=wid, fields=bad)
                 continue
+            peer = Peer.of(reg, lease=kv.lease)
             if fresh and wid not in self.peers and wid != self.estimator.me:
                 self.joined.set()
             self.peers[wid] = peer

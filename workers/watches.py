@@ -17,7 +17,6 @@ job is caught up if it is still within its deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -28,6 +27,7 @@ from scheduler.etcd.client import EtcdClient, EtcdError, KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
 from scheduler.keyspace import Keyspace
 from scheduler.model import Concurrency, JobSpec
+from scheduler.run_requests import StopRequest
 from scheduler.runs import from_ms, tick_ms
 from workers.claimer import Claimer
 from workers.cluster_time import ClusterClock
@@ -236,11 +236,9 @@ class Watches:
         for ev in item.events:
             if ev.kind is not EventKind.PUT:
                 continue
-            name = ev.key[len(prefix) :]
-            try:
-                run_id = json.loads(ev.kv.value or b"{}").get("run_id")
-            except (ValueError, AttributeError):
-                run_id = None
+            name = self.ks.tail(ev.key, prefix)
+            req = StopRequest.parse(ev.kv.value or b"{}")
+            run_id = req.run_id if req is not None else None
             if replace_only and not run_id:
                 continue
             for h in self.runs.of_job(name):

@@ -53,7 +53,7 @@ from workers.missed import MissedTicks
 from workers.pace import Pace
 from workers.refusals import Refusals
 from workers.repair import Repairs
-from workers.runner import RunHandle
+from workers.run_handle import RunHandle
 from workers.runset import RunSet
 from workers.spawn import seal_inherited_fds, use_pidfd_child_watcher
 from workers.standing import Standing

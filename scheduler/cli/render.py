@@ -311,18 +311,20 @@ def runs_table(runs: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
 def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> None:
     headers = ["ID", "HOST", "LABELS", "CAPACITY", "RUNNING", "SKEW", "STATE", "VERSION"]
     rows = []
+    from scheduler.registration import WorkerRegistration  # pydantic: not at start-up
+
     for w in workers:
-        skew = w.get("skew")
+        reg = WorkerRegistration.lenient(w)
         rows.append(
             [
-                str(w.get("id")),
-                str(w.get("host") or "-"),
-                _labels(w.get("labels")),
-                str(w.get("capacity", "-")),
-                str(w.get("running", "-")),
-                "-" if skew is None else f"{float(skew):+.3f}s",
+                reg.id,
+                reg.host or "-",
+                _labels(reg.labels),
+                "-" if reg.capacity is None else str(reg.capacity),
+                "-" if reg.running is None else str(reg.running),
+                "-" if reg.skew is None else f"{reg.skew:+.3f}s",
                 _worker_state(w),
-                str(w.get("version") or "-"),
+                reg.version or "-",
             ]
         )
     keep = ("ID", "CAPACITY", "RUNNING", "SKEW", "STATE")
@@ -331,10 +333,13 @@ def workers_table(workers: Iterable[dict[str, Any]], *, wide: bool = False) -> N
 
 def _worker_state(w: dict[str, Any]) -> str:
     """What the worker does now: claiming, draining, or standing back for its clock."""
-    if w.get("draining"):
+    from scheduler.registration import WorkerRegistration  # pydantic: not at start-up
+
+    reg = WorkerRegistration.lenient(w)
+    if reg.draining:
         return "draining"
-    if w.get("clock_ok") is False:
-        if w.get("clock_known") is False:
+    if not reg.clock_ok:
+        if not reg.clock_known:
             return "comparing clocks"  # just started: a sample of every peer is due
         return "clock-skewed (not claiming)"
     return "claiming"

@@ -25,12 +25,14 @@ def eligible(selector: Mapping[str, Any] | None, workers: Iterable[Mapping[str, 
     """Ids of the live workers that can take a run of a job with ``selector``:
     every label of the selector, and not draining (as the workers decide)."""
     out = []
+    from scheduler.registration import WorkerRegistration  # pydantic: not at start-up
+
     for w in workers:
-        labels = w.get("labels") or {}
-        if w.get("draining"):
+        reg = WorkerRegistration.lenient(w)
+        if reg.draining:
             continue
-        if all(str(labels.get(k)) == str(v) for k, v in (selector or {}).items()):
-            out.append(str(w.get("id")))
+        if all(str(reg.labels.get(k)) == str(v) for k, v in (selector or {}).items()):
+            out.append(reg.id)
     return out
 
 

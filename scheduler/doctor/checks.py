@@ -36,6 +36,7 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
 from scheduler.notify.deliveries import Delivery
+from scheduler.registration import WorkerRegistration
 
 REGISTRATION_AGE = 10.0
 """Seconds a registration's published clock may lag this host's without a warning:
@@ -72,8 +73,9 @@ def _number(value: Any) -> float | None:
 def workers_check(workers: Sequence[Mapping[str, Any]]) -> Check:
     if not workers:
         return warn("workers", "no live worker is registered: no job runs")
-    ids = [str(w.get("id")) for w in workers]
-    draining = [str(w.get("id")) for w in workers if w.get("draining")]
+    regs = [WorkerRegistration.lenient(w) for w in workers]
+    ids = [r.id for r in regs]
+    draining = [r.id for r in regs if r.draining]
     detail = f"{len(ids)} live: {_names(ids)}"
     if draining and len(draining) == len(ids):
         return warn("workers", f"{detail}; every one is draining: no job runs")
@@ -84,18 +86,18 @@ def workers_check(workers: Sequence[Mapping[str, Any]]) -> Check:
 
 def clock_check(w: Mapping[str, Any], max_skew: float, now: float) -> Check:
     """One worker's clock (see the module docstring)."""
-    name = f"clock {w.get('id')}"
-    skew = _number(w.get("skew"))
-    published = _number(w.get("clock"))
+    reg = WorkerRegistration.lenient(w)
+    name = f"clock {reg.id}"
+    skew, published = reg.skew, reg.clock
     limit = f"worker.max_clock_skew {max_skew:g}s"
-    if skew is not None and (abs(skew) > max_skew or w.get("clock_ok") is False):
-        if w.get("clock_known") is False:
+    if skew is not None and (abs(skew) > max_skew or not reg.clock_ok):
+        if not reg.clock_known:
             return warn(name, "not yet compared with its peers' clocks (just started?)")
         return fail(
             name,
             f"skew {skew:+.3f}s is outside {limit}: it does not claim; check NTP on its host",
         )
-    if w.get("clock_known") is False:
+    if not reg.clock_known:
         return warn(name, "not yet compared with its peers' clocks (just started?)")
     if published is not None and abs(published - now) > REGISTRATION_AGE + max_skew:
         return warn(

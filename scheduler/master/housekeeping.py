@@ -9,7 +9,7 @@ leader sweeps:
   says the lease does not exist) is rewritten as ``lost``, guarded by its mod
   revision so a worker's late final record is never overwritten; a lock still
   created at the run's fencing token on a dead lease goes in the same
-  transaction (``scheduler.store.end_orphaned_run``, shared with ``kill``).
+  transaction (``scheduler.run_control.end_orphaned_run``, shared with ``kill``).
 - **Retention.** Per job keep the newest ``keep_succeeded`` successful and
   ``keep_failed`` other final runs (job fields, else the master config), and
   none older than ``keep_for``. Records of deleted jobs go after ``keep_for``.
@@ -51,9 +51,9 @@ from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace
 from scheduler.master.space import SpaceKeeper
 from scheduler.model import JobSpec
+from scheduler.run_control import end_orphaned_run
 from scheduler.runs import RunRecord, RunStatus
 from scheduler.signing import spec_bytes
-from scheduler.store import end_orphaned_run
 
 log = structlog.get_logger("etcron.housekeeping")
 
@@ -175,8 +175,8 @@ class Housekeeper:
         jobs = await self._jobs()
         by_job: dict[str, list[tuple[RunRecord, KeyValue]]] = defaultdict(list)
         for kv in kvs:
-            job = kv.key[len(self.ks.runs) :].split("/", 1)[0]
             try:
+                job, _ = self.ks.parse_run(kv.key)
                 by_job[job].append((RunRecord.from_json(kv.value), kv))
             except ValueError:
                 report.malformed += 1
@@ -216,8 +216,10 @@ class Housekeeper:
         taken, _ = await self.client.get_prefix(self.ks.taken_requests)
         cleaned = 0
         for kv in taken[:most]:
-            tail = Keyspace.tail(kv.key, self.ks.taken_requests)
-            job, _, request = tail.partition("/")
+            try:
+                job, request = self.ks.parse_taken(kv.key)
+            except ValueError:
+                continue  # not written by a claim: not ours to clean
             trigger = self.ks.trigger(job, request)
             res = await self.client.txn([cmp_absent(trigger)], [op_delete(kv.key)])
             cleaned += int(res.succeeded)

@@ -20,7 +20,8 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from scheduler.clip import quote
-from scheduler.outputs import Segment, follow_output, follow_runs, read_output
+from scheduler.output_chunks import Segment
+from scheduler.output_reader import follow_output, follow_runs, read_output
 from scheduler.runs import RunRecord
 from scheduler.store import JobStore
 

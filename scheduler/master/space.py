@@ -16,7 +16,7 @@ etcd refuses every write once its database reaches ``--quota-backend-bytes``
   ``{"output_spent": true}`` while the output still over the budget after the
   oldest went, or the database is past 90 % of the quota, or NOSPACE): a
   worker then keeps each run's tail in its record and stops shipping chunks
-  (``workers.output``), recording the bytes as omitted.
+  (``workers.output_sink``), recording the bytes as omitted.
 - **recovers from NOSPACE** (``master.recover_nospace``, on by default): deletes
   what retention and the output budget allow (deletes are accepted under the
   alarm), compacts to the current revision, defragments every member one at a

@@ -13,7 +13,7 @@ knows. Two ways to fake:
 
 ``DONT_FAKE_MONOTONIC=1`` keeps ``CLOCK_MONOTONIC`` true: a stepped wall clock never
 moves the monotonic one, on a real host either. The worker hands its job children
-a clean environment (``workers.runner.child_env``: a few ``BASE_ENV`` names, no
+a clean environment (``workers.run_env.child_env``: a few ``BASE_ENV`` names, no
 ``LD_PRELOAD``), so children see the true clock; :func:`probe_job` checks that from
 inside a child. The worker's guard sidecar inherits the worker's environment (it
 only reads ``CLOCK_MONOTONIC``, which is not faked).

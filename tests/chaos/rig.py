@@ -226,7 +226,7 @@ class Rig:
             kvs, _ = await self.etcd.get_prefix(self.ks.workers)
         except EtcdError:
             return {}
-        return {kv.key[len(self.ks.workers) :]: json.loads(kv.value) for kv in kvs}
+        return {self.ks.parse_worker(kv.key): json.loads(kv.value) for kv in kvs}
 
     async def holder(self, job: str) -> tuple[str, str] | None:
         """(worker id, run id) of the run holding ``job``'s lock, if any."""

@@ -28,9 +28,10 @@ from scheduler.devtools.procfs import running
 from scheduler.etcd.client import EtcdClient, op_put
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
-from scheduler.outputs import read_output
+from scheduler.output_reader import read_output
+from scheduler.run_control import WORKER_GONE
 from scheduler.runs import LockValue, RunRecord, RunStatus
-from scheduler.store import WORKER_GONE, JobStore
+from scheduler.store import JobStore
 from tests.support import wait_for
 from tests.support.cluster import (
     WorkerProcess,
@@ -42,7 +43,7 @@ from tests.support.cluster import (
     workers,
 )
 from workers import runner as runner_mod
-from workers.output import EtcdOutput
+from workers.output_sink import EtcdOutput
 from workers.worker import Worker
 
 LOG_DROPPED = "local log file dropped for this run (output still goes to etcd)"

@@ -16,7 +16,8 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.master.housekeeping import Housekeeper
 from scheduler.model import JobSpec
-from scheduler.outputs import Segment, follow_output, read_output
+from scheduler.output_chunks import Segment
+from scheduler.output_reader import follow_output, read_output
 from scheduler.runs import RunRecord, RunStatus
 from tests.support import wait_for
 from tests.support.cluster import WorkerProcess, make_config, put_jobs, runs_of, workers

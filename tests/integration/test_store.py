@@ -8,12 +8,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from scheduler.audit import list_entries
+from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.etcd.client import EtcdClient
+from scheduler.job_apply import BATCH, BATCH_BYTES, Plan
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
+from scheduler.run_requests import StopRequest
 from scheduler.runs import RunRecord, RunStatus
-from scheduler.store import BATCH, BATCH_BYTES, ConflictError, JobNotFound, JobStore, Plan
+from scheduler.store import ConflictError, JobNotFound, JobStore
 
 
 def job(name: str, **kw: object) -> JobSpec:
@@ -225,6 +229,26 @@ async def test_run_and_kill_requests(store: JobStore, client: EtcdClient) -> Non
     with pytest.raises(JobNotFound):
         await store.request_kill("unknown")
     assert await client.count_prefix(ks.triggers + "unknown/") == 0
+
+
+async def test_requests_and_audit_follow_the_injected_clock(
+    client: EtcdClient, prefix: str
+) -> None:
+    """Every time the store writes (requests, audit entries) comes from its clock."""
+    clock = OffsetClock(offset=-10 * 365 * 86400.0)  # ten years behind
+    store = JobStore(client, Keyspace(prefix), clock=clock)
+    await store.put_job(job("t"))
+    request_id = await store.request_run("t")
+    then = clock.now()
+    assert request_id.startswith(str(then.year)), request_id
+    await store.request_kill("t")
+    kv, _ = await client.get(store.ks.killer("t"))
+    assert kv is not None
+    req = StopRequest.parse(kv.value)
+    assert req is not None and req.requested_at is not None
+    assert abs((req.requested_at - then).total_seconds()) < 60
+    entries, _ = await list_entries(client, store.ks)
+    assert entries and all(abs((e.at - then).total_seconds()) < 60 for e in entries)
 
 
 async def test_list_workers_skew(store: JobStore, client: EtcdClient) -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from scheduler.config import Config, ConfigError, load_config
-from workers.output import run_output_limit
+from workers.output_sink import run_output_limit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 

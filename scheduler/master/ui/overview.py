@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,11 +161,8 @@ async def newest_statuses(
     """Only the statuses of the newest records (no full parse: the *failing* filter)."""
     out: dict[str, list[str]] = {}
     for name, kvs in (await _newest(store, names, limit)).items():
-        statuses = []
-        for kv in kvs:
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                statuses.append(str(json.loads(kv.value)["status"]))
-        out[name] = statuses
+        statuses = [RunRecord.status_of(kv.value) for kv in kvs]
+        out[name] = [s for s in statuses if s is not None]
     return out
 
 

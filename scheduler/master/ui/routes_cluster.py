@@ -8,6 +8,7 @@ from scheduler.etcd.client import EtcdAuthError, EtcdError
 from scheduler.master.ui.core import Ui
 from scheduler.master.ui.overview import live_workers
 from scheduler.master.ui.sessions import Session
+from scheduler.registration import WorkerRegistration
 
 SKEW_WARN = 0.5
 """Seconds of clock skew shown as a warning."""
@@ -15,15 +16,15 @@ SKEW_WARN = 0.5
 
 def worker_health(w: dict[str, Any]) -> tuple[str, str]:
     """(CSS class, words) for a registration: draining, clock off, busy, or ok."""
-    if w.get("draining"):
+    reg = WorkerRegistration.lenient(w)
+    if reg.draining:
         return "muted", "draining"
-    if w.get("clock_ok") is False:
+    if not reg.clock_ok:
         return "bad", "clock out of bounds"
-    skew = w.get("skew")
-    if isinstance(skew, float) and abs(skew) > SKEW_WARN:
+    if reg.skew is not None and abs(reg.skew) > SKEW_WARN:
         return "busy", "clock skewed"
-    capacity, running = w.get("capacity"), w.get("running")
-    if isinstance(capacity, int) and isinstance(running, int) and capacity and running >= capacity:
+    capacity, running = reg.capacity, reg.running
+    if capacity and running is not None and running >= capacity:
         return "busy", "at capacity"
     return "ok", "healthy"
 
@@ -67,7 +68,7 @@ def add_cluster_routes(router: APIRouter, ui: Ui) -> None:
             members=members,
             alarms=alarms,
             housekeeper=housekeeper,
-            masters=[kv.key.rsplit("/", 1)[-1] for kv in masters],
+            masters=[store.ks.parse_master(kv.key) for kv in masters],
             quota=quota,
             used=used,
         )

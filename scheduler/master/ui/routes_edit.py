@@ -16,13 +16,14 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from scheduler.job_apply import Plan
 from scheduler.jobfile import MAX_FILE_BYTES, JobFileError, load_jobs_text
 from scheduler.master.api import SpecError, parse_specs
 from scheduler.master.ui.core import Ui
 from scheduler.master.ui.routes_jobs import spec_yaml
 from scheduler.master.ui.sessions import Session
 from scheduler.model import JobSpec
-from scheduler.store import ConflictError, Plan
+from scheduler.store import ConflictError
 
 EXAMPLE = """jobs:
   - name: example

@@ -1,7 +1,7 @@
 """A run's page, its live output (server-sent events), the raw download, and the
 page that waits for the run a "run now" request starts.
 
-Live output is the master's follow (:func:`scheduler.outputs.follow_output`, a
+Live output is the master's follow (:func:`scheduler.output_reader.follow_output`, a
 list-watch of the run's chunks and record) sent as server-sent events:
 
 - ``event: output`` ``data: {"stream", "time", "text"}``, ``id:`` the segment's
@@ -27,9 +27,10 @@ from fastapi.responses import StreamingResponse
 from scheduler.master.ui.core import Ui
 from scheduler.master.ui.present import seconds, status_class
 from scheduler.master.ui.sessions import Session
-from scheduler.outputs import Segment, follow_output, follow_runs, read_output
+from scheduler.output_chunks import Segment
+from scheduler.output_reader import follow_output, follow_runs, read_output
+from scheduler.run_control import TRIGGER_TTL
 from scheduler.runs import RunRecord
-from scheduler.store import TRIGGER_TTL
 
 MAX_FOLLOW = 600.0
 KEEPALIVE = 15.0

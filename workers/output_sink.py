@@ -22,15 +22,14 @@ Rules:
   ``log_dir``), at open, at a write or at close, drops the local copy for the
   rest of the run with ONE warning; the run and its output in etcd go on.
 
-A chunk's value is JSON: ``{"seq": n, "segs": [[stream, unix_time, text], ...]}``;
-stream is ``"o"`` (stdout), ``"e"`` (stderr) or ``"m"`` (a marker from etcron).
+A chunk's value is encoded by :mod:`scheduler.output_chunks` (the one codec,
+shared with the readers in :mod:`scheduler.output_reader`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,20 +40,15 @@ import structlog
 
 from scheduler.etcd.client import EtcdClient, EtcdError
 from scheduler.keyspace import Keyspace
+from scheduler.output_chunks import RawSegment, encode_chunk
 from workers.executor import OutputSink
 
 log = structlog.get_logger("etcron.output")
-
-Segment = tuple[str, float, bytes]
 
 
 def run_output_limit(job_limit: int | None, default: int, most: int) -> int:
     """The output cap of one run: the job's own limit or the worker default, at most ``most``."""
     return min(job_limit or default, most)
-
-
-def decode(data: bytes) -> str:
-    return data.decode("utf-8", "backslashreplace")
 
 
 class EtcdOutput(OutputSink):
@@ -88,9 +82,9 @@ class EtcdOutput(OutputSink):
         self.shipped = 0
         self.omitted = 0
         self.chunks = 0
-        self._pending: list[Segment] = []
+        self._pending: list[RawSegment] = []
         self._pending_bytes = 0
-        self._ring: deque[Segment] = deque()
+        self._ring: deque[RawSegment] = deque()
         self._ring_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
@@ -176,13 +170,11 @@ class EtcdOutput(OutputSink):
             self.shipped += size
             await self._put(segs)
 
-    async def _put(self, segs: list[Segment]) -> None:
+    async def _put(self, segs: list[RawSegment]) -> None:
         if self.spent():  # the budget is spent: the record keeps the tail, the rest is omitted
             self.omitted += sum(len(data) for tag, _, data in segs if tag != "m")
             return
-        value = json.dumps(
-            {"seq": self.seq, "segs": [[s, round(t, 3), decode(d)] for s, t, d in segs]}
-        ).encode()
+        value = encode_chunk(self.seq, segs)
         key = self.ks.output_chunk(self.job, self.run_id, self.seq)
         self.seq += 1
         self.chunks += 1

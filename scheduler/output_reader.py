@@ -1,6 +1,7 @@
 """Reading run output back: whole, or followed live from any host.
 
-Chunks are written by :mod:`workers.output` under ``output/<job>/<run>/<seq>``.
+Chunks are written by :mod:`workers.output_sink` under ``output/<job>/<run>/<seq>``
+in the format of :mod:`scheduler.output_chunks`.
 Following a run is a list-watch of its output prefix plus its run record:
 chunks are delivered in ``seq`` order, and the follow ends once the record is
 final and every chunk it counts has been delivered.
@@ -10,36 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from scheduler.etcd.client import EtcdClient, KeyValue
 from scheduler.etcd.listwatch import EventKind, ListWatch, Snapshot
 from scheduler.keyspace import Keyspace
+from scheduler.output_chunks import Segment, parse_chunk
 from scheduler.runs import RunRecord
-
-STREAMS = {"o": "stdout", "e": "stderr", "m": "etcron"}
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    stream: str
-    time: float
-    text: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"stream": self.stream, "time": self.time, "text": self.text}
-
-
-def parse_chunk(value: bytes) -> tuple[int, list[Segment]]:
-    """(seq, segments) of a chunk; a malformed chunk yields one marker segment."""
-    try:
-        raw = json.loads(value)
-        segs = [Segment(STREAMS.get(s, s), float(t), str(d)) for s, t, d in raw["segs"]]
-        return int(raw["seq"]), segs
-    except (ValueError, KeyError, TypeError):
-        return -1, [Segment("etcron", 0.0, "[etcron: unreadable output chunk]\n")]
 
 
 async def read_output(client: EtcdClient, ks: Keyspace, job: str, run_id: str) -> list[Segment]:
@@ -122,7 +100,10 @@ async def follow_runs(
             else [e.kv for e in item.events if e.kind is EventKind.PUT]
         )
         for kv in sorted(kvs, key=lambda kv: kv.key):
-            run_id = kv.key.rsplit("/", 1)[-1]
+            try:
+                _, run_id = ks.parse_run(kv.key)
+            except ValueError:
+                continue  # not a run record's key
             if run_id > start_after and run_id not in seen:
                 seen.add(run_id)
                 with contextlib.suppress(ValueError):
