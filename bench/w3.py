@@ -58,8 +58,8 @@ from bench.common import (
     workdir,
     write_json,
 )
+from devtools.procfs import cmdline, guards_of
 from scheduler.config import Config, LogConfig, WorkerConfig
-from scheduler.devtools.procfs import cmdline, guards_of
 from scheduler.etcd.client import EtcdClient
 from scheduler.jobfile import MAX_FILE_BYTES, load_jobs
 from scheduler.keyspace import Keyspace

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.etcd_process import EtcdCluster
 from scheduler.config import EtcdConfig, MasterConfig
-from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim
 from scheduler.etcd.client import EtcdClient, EtcdNoSpace
 from scheduler.keyspace import Keyspace
