@@ -46,7 +46,7 @@ import json
 import zlib
 from datetime import datetime
 
-from scheduler.etcd.claim import (
+from scheduler.etcd.claim_txn import (
     Claim,
     ClaimRequest,
     Handed,

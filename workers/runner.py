@@ -36,7 +36,7 @@ from typing import Protocol
 import structlog
 
 from scheduler.durations import format_duration
-from scheduler.etcd.claim import Handed, HandOver, release, release_and_claim
+from scheduler.etcd.claim_txn import Handed, HandOver, release, release_and_claim
 from scheduler.etcd.client import EtcdError, TxnSender
 from scheduler.limits import format_size
 from scheduler.model import JobSpec

@@ -341,7 +341,7 @@ class EtcdClient(Maintenance):
 
         Raises :class:`EtcdAmbiguous` when the request may have reached etcd but
         no reply came back: it may have committed. The caller must read etcd to
-        find out (see ``scheduler.etcd.claim``); its resend goes to the member
+        find out (see ``scheduler.etcd.claim_txn``); its resend goes to the member
         that is active then, which is another one if this one stopped answering.
         """
         resp = await self._call(
