@@ -287,7 +287,7 @@ class WorkerProc:
 
     def kill_guard(self) -> None:
         """SIGKILL the guard if it is still there (and still a guard)."""
-        if self.guard is not None and b"workers.guard" in cmdline(self.guard):
+        if self.guard is not None and b"workers.guard_sidecar" in cmdline(self.guard):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.guard, signal.SIGKILL)
 

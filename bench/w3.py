@@ -348,7 +348,7 @@ async def propagation(
         out["exit_codes"] = {h.id: h.stop() for h in helpers}
         await asyncio.sleep(0.5)
         for g in guards:
-            if b"workers.guard" in cmdline(g):
+            if b"workers.guard_sidecar" in cmdline(g):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(g, signal.SIGKILL)
     return out

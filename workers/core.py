@@ -22,7 +22,7 @@ from workers.admission import Admission
 from workers.budget import OutputBudget
 from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.credentials import check_credentials
-from workers.guardclient import Guard
+from workers.guard import Guard
 from workers.health_http import HealthServer
 from workers.launch import Launcher
 from workers.metrics import WorkerMetrics
