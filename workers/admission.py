@@ -17,12 +17,18 @@ value is read like an unsigned one (its signature is not checked).
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 
-from scheduler.config import WorkerConfig
+import structlog
+
+from scheduler.config import Config, ConfigError, WorkerConfig
 from scheduler.model import JobSpec
 from scheduler.signing import Verifier, refusal_text, unwrap
+from workers.credentials import check_credentials
 from workers.policy import check
+
+log = structlog.get_logger("etcron.worker")
 
 POLICY = "policy"
 """The ``reason`` label of a policy refusal (signature refusals: :class:`scheduler.signing.Refusal`)."""
@@ -79,3 +85,28 @@ class Admission:
         if broken is not None:
             return Verdict(spec, broken, POLICY)
         return Verdict(spec)
+
+
+def admission_for(config: Config) -> Admission:
+    """Check the credential files, load the trusted keys and the default user;
+    ConfigError (exit 2) for what must change, warnings for what may be a mistake."""
+    cfg = config.worker
+    check_credentials(config)
+    verifier = Verifier.from_files(cfg.trusted_key_files) if cfg.trusted_key_files else None
+    admission = Admission(cfg, verifier)
+    if verifier is None:
+        log.warning(
+            "job signing is off: worker.trusted_key_files is empty, so any job written "
+            "into etcd runs here",
+            worker=cfg.id,
+        )
+    if admission.default_user is not None:
+        try:
+            pwd.getpwnam(admission.default_user)
+        except KeyError:
+            raise ConfigError(
+                f"worker.default_user: no user {admission.default_user!r} on this host"
+            ) from None
+    elif os.geteuid() == 0:
+        log.warning("worker.default_user is empty: jobs without a user run as root", worker=cfg.id)
+    return admission

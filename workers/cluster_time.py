@@ -31,7 +31,7 @@ Rules:
   a worker that has peers does not know its offset (a registration listed at
   start-up may be seconds old, and a median of two clocks cannot tell which
   is wrong); ``known`` is False and the worker does not claim while a healthy
-  peer can (:mod:`workers.claiming`). Peers re-register as soon as they see a
+  peer can (:mod:`workers.eligibility`). Peers re-register as soon as they see a
   new worker join, so this lasts one round trip. A lone worker, with no peer
   to compare with, takes its own clock as the cluster's.
 """

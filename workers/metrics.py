@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,8 +27,11 @@ from prometheus_client.registry import Collector
 from scheduler.metrics import EtcdMetrics, new_registry, render
 
 if TYPE_CHECKING:
-    from workers.core import WorkerCore
+    from scheduler.config import WorkerConfig
+    from workers.cluster_time import ClusterClock
     from workers.runner import RunHandle
+    from workers.runset import RunSet
+    from workers.state import JobTable
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
@@ -40,7 +43,7 @@ SKIPPED_REASONS = ("previous_running",)
 
 
 def missed_reason(message: str) -> str:
-    """The ``reason`` label of a ``missed`` record's message (``workers.claiming``,
+    """The ``reason`` label of a ``missed`` record's message (``workers.missed``,
     ``workers.accounting``)."""
     if message.startswith("no eligible worker"):
         return "no_eligible_worker"
@@ -51,8 +54,24 @@ def missed_reason(message: str) -> str:
     return "deadline"
 
 
+class Observed(Protocol):
+    """What the metrics read from the worker at a scrape (``workers.worker.Worker``)."""
+
+    cfg: WorkerConfig
+    clock: ClusterClock
+    table: JobTable
+    runs: RunSet
+    stats: dict[str, int]
+
+    def lease_left(self) -> float: ...
+
+    def clock_ok(self) -> bool: ...
+
+    def readiness(self) -> str: ...
+
+
 class WorkerMetrics:
-    def __init__(self, worker: WorkerCore) -> None:
+    def __init__(self, worker: Observed) -> None:
         self.worker = worker
         self.registry = new_registry()
         self.etcd = EtcdMetrics(self.registry)

@@ -8,7 +8,7 @@ commit) is measured, and ``ahead`` is 1.5 x the 90th percentile of the last
 64, plus 50 ms, between ``claim_ahead`` and :data:`MAX_CLAIM_AHEAD`.
 
 While ``ahead`` is above ``claim_ahead`` the worker is in *slow* mode
-(``workers.claiming``): claims of a job go in tick order, a busy claim asks
+(``workers.claimer``): claims of a job go in tick order, a busy claim asks
 again every ``ahead / 4`` instead of at the tick, and a tick whose claim was
 held up may still be claimed for ``ahead`` after the next one is due.
 """

@@ -58,6 +58,8 @@ class Repairs:
         self.clock = clock
         self.ks = ks
         self.worker_id = worker_id
+        self.running: set[str] = set()
+        """Keys (job names, lock keys) whose repair is in flight: one at a time each."""
         self._lease = 0
         self._lease_until = 0.0
 

@@ -32,12 +32,14 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -86,6 +88,22 @@ def seal_inherited_fds() -> int:
                     os.set_inheritable(fd, False)
                     sealed += 1
     return sealed
+
+
+def use_pidfd_child_watcher() -> None:
+    """Python 3.11's default child watcher starts a thread per child; a pidfd
+    watcher costs nothing per child (it is the default from Python 3.12 on)."""
+    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
+        return
+    current = asyncio.get_child_watcher()
+    if isinstance(current, asyncio.PidfdChildWatcher):
+        return
+    try:
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+    except (OSError, RuntimeError):
+        return  # no pidfd_open (old kernel): keep the default
+    asyncio.set_child_watcher(watcher)
 
 
 def as_user(argv: list[str], env: Mapping[str, str], user: str, setpriv: str) -> list[str]:

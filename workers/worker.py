@@ -5,58 +5,155 @@ session and has loaded the job table; ``stop()`` drains (invariant I5);
 ``kill()`` is the second-signal path. Only :mod:`workers.daemon` installs
 signal handlers.
 
-Every long-running loop runs in one ``TaskGroup``: a loop that dies takes the
-worker down loudly instead of going silent.
+The worker is made of parts, each built with what it depends on:
 
-The worker is built from parts that share its state (:mod:`workers.core`):
-:mod:`workers.membership` (session lease, registration), :mod:`workers.claiming`
-(from a due tick to a started run) and this module (lifecycle, the watches that
-feed the tables, the timer loop).
+- :class:`workers.membership.Membership` — the session lease and the registration;
+- :class:`workers.runset.RunSet` — the runs held and the claims in flight (capacity);
+- :class:`workers.claimer.Claimer` — from a due tick or a manual-run request to
+  a started run, with :class:`workers.eligibility.Eligibility` (may I claim?),
+  :class:`workers.missed.MissedTicks` (records of ticks that did not run),
+  :class:`workers.handover.HandOvers` (a release that claims the next tick) and
+  :class:`workers.starter.RunStarter` (a won claim becomes a run);
+- :class:`workers.standing.Standing` — draining, and the clock against the cluster's;
+- :class:`workers.tasks.Tasks` — the claim/run tasks and background bookkeeping.
+
+This class wires them, owns the ``TaskGroup`` of long-running loops (a loop that
+dies takes the worker down loudly instead of going silent), the watches that
+feed the tables (:mod:`workers.watches`) and the timer loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import sys
-from collections.abc import Awaitable, Callable, Iterable
 
+import structlog
+
+from scheduler.clock import Clock, OffsetClock
+from scheduler.config import Config
 from scheduler.etcd.batch import TxnBatcher
-from scheduler.etcd.client import EtcdError, KeyValue
+from scheduler.etcd.client import EtcdClient, EtcdError
 from scheduler.etcd.connect import connect_patiently
-from scheduler.etcd.listwatch import Batch, EventKind, ListWatch, Snapshot
-from scheduler.model import Concurrency, JobSpec
+from scheduler.etcd.session import Session
+from scheduler.keyspace import Keyspace
 from scheduler.runs import from_ms, tick_ms
-from workers.claiming import Claiming
+from workers.admission import admission_for
+from workers.budget import OutputBudget
+from workers.claimer import Claimer
+from workers.cluster_time import ClusterClock, OffsetEstimator
+from workers.eligibility import Eligibility
 from workers.executor import StopReason
+from workers.guard import Guard
+from workers.handover import HandOvers
 from workers.health_http import HealthServer
+from workers.launch import Launcher
 from workers.membership import Membership
-from workers.pace import MAX_CLAIM_AHEAD
+from workers.metrics import WorkerMetrics
+from workers.missed import MissedTicks
+from workers.pace import Pace
+from workers.refusals import Refusals
 from workers.repair import Repairs
-from workers.spawn import seal_inherited_fds
+from workers.runner import RunHandle
+from workers.runset import RunSet
+from workers.spawn import seal_inherited_fds, use_pidfd_child_watcher
+from workers.standing import Standing
+from workers.starter import RunStarter
+from workers.state import JobTable, PeerView, TickView
+from workers.tasks import Tasks
+from workers.timer import Timer
+from workers.watches import Watches
 
 MAX_SLEEP = 30.0
+SHUTDOWN_GRACE = 15.0
+"""Seconds cancelled runs get to write their final record and release their lock
+(their last output gets ``runner.FLUSH_TIMEOUT``, 10 s, then the release)."""
 
 
-def _use_pidfd_child_watcher() -> None:
-    """Python 3.11's default child watcher starts a thread per child; a pidfd
-    watcher costs nothing per child (it is the default from Python 3.12 on)."""
-    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
-        return
-    current = asyncio.get_child_watcher()
-    if isinstance(current, asyncio.PidfdChildWatcher):
-        return
-    try:
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-    except (OSError, RuntimeError):
-        return  # no pidfd_open (old kernel): keep the default
-    asyncio.set_child_watcher(watcher)
-
-
-class Worker(Membership, Claiming):
+class Worker:
     """``etcron worker``: see the module docstring."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.cfg = cfg = config.worker
+        self.id = cfg.id
+        self.ks = Keyspace(config.etcd.prefix)
+        if clock is None:
+            clock = OffsetClock(cfg.clock_offset) if cfg.clock_offset else Clock()
+        self.host_clock = clock
+        """The host's clock: published in the registration, never used to decide."""
+        self.clock = ClusterClock(clock)
+        """Cluster time (``workers.cluster_time``): every decision reads this."""
+        self.admission = admission_for(config)
+        """Which job definitions this worker runs: signature, policy (``workers.admission``)."""
+        self.log = structlog.get_logger("etcron.worker").bind(worker=self.id)
+        self.table = JobTable(self.ks.jobs, self.admission)
+        self.ticks = TickView(self.ks.ticks)
+        self.peers = PeerView(self.ks.workers, self.ks.masters, OffsetEstimator(self.id, clock))
+        self.timer = Timer()
+        self.launcher = Launcher(self.clock)
+        self.pace = Pace(cfg.claim_ahead)
+        """How far ahead of its tick a claim is sent (follows etcd's commit time)."""
+        self.budget = OutputBudget()
+        """The leader's word on etcd's space (``workers.budget``)."""
+        self.guard = Guard(config.etcd)
+        self.standing = Standing(cfg, self.clock)
+        self.runs = RunSet(cfg.capacity)
+        self.tasks = Tasks(self.log)
+        self.eligibility = Eligibility(cfg, self.standing, self.peers)
+        self.ready = asyncio.Event()
+        self.stats = {"claims": 0, "txns": 0, "won": 0, "taken": 0, "seen_taken": 0, "busy": 0}
+        self.stats |= {"missed": 0, "started": 0, "handovers": 0}
+        self.metrics = WorkerMetrics(self)
+        self.refusals = Refusals(self.ks, self.id, cfg.labels, self.metrics, self.clock.now)
+        self.http: HealthServer | None = None
+        """``/metrics``, ``/healthz``, ``/readyz`` on ``worker.listen`` (``workers.health_http``)."""
+        self.membership: Membership | None = None
+        self.claimer: Claimer | None = None
+        """The parts that need etcd: built once the worker is connected (``_wire``)."""
+        self.client: EtcdClient | None = None
+        self.batcher: TxnBatcher | None = None
+        self.repairs: Repairs | None = None
+        self._stop = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self.watches: Watches | None = None
+        self._wake = asyncio.Event()
+        """Set when the timer loop must look again (a job changed, a drain began)."""
+
+    # state read by /readyz, /metrics and tests ----------------------------
+
+    @property
+    def session(self) -> Session | None:
+        return self.membership.session if self.membership is not None else None
+
+    @property
+    def draining(self) -> bool:
+        return self.standing.draining
+
+    @property
+    def skew(self) -> float:
+        """This host's clock minus cluster time, in seconds."""
+        return self.standing.skew
+
+    def clock_ok(self) -> bool:
+        return self.standing.clock_ok()
+
+    def lease_left(self) -> float:
+        return self.membership.lease_left() if self.membership is not None else 0.0
+
+    def readiness(self) -> str:
+        """Why this worker is not ready to claim, or "" when it is (``/readyz``)."""
+        if self.standing.draining:
+            return "draining"
+        if self.lease_left() <= 0:
+            return "no etcd session"
+        if self.watches is None or not self.watches.loaded():
+            return "job table not loaded yet"
+        if not self.clock.known:
+            return "clock not yet compared with the other workers' clocks"
+        if not self.clock_ok():
+            bound = self.cfg.max_clock_skew
+            return f"clock skew {self.skew:+.3f}s is above worker.max_clock_skew ({bound}s)"
+        return ""
 
     # lifecycle ------------------------------------------------------------
 
@@ -85,34 +182,32 @@ class Worker(Membership, Claiming):
     async def stop(self, grace: float | None = None) -> None:
         """Drain: no new claims; running jobs finish (or are killed after ``grace``)."""
         grace = self.cfg.drain_grace if grace is None else grace
-        self.draining = True
+        self.standing.draining = True
         self._wake.set()
         self.log.info("draining", running=len(self.runs), grace=grace)
-        with contextlib.suppress(EtcdError):
-            async with asyncio.timeout(2):
-                await self._register()  # tell peers: rank me last from now on
+        if self.membership is not None:
+            with contextlib.suppress(EtcdError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.membership.register()  # tell peers: rank me last from now on
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while self.runs and self._tasks:
-                    await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
-        for h in list(self.runs.values()):
-            h.stop(StopReason.DRAIN)
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+                while self.runs and self.tasks.runs:
+                    await self.tasks.wait_one_run()
+        self.runs.stop_all(StopReason.DRAIN)
+        await self.tasks.wait_runs()
         self._stop.set()
         await self.wait()
 
     def kill(self) -> None:
         """Second signal: kill every child process group now and stop (``wait()`` for the end)."""
-        for h in list(self.runs.values()):
-            h.stop(StopReason.KILLED, now=True)
-        self.draining = True
+        self.runs.stop_all(StopReason.KILLED, now=True)
+        self.standing.draining = True
         self._stop.set()
 
     # main -----------------------------------------------------------------
 
     async def _run(self) -> None:
-        _use_pidfd_child_watcher()
+        use_pidfd_child_watcher()
         seal_inherited_fds()
         if self.cfg.listen:  # before etcd: /healthz answers while it is down
             self.http = HealthServer(
@@ -130,23 +225,16 @@ class Worker(Membership, Claiming):
         if client is None:
             return  # stopped while waiting for etcd
         client.observe = self.metrics.etcd.observe
-        self.client = client
-        self.batcher = TxnBatcher(self.client)
-        self.repairs = Repairs(client, self.ks, self.id, self.clock)
+        membership, watches = self._wire(client)
         await self.guard.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 loops = [
-                    self._session_loop(),
-                    self._follow(self.ks.jobs, self._on_jobs),
-                    self._follow(self.ks.ticks, self._on_ticks),
-                    self._follow(self.ks.workers, self._on_workers),
-                    self._follow(self.ks.masters, self._on_masters),
-                    self._follow(self.ks.killers, self._on_killers),
-                    self._follow(self.ks.replacements, self._on_replacements),
-                    self._follow(self.ks.triggers, self._on_triggers),
+                    membership.run(),
+                    membership.register_loop(),
+                    *watches.loops(),
+                    self._become_ready(),
                     self._timer_loop(),
-                    self._register_loop(),
                     self.guard.supervise(),
                     self.budget.follow(client, self.ks.budget),
                 ]
@@ -157,15 +245,139 @@ class Worker(Membership, Claiming):
         finally:
             await self._shutdown()
 
+    def _wire(self, client: EtcdClient) -> tuple[Membership, Watches]:
+        """Build the parts that need etcd (see the module docstring)."""
+        cfg, ks = self.cfg, self.ks
+        self.client = client
+        self.batcher = batcher = TxnBatcher(client)
+        self.repairs = repairs = Repairs(client, ks, self.id, self.clock)
+        self.membership = membership = Membership(
+            client,
+            cfg,
+            ks,
+            clock=self.clock,
+            host_clock=self.host_clock,
+            guard=self.guard,
+            peers=self.peers,
+            table=self.table,
+            runs=self.runs,
+            standing=self.standing,
+            tasks=self.tasks,
+            repairs=repairs,
+            log=self.log,
+        )
+        missed = MissedTicks(
+            client,
+            batcher,
+            ks,
+            self.id,
+            clock=self.clock,
+            table=self.table,
+            ticks=self.ticks,
+            eligibility=self.eligibility,
+            tasks=self.tasks,
+            metrics=self.metrics,
+            stats=self.stats,
+            stopping=self._stop,
+            log=self.log,
+        )
+        # a run's release may win the next tick (hand-over), whose run the
+        # starter then starts: the one cycle between the parts, closed here
+        handovers = HandOvers(
+            ks,
+            self.id,
+            clock=self.clock,
+            table=self.table,
+            ticks=self.ticks,
+            pace=self.pace,
+            runs=self.runs,
+            membership=membership,
+            eligibility=self.eligibility,
+            missed=missed,
+            stats=self.stats,
+            stopping=self._stop.is_set,
+            start=self._start_handed,
+        )
+        starter = RunStarter(
+            batcher,
+            client,
+            cfg,
+            ks,
+            clock=self.clock,
+            runs=self.runs,
+            guard=self.guard,
+            launcher=self.launcher,
+            metrics=self.metrics,
+            budget=self.budget,
+            default_user=self.admission.default_user,
+            lease_left=membership.lease_left,
+            next_run=handovers.next_run,
+            stats=self.stats,
+        )
+        self.claimer = Claimer(
+            client,
+            batcher,
+            cfg,
+            ks,
+            clock=self.clock,
+            table=self.table,
+            ticks=self.ticks,
+            peers=self.peers,
+            pace=self.pace,
+            runs=self.runs,
+            membership=membership,
+            standing=self.standing,
+            eligibility=self.eligibility,
+            missed=missed,
+            starter=starter,
+            tasks=self.tasks,
+            repairs=repairs,
+            metrics=self.metrics,
+            stats=self.stats,
+            stopping=self._stop,
+            log=self.log,
+        )
+        self.watches = watches = Watches(
+            client,
+            cfg,
+            ks,
+            clock=self.clock,
+            table=self.table,
+            ticks=self.ticks,
+            peers=self.peers,
+            timer=self.timer,
+            runs=self.runs,
+            standing=self.standing,
+            claimer=self.claimer,
+            refusals=self.refusals,
+            repairs=repairs,
+            tasks=self.tasks,
+            metrics=self.metrics,
+            ready=self.ready,
+            wake=self._wake,
+            log=self.log,
+        )
+        return membership, watches
+
+    def _start_handed(self, h: RunHandle, fire_ms: int) -> None:
+        assert self.claimer is not None
+        self.tasks.spawn(self.claimer.starter.execute(h, fire_ms))
+
+    async def _become_ready(self) -> None:
+        """Ready once there is a session and the tables are loaded; then catch up."""
+        assert self.membership is not None and self.watches is not None
+        await self.membership.session_ready.wait()
+        await self.watches.all_loaded.wait()
+        self.ready.set()
+        self.log.info("ready", jobs=len(self.table.jobs), revision=self.table.revision)
+        self.watches.catch_up_all()
+
     async def _shutdown(self) -> None:
-        for t in self._tasks | self._background:
-            t.cancel()
-        if self._tasks:
-            # a cancelled run still writes its final record and releases its lock
-            # (workers/runner.py): let it, before the session and the client go
-            # (bounded: its last output gets runner.FLUSH_TIMEOUT, 10 s, then the release)
-            await asyncio.wait(list(self._tasks), timeout=15.0)
-        session, self.session = self.session, None
+        await self.tasks.cancel_all(SHUTDOWN_GRACE)
+        membership = self.membership
+        session = membership.session if membership is not None else None
+        if membership is not None:
+            membership.session = None
         if session is not None:
             await session.close(revoke=True)
         await self.guard.close()
@@ -176,184 +388,11 @@ class Worker(Membership, Claiming):
             await self.client.close()
         self.log.info("stopped", stats=self.stats)
 
-    async def _follow(
-        self, prefix: str, handler: Callable[[Snapshot | Batch], Awaitable[None] | None]
-    ) -> None:
-        assert self.client is not None
-        async for item in ListWatch(self.client, prefix):
-            result = handler(item)
-            if result is not None:
-                await result
-            if isinstance(item, Snapshot):
-                self._loaded.add(prefix)
-                self._check_ready()
-
-    def _check_ready(self) -> None:
-        needed = {self.ks.jobs, self.ks.ticks, self.ks.workers}
-        if needed <= self._loaded and self._session_ready.is_set() and not self.ready.is_set():
-            self.ready.set()
-            self.log.info("ready", jobs=len(self.table.jobs), revision=self.table.revision)
-            now_ms = int(self.clock.time() * 1000)
-            for spec in self.table.jobs.values():
-                self._catch_up(spec, now_ms)
-
-    # watches --------------------------------------------------------------
-
-    def _on_jobs(self, item: Snapshot | Batch) -> None:
-        now_ms = int(self.clock.time() * 1000)
-        changes = self.table.apply(item)
-        if self.table.new_refusals:
-            records = self.refusals.report(self.table)
-            if records and self.client is not None:
-                self._background_task(self.refusals.write(self.client, records))
-        for name, spec in changes:
-            if spec is None:
-                self.timer.remove(name)
-                self.metrics.forget(name)
-                continue
-            nxt = spec.schedule_obj().next_after(from_ms(now_ms), spec.zone())
-            self.timer.schedule(name, tick_ms(nxt))
-            if isinstance(item, Snapshot) and self.ready.is_set():
-                self._catch_up(spec, now_ms)
-            for key in [k for k in self.triggers if k.startswith(self.ks.triggers + name + "/")]:
-                self._start_manual(key)
-        self._wake.set()
-
-    def _catch_up(self, job: JobSpec, now_ms: int) -> None:
-        """After a start or re-list: the latest tick missed by everyone, if within its deadline."""
-        last = self.ticks.ticks.get(job.name)
-        if last is None or job.suspend:
-            return
-        latest = job.schedule_obj().latest_at_or_before(from_ms(now_ms), job.zone())
-        if latest is not None and tick_ms(latest) > last:
-            self._spawn(self._tick(job, tick_ms(latest)))
-
-    def _on_ticks(self, item: Snapshot | Batch) -> None:
-        self._check_fences(self.ticks.apply(item))
-
-    def _check_fences(self, names: Iterable[str]) -> None:
-        """Repair the fences of ``names`` that run ahead of cluster time."""
-        if not self.clock_ok() or self.repairs is None:
-            return  # only a worker with a good clock judges what is in the future
-        limit = int(self.clock.time() * 1000) + self._fence_tolerance_ms()
-        for name in names:
-            if self.ticks.ticks[name] > limit and name not in self._repairing:
-                self._background_task(self._repair_fence(name, self.ticks.kvs[name]))
-
-    def _fence_tolerance_ms(self) -> int:
-        """How far ahead of cluster time a legitimate claim can put a fence: the
-        longest claim-ahead, two clocks at the skew bound, and a second more."""
-        return int(1000 * (MAX_CLAIM_AHEAD + 2 * self.cfg.max_clock_skew + 1.0))
-
-    async def _repair_fence(self, name: str, kv: KeyValue) -> None:
-        assert self.repairs is not None
-        self._repairing.add(name)
-        try:
-            limit = int(self.clock.time() * 1000) + self._fence_tolerance_ms()
-            await self.repairs.fence(name, kv, limit)
-        except EtcdError as exc:
-            self.log.warning("fence repair failed", job=name, error=str(exc))
-        finally:
-            self._repairing.discard(name)
-
-    def _on_workers(self, item: Snapshot | Batch) -> None:
-        self.peers.apply(item)
-        self._update_clock()
-
-    def _on_masters(self, item: Snapshot | Batch) -> None:
-        self.peers.apply_masters(item)
-        self._update_clock()
-
-    def _update_clock(self) -> None:
-        """Re-estimate the offset from the peers' clocks (``workers.cluster_time``)."""
-        was_ok, was_known = self.clock_ok(), self.clock.known
-        est = self.peers.estimator.estimate()
-        others = self.peers.others()
-        if est is not None and (self.clock.known or est[1] >= others):
-            # the first estimate waits for a sample of every live peer: a median
-            # of our own clock and one other cannot tell which of the two is wrong
-            self.clock.offset, self.clock.known = est[0], True
-        elif self.peers.alone():
-            self.clock.known = True  # alone: our clock is the cluster's
-        ok = self.clock_ok()
-        if ok != was_ok:
-            log = self.log.info if ok else self.log.warning
-            log(
-                "clock within the bound, claiming" if ok else "clock skew above the bound",
-                skew=round(self.skew, 3),
-                bound=self.cfg.max_clock_skew,
-                known=self.clock.known,
-            )
-        if ok and not was_ok:
-            self._check_fences(list(self.ticks.ticks))  # written while we could not judge
-        if self.clock.known and not was_known and self.ready.is_set():
-            now_ms = int(self.clock.time() * 1000)
-            for spec in self.table.jobs.values():
-                self._catch_up(spec, now_ms)
-
-    def _on_killers(self, item: Snapshot | Batch) -> None:
-        """Kill requests (written by masters only): stop the job's runs here."""
-        self._stop_requested(item, self.ks.killers, StopReason.KILLED, replace_only=False)
-
-    def _on_replacements(self, item: Snapshot | Batch) -> None:
-        """A worker replacing a run (``concurrency: replace``) asks its holder to stop.
-
-        Workers may write these, so they are honoured for ``replace`` jobs only (as
-        this worker's signed-off definition says), and only for the named run: a
-        worker's credentials cannot stop other runs (docs/security.md)."""
-        self._stop_requested(item, self.ks.replacements, StopReason.KILLED, replace_only=True)
-
-    def _stop_requested(
-        self, item: Snapshot | Batch, prefix: str, reason: StopReason, *, replace_only: bool
-    ) -> None:
-        if isinstance(item, Snapshot):
-            return  # only requests made while we watch count
-        for ev in item.events:
-            if ev.kind is not EventKind.PUT:
-                continue
-            name = ev.key[len(prefix) :]
-            try:
-                run_id = json.loads(ev.kv.value or b"{}").get("run_id")
-            except (ValueError, AttributeError):
-                run_id = None
-            if replace_only and not run_id:
-                continue
-            for h in list(self.runs.values()):
-                if h.job.name != name or run_id not in (None, h.run_id):
-                    continue
-                if replace_only and h.job.concurrency is not Concurrency.REPLACE:
-                    self.log.warning("replace request for a job that is not replace", job=name)
-                    continue
-                what = "replacement requested" if replace_only else "kill requested"
-                self.log.info(what, job=name, run=h.run_id)
-                h.stop(reason)
-
-    def _on_triggers(self, item: Snapshot | Batch) -> None:
-        """Manual-run requests: remember them until consumed, so a request that
-        arrives before its job definition still runs once the job is known."""
-        if isinstance(item, Snapshot):
-            self.triggers = set(item.kvs)
-            fresh = set(item.kvs)
-        else:
-            fresh = set()
-            for ev in item.events:
-                if ev.kind is EventKind.PUT:
-                    self.triggers.add(ev.key)
-                    fresh.add(ev.key)
-                else:
-                    self.triggers.discard(ev.key)
-        for key in fresh:
-            self._start_manual(key)
-
-    def _start_manual(self, key: str) -> None:
-        name, _, request = key[len(self.ks.triggers) :].partition("/")
-        job = self.table.jobs.get(name)
-        if job is not None and request:
-            self._spawn(self._manual(job, key, request))
-
     # timer ----------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
+        claimer, wake = self.claimer, self._wake
+        assert claimer is not None
         while True:
             ahead = self.pace.ahead_ms
             now_ms = int(self.clock.time() * 1000)
@@ -363,13 +402,13 @@ class Worker(Membership, Claiming):
                     continue
                 nxt = job.schedule_obj().next_after(from_ms(max(fire, now_ms)), job.zone())
                 self.timer.schedule(name, tick_ms(nxt))
-                self._due(job, fire)
+                claimer.due(job, fire)
             nxt_ms = self.timer.next_fire_ms()
             sleep = (
                 MAX_SLEEP if nxt_ms is None else min(MAX_SLEEP, (nxt_ms - ahead - now_ms) / 1000)
             )
-            self._wake.clear()
+            wake.clear()
             if sleep > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(sleep):
-                        await self._wake.wait()
+                        await wake.wait()

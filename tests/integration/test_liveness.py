@@ -34,7 +34,7 @@ from tests.support.cluster import (
     workers,
 )
 from workers.accounting import UNCLAIMED
-from workers.claiming import NO_ELIGIBLE
+from workers.missed import NO_ELIGIBLE
 from workers.pace import SAMPLES
 from workers.worker import Worker
 

@@ -111,9 +111,9 @@ async def test_worker_metrics_match_the_run_records(
         # stop the ticks and let what is in flight land, so records and counters hold still
         await put_jobs(client, ks, *(j.model_copy(update={"suspend": True}) for j in (ok, bad)))
         await put_jobs(client, ks, nowhere.model_copy(update={"suspend": True}))
-        await wait_for(lambda: not w.runs and not w._background, timeout=10)
+        await wait_for(lambda: not w.runs and not w.tasks.background_tasks, timeout=10)
         await asyncio.sleep(2.0)  # a no-eligible record is written 1.5 s after its tick
-        await wait_for(lambda: not w.runs and not w._background, timeout=10)
+        await wait_for(lambda: not w.runs and not w.tasks.background_tasks, timeout=10)
 
         records = {j: await runs_of(client, ks, j) for j in ("ok", "bad", "nowhere")}
         m = await scrape(base(w) + "/metrics")

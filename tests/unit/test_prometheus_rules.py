@@ -18,7 +18,7 @@ from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.master.metrics import MasterMetrics
 from scheduler.metrics import render
-from workers.core import WorkerCore
+from workers.worker import Worker
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = DEPLOY / "rules.yaml"
@@ -49,7 +49,7 @@ def test_promtool_test_rules() -> None:
 
 def _exported() -> set[str]:
     """Every sample name a worker and a master expose (histogram buckets included)."""
-    worker = WorkerCore(Config())
+    worker = Worker(Config())
     worker.metrics.start_lag.observe(0.1)
     worker.metrics.duration.observe(1.0)
     worker.metrics.etcd.observe("txn", 0.01, True)
