@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools.etcd_process import EtcdMember
+from devtools.procfs import cmdline, guards_of
 from proof.ledger import shell_line
 from scheduler.config import Config, EtcdConfig, LogConfig, WorkerConfig
-from scheduler.devtools.etcd_process import EtcdMember
-from scheduler.devtools.procfs import cmdline, guards_of
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec
@@ -287,7 +287,7 @@ class WorkerProc:
 
     def kill_guard(self) -> None:
         """SIGKILL the guard if it is still there (and still a guard)."""
-        if self.guard is not None and b"workers.guard" in cmdline(self.guard):
+        if self.guard is not None and b"workers.guard_sidecar" in cmdline(self.guard):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.guard, signal.SIGKILL)
 
@@ -425,7 +425,7 @@ def cleanup(base: Path, keep: bool) -> None:
 
 def host_info() -> dict[str, str]:
     """nproc, CPU model, memory, Python and etcd versions: for the results file."""
-    from scheduler.devtools.etcd_process import etcd_version, find_etcd_binary
+    from devtools.etcd_process import etcd_version, find_etcd_binary
 
     model = ""
     with contextlib.suppress(OSError):

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.etcd_process import EtcdCluster
 from scheduler.clock import Clock
 from scheduler.config import Config, EtcdConfig
-from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import EtcdClient, op_put
 from scheduler.keyspace import Keyspace
 from scheduler.master.didnotrun import DidNotRun

@@ -47,8 +47,8 @@ from bench.common import (
     workdir,
     write_json,
 )
+from devtools.etcd_process import EtcdMember
 from scheduler.config import MasterConfig
-from scheduler.devtools.etcd_process import EtcdMember
 from scheduler.master.housekeeping import Housekeeper
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord

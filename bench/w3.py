@@ -58,8 +58,8 @@ from bench.common import (
     workdir,
     write_json,
 )
+from devtools.procfs import cmdline, guards_of
 from scheduler.config import Config, LogConfig, WorkerConfig
-from scheduler.devtools.procfs import cmdline, guards_of
 from scheduler.etcd.client import EtcdClient
 from scheduler.jobfile import MAX_FILE_BYTES, load_jobs
 from scheduler.keyspace import Keyspace
@@ -348,7 +348,7 @@ async def propagation(
         out["exit_codes"] = {h.id: h.stop() for h in helpers}
         await asyncio.sleep(0.5)
         for g in guards:
-            if b"workers.guard" in cmdline(g):
+            if b"workers.guard_sidecar" in cmdline(g):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(g, signal.SIGKILL)
     return out

@@ -1,6 +1,6 @@
 """W4: the etcd ceiling as seen from Python on this machine.
 
-Against one fresh etcd: puts/s and claim cycles/s (``scheduler.etcd.claim.claim``
+Against one fresh etcd: puts/s and claim cycles/s (``scheduler.etcd.claim_txn.claim``
 with a new tick each time, then ``release``: exactly the two transactions a run
 costs), with 1 client and with 3 concurrent asyncio clients in one process, each
 client sending one request at a time. Also the CPU of this Python process and of
@@ -31,7 +31,7 @@ from bench.common import (
     workdir,
     write_json,
 )
-from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim, release
+from scheduler.etcd.claim_txn import ClaimRequest, Outcome, TickFence, claim, release
 from scheduler.etcd.client import EtcdClient
 from scheduler.runs import LockValue, RunRecord, RunStatus, from_ms, new_run_id
 

@@ -61,7 +61,7 @@ log:
 CFG
 
 echo "== starting etcd on 127.0.0.1:$ETCD_PORT"
-"$PY" -m scheduler.devtools.etcd_process --data-dir "$RUN/etcd" --port "$ETCD_PORT" > "$RUN/etcd.log" 2>&1 &
+"$PY" -m devtools.etcd_process --data-dir "$RUN/etcd" --port "$ETCD_PORT" > "$RUN/etcd.log" 2>&1 &
 pids+=($!); names+=(etcd)
 up() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$1" >/dev/null 2>&1; }
 for _ in $(seq 100); do up "http://127.0.0.1:$ETCD_PORT/health" && break; sleep 0.2; done

@@ -141,7 +141,7 @@ class Cluster:
         self.save(state)
 
     def _etcd(self, state: dict[str, Any]) -> None:
-        from scheduler.devtools.etcd_process import find_etcd_binary
+        from devtools.etcd_process import find_etcd_binary
 
         certs = self.dir / "certs"
         members = [n for n in state["hosts"] if n.startswith("etcd")]

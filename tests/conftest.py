@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scheduler.devtools.etcd_process import EtcdCluster, etcd_version, find_etcd_binary
+from devtools.etcd_process import EtcdCluster, etcd_version, find_etcd_binary
 
 
 def _interrupt_on_sigterm(signum: int, frame: object) -> None:

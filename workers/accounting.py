@@ -3,7 +3,7 @@
 A tick that no worker claimed (every worker overloaded, stopped, outside the
 clock bound, or cut off) leaves no trace by itself: the next claim simply
 moves the job's tick fence past it. So the fence's put asks for the value it
-replaced (``prev_kv``, see ``scheduler.etcd.claim``), and whoever moved the
+replaced (``prev_kv``, see ``scheduler.etcd.claim_txn``), and whoever moved the
 fence from P to T records every scheduled tick strictly between them as
 ``missed``. Moving the fence is atomic, so exactly one worker owns each such
 gap and no gap is recorded twice.

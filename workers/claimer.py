@@ -3,7 +3,7 @@
 ``Claimer.due`` ranks the live eligible workers for the tick (rendezvous hashing) and
 sets a timer for this worker's turn; at its turn a worker that can already see
 the tick taken stops there, without an etcd write. Otherwise it sends the claim
-transaction (``scheduler.etcd.claim``) ``claim_ahead`` before the tick and, if
+transaction (``scheduler.etcd.claim_txn``) ``claim_ahead`` before the tick and, if
 it won, prepares the run and starts it at the tick. Manual runs, ``replace``
 and the records of missed and skipped ticks go the same way.
 
@@ -16,7 +16,7 @@ a won claim becomes, ``workers.starter``). Who is eligible:
 Protocol map (each rule of the claim protocol, and what keeps it):
 
 - **claim** — one transaction takes the tick fence ``ticks/J`` and the lock:
-  ``scheduler.etcd.claim.claim`` (a ``ClaimRequest`` with a ``TickFence``),
+  ``scheduler.etcd.claim_txn.claim`` (a ``ClaimRequest`` with a ``TickFence``),
   sent here by ``_claim_and_run`` from ``_tick``.
 - **skip-record** — a ``forbid`` tick whose lock is held gets a ``skipped``
   record, by exactly one worker: the second transaction of ``claim``; the
@@ -26,15 +26,15 @@ Protocol map (each rule of the claim protocol, and what keeps it):
   ``workers.accounting.record_gap`` via ``MissedTicks.account``; silent jobs: the
   leader's ``scheduler.master.didnotrun``.
 - **hand-over** — release and the next tick's claim in one transaction:
-  ``scheduler.etcd.claim.release_and_claim``, prepared by ``workers.handover.HandOvers.next_run``
+  ``scheduler.etcd.claim_txn.release_and_claim``, prepared by ``workers.handover.HandOvers.next_run``
   (which tick: ``next_tick`` there), sent by ``workers.runner.Runner.finish``.
 - **release** — the final record, and the lock deleted only if its mod
-  revision is still our token: ``scheduler.etcd.claim.release``, from
+  revision is still our token: ``scheduler.etcd.claim_txn.release``, from
   ``workers.runner.Runner.finish``.
 - **replace** — claim the fence with no lock, then stop the holder and take the
-  lock: ``workers.replacing.take_over``, over ``scheduler.etcd.claim.acquire``.
+  lock: ``workers.replacing.take_over``, over ``scheduler.etcd.claim_txn.acquire``.
 - **manual runs** — a ``TriggerFence`` creates ``taken/J/R`` once per request:
-  ``scheduler.etcd.claim.TriggerFence``, sent by ``_manual`` here; the leader
+  ``scheduler.etcd.fences.TriggerFence``, sent by ``_manual`` here; the leader
   deletes ``taken`` keys whose request is gone
   (``scheduler.master.housekeeping``, ``_clean_taken``).
 - **repairs** — ``workers.repair.Repairs``: a lock no live run stands behind
@@ -53,7 +53,7 @@ import structlog
 
 from scheduler.config import WorkerConfig
 from scheduler.etcd.batch import TxnBatcher
-from scheduler.etcd.claim import (
+from scheduler.etcd.claim_txn import (
     ClaimRequest,
     Outcome,
     TickFence,

@@ -62,6 +62,11 @@ async def serve(config: Config) -> int:
 
 
 def main(config: Config) -> int:
+    """Run a worker with ``config`` until a signal; the exit status.
+
+    The entry point the CLI hands ``etcron worker`` to
+    (:func:`scheduler.cli.daemons_cmd.hand_over_to_worker`, its only caller there).
+    """
     try:
         return asyncio.run(serve(config))
     except Exception as exc:

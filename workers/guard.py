@@ -1,114 +1,129 @@
-"""The guard: a small sidecar process that kills a worker's children in time.
-
-A worker that is paused (SIGSTOP, a long GC or swap storm) or killed cannot kill
-its own children, yet invariant I2 says a run must stop before the server can
-expire the lease it runs under. So each worker starts one guard process, in its
-own session, and tells it over a pipe:
-
-- ``D <t>``   the lease is proven alive until monotonic time ``t`` (already
-              reduced by the safety margin); sent after every keepalive ack;
-- ``A <pgid>`` / ``R <pgid>``  a child process group started / ended;
-- ``L <lease-id>``  the current session lease (0 = none);
-- ``Q``       clean exit: the worker stopped its children itself.
-
-When ``t`` passes without a newer ``D`` the guard SIGKILLs every registered
-process group. When the pipe closes without ``Q`` (the worker died), it kills
-the children and revokes the lease, so the worker's locks vanish at once and
-the next tick runs elsewhere without waiting for the TTL. CLOCK_MONOTONIC is
-system-wide on Linux, so both processes read the same clock.
-"""
+"""The worker's side of the guard pipe: class :class:`Guard` starts the guard sidecar
+(:mod:`workers.guard_sidecar`, run as ``python -m workers.guard_sidecar``), restarts it
+if it exits, and tells it the lease, the deadline and the running process groups."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
-import os
-import select
-import signal
 import sys
-import time
+
+import structlog
+
+from scheduler.config import EtcdConfig
+
+log = structlog.get_logger("etcron.guard")
 
 
-def _kill(pgids: set[int]) -> None:
-    for pgid in pgids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+class Guard:
+    def __init__(self, etcd: EtcdConfig) -> None:
+        self.etcd = etcd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._pgids: set[int] = set()
+        self._lease = 0
+        self._deadline = 0.0
+        self._out: list[str] = []
+        self._closing = False
 
+    async def start(self) -> None:
+        """Start the guard process and hand it everything it must know (so a restart is whole)."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "workers.guard_sidecar",  # the sidecar's module (workers/guard_sidecar.py)
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._send(self.etcd.model_dump_json())
+        self._send(f"L {self._lease}")
+        if self._deadline:
+            self._send(f"D {self._deadline}")
+        for pgid in self._pgids:
+            self._send(f"A {pgid}")
+        # written before start() returns: once the restart is logged, the guard's pipe
+        # holds everything it needs, even if the worker is killed right after
+        self._flush()
 
-def _log(msg: str) -> None:
-    print(f"etcron-guard[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+    async def supervise(self, backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+        """Restart the guard whenever it exits while the worker runs.
 
-
-def _revoke(etcd: dict[str, object], lease: int) -> None:
-    import asyncio
-
-    from scheduler.config import EtcdConfig
-    from scheduler.etcd.client import EtcdClient
-
-    async def go() -> None:
-        cfg = EtcdConfig.model_validate(etcd)
-        async with asyncio.timeout(5):
-            client = await EtcdClient.connect(cfg)
+        Until it is back the worker's own lease deadline still stops its children;
+        what is missing is the cover for the worker itself dying or pausing. The
+        delay doubles while restarts keep failing fast and resets after a guard
+        has lived for a minute.
+        """
+        loop = asyncio.get_running_loop()
+        delay = backoff
+        while not self._closing:
+            proc = self.proc
+            if proc is None:
+                return
+            started = loop.time()
+            code = await proc.wait()
+            if self._closing:
+                return
+            if loop.time() - started > 60:
+                delay = backoff
+            log.error("guard process exited; restarting it", returncode=code, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+            if self._closing:
+                return
             try:
-                await client.revoke(lease)
-            finally:
-                await client.close()
-
-    try:
-        asyncio.run(go())
-        _log(f"worker gone: revoked lease {lease:x}")
-    except Exception as exc:  # the lease will expire on its own
-        _log(f"worker gone: could not revoke lease {lease:x}: {exc!r}")
-
-
-def main() -> int:
-    fd = sys.stdin.fileno()
-    buf = b""
-    etcd: dict[str, object] | None = None
-    pgids: set[int] = set()
-    deadline = float("inf")
-    lease = 0
-    while True:
-        timeout = None
-        if pgids and deadline != float("inf"):
-            timeout = max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            if pgids:
-                _log(f"lease not proven alive: killing process groups {sorted(pgids)}")
-                _kill(pgids)
-                pgids.clear()
-            continue
-        data = os.read(fd, 65536)
-        if not data:
-            if pgids:
-                _log(f"worker gone: killing process groups {sorted(pgids)}")
-                _kill(pgids)
-            if lease and etcd is not None:
-                _revoke(etcd, lease)
-            return 0
-        buf += data
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            if etcd is None:  # the first line: the etcd config, to revoke the lease
-                etcd = json.loads(line)
+                await self.start()
+            except OSError as exc:
+                log.error("guard process could not start", error=str(exc))
                 continue
-            cmd, _, arg = line.decode().partition(" ")
-            if cmd == "D":
-                deadline = float(arg)
-            elif cmd == "A":
-                pgids.add(int(arg))
-                if time.monotonic() >= deadline:
-                    _kill({int(arg)})
-            elif cmd == "R":
-                pgids.discard(int(arg))
-            elif cmd == "L":
-                lease = int(arg)
-            elif cmd == "Q":
-                return 0
+            self.restarts += 1
+            log.warning("guard process restarted", pid=self.proc.pid if self.proc else None)
 
+    def _send(self, line: str) -> None:
+        """Queue a line; the lines of one event-loop turn go in one write."""
+        self._out.append(line)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(main())
+    def _flush(self) -> None:
+        lines, self._out = self._out, []
+        if not lines:
+            return
+        if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
+            return
+        try:
+            self.proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            log.error("guard process is gone")
+
+    def deadline(self, monotonic_deadline: float) -> None:
+        self._deadline = monotonic_deadline
+        self._send(f"D {monotonic_deadline:.6f}")
+
+    def lease(self, lease_id: int) -> None:
+        self._lease = lease_id
+        self._send(f"L {lease_id}")
+
+    def add(self, pgid: int) -> None:
+        self._pgids.add(pgid)
+        self._send(f"A {pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self._pgids.discard(pgid)
+        self._send(f"R {pgid}")
+
+    async def close(self) -> None:
+        """Clean exit: the worker has stopped its children and revoked its lease itself."""
+        self._closing = True
+        if self.proc is None:
+            return
+        self._send("Q")
+        self._flush()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.proc.wait()
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None

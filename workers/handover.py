@@ -7,7 +7,7 @@ no longer fit into a one-second period, and every-second jobs lose ticks.
 
 So while the worker's claims are slow (``Pace.slow``), a ``forbid`` run whose
 next tick is near ends with one transaction that releases its lock *and* claims
-that tick (``scheduler.etcd.claim.release_and_claim``): the same worker runs the
+that tick (``scheduler.etcd.claim_txn.release_and_claim``): the same worker runs the
 next tick, and a run costs one commit. The next tick is "near" when it is due
 within ``ahead`` (the claim lead time) or was due less than ``ahead`` ago
 (while commits are slow, other workers wait that long before they record a
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scheduler.etcd.claim import Handed, HandOver, TickFence
+from scheduler.etcd.claim_txn import Handed, HandOver, TickFence
 from scheduler.keyspace import Keyspace
 from scheduler.model import Concurrency, JobSpec
 from scheduler.runs import LockValue, RunRecord, from_ms, new_run_id, tick_ms

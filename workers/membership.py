@@ -29,7 +29,7 @@ from scheduler.keyspace import Keyspace
 from scheduler.registration import WorkerRegistration
 from workers.cluster_time import ClusterClock
 from workers.executor import StopReason
-from workers.guardclient import Guard
+from workers.guard import Guard
 from workers.repair import Repairs
 from workers.runset import RunSet
 from workers.standing import Standing

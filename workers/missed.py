@@ -22,7 +22,7 @@ import contextlib
 import structlog
 
 from scheduler.etcd.batch import TxnBatcher
-from scheduler.etcd.claim import Claim, ClaimRequest, Handed, Outcome, TickFence, claim
+from scheduler.etcd.claim_txn import Claim, ClaimRequest, Handed, Outcome, TickFence, claim
 from scheduler.etcd.client import EtcdClient, EtcdUnavailable
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec

@@ -4,7 +4,7 @@ The claim took the tick fence without the lock (``ClaimRequest.tick`` with no
 lock key). At the tick the new run asks the holder to stop through
 ``replace/<job>`` (workers may not write kill requests, docs/security.md; the
 holder honours it for ``replace`` jobs and the named run only) and takes the
-lock with ``scheduler.etcd.claim.acquire`` once it is free. Bounded: it gives
+lock with ``scheduler.etcd.claim_txn.acquire`` once it is free. Bounded: it gives
 up when the holder's timeout, its kill grace and two lease lifetimes have
 passed, or when the session ends.
 """
@@ -16,7 +16,7 @@ import asyncio
 import structlog
 
 from scheduler.config import WorkerConfig
-from scheduler.etcd.claim import acquire
+from scheduler.etcd.claim_txn import acquire
 from scheduler.etcd.client import EtcdClient, EtcdUnavailable
 from scheduler.etcd.session import Session
 from scheduler.keyspace import Keyspace

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from scheduler.etcd.claim import Handed, HandOver
+from scheduler.etcd.claim_txn import Handed, HandOver
 from scheduler.model import JobSpec
 from scheduler.runs import RunRecord, RunStatus
 from workers.executor import Child, StopReason

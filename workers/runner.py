@@ -2,7 +2,7 @@
 
 The rules of a run, in order:
 
-1. Claim with one transaction (``scheduler.etcd.claim``): the tick fence, the lock
+1. Claim with one transaction (``scheduler.etcd.claim_txn``): the tick fence, the lock
    on our session lease, and the ``running`` record. Losing writes nothing else.
 2. Start the child only while the session can still prove its lease for at least
    ``MIN_LEASE_LEFT`` seconds; the fencing token (the claim's revision) goes into
@@ -38,7 +38,7 @@ from datetime import datetime
 import structlog
 
 from scheduler.durations import format_duration
-from scheduler.etcd.claim import Handed, release, release_and_claim
+from scheduler.etcd.claim_txn import Handed, release, release_and_claim
 from scheduler.etcd.client import EtcdError, TxnSender
 from scheduler.limits import format_size
 from scheduler.runs import RunRecord, RunStatus

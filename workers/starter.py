@@ -22,7 +22,7 @@ from workers.budget import OutputBudget
 from workers.cgroups import CgroupHost
 from workers.cluster_time import ClusterClock
 from workers.executor import OutputSink
-from workers.guardclient import Guard
+from workers.guard import Guard
 from workers.launch import Launcher
 from workers.metrics import WorkerMetrics
 from workers.output_sink import EtcdOutput, prune_local_logs, run_output_limit

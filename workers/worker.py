@@ -43,7 +43,7 @@ from workers.claimer import Claimer
 from workers.cluster_time import ClusterClock, OffsetEstimator
 from workers.eligibility import Eligibility
 from workers.executor import StopReason
-from workers.guardclient import Guard
+from workers.guard import Guard
 from workers.handover import HandOvers
 from workers.health_http import HealthServer
 from workers.launch import Launcher

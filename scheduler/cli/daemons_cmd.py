@@ -86,6 +86,18 @@ def worker(ctx: typer.Context, config: ConfigOpt = None) -> None:
 
     cfg = read_config(config or globals_of(ctx).config)
     configure_logging("worker", cfg.log.level, cfg.log.format)
-    import workers.daemon
+    raise typer.Exit(hand_over_to_worker(cfg))
 
-    raise typer.Exit(workers.daemon.main(cfg))
+
+def hand_over_to_worker(cfg: Config) -> int:
+    """Hand the ``worker`` command to the workers package: :func:`workers.daemon.main`.
+
+    The one place the CLI (the ``scheduler`` package) reaches into ``workers``.
+    The import is deferred on purpose: every other command (``master``, the
+    client commands) must not import the worker and its dependencies (the
+    executor, cgroups, the guard), so they start fast and work where only the
+    master is deployed. The exit status is the worker's.
+    """
+    import workers.daemon  # deferred: see the docstring
+
+    return workers.daemon.main(cfg)

@@ -29,7 +29,7 @@ Rules:
   larger transaction still goes, alone).
 - A lost reply raises :class:`EtcdAmbiguous` to every caller of that batch, as
   ``txn_once`` does; each caller resolves it by re-sending its own transaction
-  (``scheduler.etcd.claim``). Any other error is raised to every caller.
+  (``scheduler.etcd.claim_txn``). Any other error is raised to every caller.
 - A caller cancelled before its batch is sent is left out of it.
 - A batch goes to the client's active member. When that member stops answering
   the client cuts the batch short (``EtcdAmbiguous`` after at most a probe

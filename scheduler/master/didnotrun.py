@@ -14,7 +14,7 @@ Rules:
 
 - The ``missed`` record (reason :data:`NO_RECORD`) is written exactly as a
   worker writes one: a claim of the tick fence with no lock
-  (``scheduler.etcd.claim``), a create-only compare on ``ticks/<job> < T``.
+  (``scheduler.etcd.claim_txn``), a create-only compare on ``ticks/<job> < T``.
   A tick that ran (or that a worker takes at the same moment) already moved
   the fence, so the claim loses and nothing is written; a tick recorded here
   can no longer be claimed by a worker (the fence is past it). Sent again after
@@ -45,7 +45,7 @@ import structlog
 
 from scheduler.clock import Clock
 from scheduler.config import Config
-from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim
+from scheduler.etcd.claim_txn import ClaimRequest, Outcome, TickFence, claim
 from scheduler.etcd.client import EtcdClient, EtcdError, op_put
 from scheduler.keyspace import Keyspace, decode_tick
 from scheduler.model import JobSpec

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scheduler.devtools.etcd_process import EtcdCluster
+from devtools.etcd_process import EtcdCluster
 from tests.support.cluster import WorkerProcess, make_config
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from devtools.etcd_process import EtcdCluster
 from proof import ledger as checker
 from scheduler.config import EtcdConfig, MasterConfig
-from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import EtcdClient, EtcdError
 from scheduler.keyspace import Keyspace
 from scheduler.master.housekeeping import Housekeeper

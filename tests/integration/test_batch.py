@@ -9,7 +9,7 @@ import pytest
 
 from scheduler.config import EtcdConfig
 from scheduler.etcd.batch import TxnBatcher
-from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim, release
+from scheduler.etcd.claim_txn import ClaimRequest, Outcome, TickFence, claim, release
 from scheduler.etcd.client import Cmp, EtcdAmbiguous, EtcdClient, Op, TxnResult, op_put
 from scheduler.keyspace import Keyspace
 from tests.support import wait_for

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.procfs import running
 from scheduler.config import EtcdConfig
-from scheduler.devtools.procfs import running
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.etcd_process import find_etcd_binary, reserve_ports
 from scheduler.config import EtcdConfig
-from scheduler.devtools.etcd_process import find_etcd_binary, reserve_ports
 from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdUnavailable
 from scheduler.keyspace import Keyspace
 

@@ -12,7 +12,7 @@ import pytest
 
 from scheduler.clock import Clock
 from scheduler.config import Config, EtcdConfig
-from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim
+from scheduler.etcd.claim_txn import ClaimRequest, Outcome, TickFence, claim
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace, decode_tick, encode_tick
 from scheduler.master.didnotrun import NO_RECORD, DidNotRun

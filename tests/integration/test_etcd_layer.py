@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from scheduler.config import EtcdConfig
-from scheduler.etcd.claim import (
+from scheduler.etcd.claim_txn import (
     ClaimRequest,
     HandOver,
     Outcome,
     TickFence,
     TriggerFence,
+    acquire,
     claim,
     release,
     release_and_claim,
@@ -430,3 +431,54 @@ async def test_a_watch_catching_up_on_more_than_the_receive_limit_loses_nothing(
         await asyncio.gather(task, return_exceptions=True)
         await watched.close()
         await client.delete(ks.jobs, prefix=True)
+
+
+# ----------------------------------------------------------------- ownership is exact
+
+SUPERSTRING = b'{"run_id":"a"}, {"run_id":"other"}'
+"""Another holder's lock value that contains ours (``{"run_id":"a"}``) as a substring."""
+
+
+async def test_a_lock_containing_our_value_is_not_taken_as_ours_by_claim(
+    client: EtcdClient, prefix: str
+) -> None:
+    """Our record exists (as after a lost reply) but the lock holds another value
+    that contains ours: the claim did not win; it reports BUSY, not WON."""
+    ks = Keyspace(prefix)
+    req = _req(ks, "a", 1000)
+    assert req.lock_value in SUPERSTRING
+    await client.put(ks.lock("j"), SUPERSTRING)
+    await client.put(req.record_key, b"running")
+    result = await claim(client, req)
+    assert result.outcome is Outcome.BUSY and result.token == 0
+    lock, _ = await client.get(ks.lock("j"))
+    assert lock is not None and lock.value == SUPERSTRING
+
+
+async def test_a_lock_containing_our_value_is_not_taken_as_ours_by_acquire(
+    client: EtcdClient, prefix: str
+) -> None:
+    ks = Keyspace(prefix)
+    await client.put(ks.lock("j"), SUPERSTRING)
+    token, holder = await acquire(client, ks.lock("j"), b'{"run_id":"a"}', 0, deadline=2.0)
+    assert (token, holder) == (0, SUPERSTRING)
+    # and the exact value is ours (an earlier attempt whose reply was lost)
+    rev = await client.put(ks.lock("k"), b'{"run_id":"a"}')
+    assert await acquire(client, ks.lock("k"), b'{"run_id":"a"}', 0, deadline=2.0) == (rev, None)
+
+
+async def test_a_lock_containing_the_next_value_is_not_taken_as_handed(
+    client: EtcdClient, prefix: str
+) -> None:
+    """A hand-over whose release compare fails, with the lock holding a value that
+    contains the next run's value: not handed, and the lock is left alone."""
+    ks = Keyspace(prefix)
+    nxt = _handover(ks, "a", 2000)
+    assert nxt.lock_value in SUPERSTRING
+    stale = await client.put(ks.lock("j"), SUPERSTRING)
+    handed = await release_and_claim(
+        client, ks.lock("j"), stale - 1, ks.run("j", "z"), b"done", nxt
+    )
+    assert not handed.released and handed.token == 0
+    lock, _ = await client.get(ks.lock("j"))
+    assert lock is not None and lock.value == SUPERSTRING and lock.mod_revision == stale

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.etcd_process import EtcdCluster
 from scheduler.config import EtcdConfig
-from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import (
     _CHANNEL_OPTIONS,
     IDLE_PROBE,

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import structlog
 
+from devtools.etcd_process import EtcdCluster
 from proof.ledger import overlaps
 from proof.ledger import read as read_ledger
 from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
-from scheduler.devtools.etcd_process import EtcdCluster
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace, decode_tick, encode_tick
 from scheduler.master.presence import publish_presence

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import structlog
 
+from devtools.procfs import running
 from proof.ledger import read as read_ledger
 from scheduler.config import EtcdConfig
-from scheduler.devtools.procfs import running
 from scheduler.etcd.client import EtcdClient, op_put
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.devtools import etcd_process
-from scheduler.devtools.etcd_process import (
+from devtools import etcd_binary
+from devtools.etcd_process import (
     EtcdCluster,
     EtcdMember,
     find_etcd_binary,
@@ -105,7 +105,7 @@ def test_find_etcd_binary_prefers_env(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_find_etcd_binary_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ETCRON_ETCD_BIN", raising=False)
     monkeypatch.setattr("shutil.which", lambda _name: None)
-    monkeypatch.setattr(etcd_process, "_is_executable_file", lambda _p: False)
+    monkeypatch.setattr(etcd_binary, "_is_executable_file", lambda _p: False)
     with pytest.raises(RuntimeError, match=r"make venv.*scripts/ensure-etcd"):
         find_etcd_binary()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.etcd_process import find_etcd_binary, reserve_ports
 from scheduler.config import Config, EtcdConfig, WorkerConfig
-from scheduler.devtools.etcd_process import find_etcd_binary, reserve_ports
 from scheduler.etcd.client import EtcdAuthError, EtcdClient, EtcdUnavailable
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.etcd_process import EtcdCluster
 from scheduler.config import EtcdConfig, MasterConfig
-from scheduler.devtools.etcd_process import EtcdCluster
-from scheduler.etcd.claim import ClaimRequest, Outcome, TickFence, claim
+from scheduler.etcd.claim_txn import ClaimRequest, Outcome, TickFence, claim
 from scheduler.etcd.client import EtcdClient, EtcdNoSpace
 from scheduler.keyspace import Keyspace
 from scheduler.master.housekeeping import Housekeeper

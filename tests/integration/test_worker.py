@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.procfs import guards_of, running
 from proof.ledger import duplicates, overlaps
 from proof.ledger import read as read_ledger
 from scheduler.clock import Clock, OffsetClock
 from scheduler.config import EtcdConfig
-from scheduler.devtools.procfs import guards_of, running
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
 from scheduler.model import JobSpec

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.etcd.claim import ClaimRequest, TickFence, TriggerFence
+from scheduler.etcd.claim_txn import ClaimRequest, TickFence, TriggerFence, holds
 from scheduler.etcd.client import KeyValue
 from scheduler.keyspace import encode_tick
 
@@ -69,3 +69,19 @@ def test_tick_fence_is_stateless() -> None:
     assert fence.compares(absent=True)[0].create_revision == 0
     assert fence.compares()[0].value == encode_tick(2000)
     assert vars(fence) == {"key": "t/j", "tick_ms": 2000, "value": encode_tick(2000)}
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        b'{"run_id":"r1"}x',  # ours with more after it
+        b'x{"run_id":"r1"}',  # ours with more before it
+        b'{"run_id":"r1"',  # a prefix of ours
+        b'{"run_id":"R1"}',  # same length, other bytes
+    ],
+)
+def test_a_lock_is_ours_only_when_it_holds_exactly_our_bytes(held: bytes) -> None:
+    ours = b'{"run_id":"r1"}'
+    assert holds([_kv("lock/j", ours)], ours)
+    assert not holds([_kv("lock/j", held)], ours)
+    assert not holds([], ours)  # no lock at all

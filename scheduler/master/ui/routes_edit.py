@@ -3,7 +3,7 @@ plan with a diff, then applied. Needs the ``admin`` scope to apply.
 
 The same steps as ``etcron apply``: the text is read by
 :func:`scheduler.jobfile.load_jobs_text` (every problem with its line), checked
-by the API's :func:`~scheduler.master.api.parse_specs`, and planned by
+by the API's :func:`~scheduler.master.jobs_api.parse_specs`, and planned by
 :meth:`JobStore.apply` with ``dry_run=True``; as in the CLI, ``suspend`` is
 kept from etcd unless the text sets it. Apply writes with the revisions of a
 new plan: a job changed in between is a conflict, never overwritten silently.
@@ -18,7 +18,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from scheduler.job_apply import Plan
 from scheduler.jobfile import MAX_FILE_BYTES, JobFileError, load_jobs_text
-from scheduler.master.api import SpecError, parse_specs
+from scheduler.master.api_errors import SpecError
+from scheduler.master.jobs_api import parse_specs
 from scheduler.master.ui.core import Ui
 from scheduler.master.ui.routes_jobs import spec_yaml
 from scheduler.master.ui.sessions import Session

@@ -1,4 +1,9 @@
-"""Claim and release: at most one run per (job, tick), fenced by etcd revisions.
+"""The claim transactions: claim, release, acquire and hand-over, at most one run
+per (job, tick), fenced by etcd revisions.
+
+(The worker's side, which decides when to claim, is ``workers/claiming.py``. What a
+claim asks and answers is :mod:`scheduler.etcd.claim_request`, the fences
+:mod:`scheduler.etcd.fences`; both are re-exported here.)
 
 The claim is one transaction (``forbid`` shown; ``allow`` uses a per-run lock key,
 so the lock compare always holds)::
@@ -49,231 +54,50 @@ request is gone.
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scheduler.etcd.claim_request import Claim, ClaimRequest, Outcome
 from scheduler.etcd.client import (
-    GREATER,
-    LESS,
     NOT_EQUAL,
-    Cmp,
     EtcdAmbiguous,
     EtcdClient,
     EtcdUnavailable,
     KeyValue,
-    Op,
     TxnSender,
     cmp_created,
     cmp_mod,
-    cmp_value,
     op_delete,
     op_get,
     op_put,
 )
-from scheduler.keyspace import decode_tick, encode_tick
+from scheduler.etcd.fences import Fence, TickFence, TriggerFence
+from scheduler.keyspace import decode_tick
+
+__all__ = [
+    "Claim",
+    "ClaimRequest",
+    "Fence",
+    "HandOver",
+    "Handed",
+    "Outcome",
+    "TickFence",
+    "TriggerFence",
+    "acquire",
+    "claim",
+    "holds",
+    "release",
+    "release_and_claim",
+]
 
 
-class Outcome(enum.Enum):
-    WON = "won"
-    """We hold the claim; ``token`` is the fencing token."""
-    TAKEN = "taken"
-    """Another worker (or an earlier claim) already took this tick or trigger."""
-    BUSY = "busy"
-    """The tick was free but the job is running; ``recorded`` says whether we wrote the skip."""
+def holds(lock: list[KeyValue], value: bytes) -> bool:
+    """Is the lock (a failure branch's read of it) the one we wrote?
 
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    outcome: Outcome
-    token: int = 0
-    holder: bytes | None = None
-    recorded: bool = False
-    last_tick: int | None = None
-    txns: int = 0
-    lock: KeyValue | None = None
-    """BUSY: the lock that was held (to tell a live holder from an orphan)."""
-    replaced: int | None = None
-    """The tick fence value this claim moved on from, when it wrote the fence
-    (WON, or BUSY with the skip recorded): the ticks in between were never
-    claimed, and the caller records them (see ``workers.accounting``)."""
-    replaced_revision: int = 0
-    """The revision at which the replaced fence value had been written."""
-
-
-class Fence:
-    """What makes a claim unique: a tick, or a manual-run trigger."""
-
-    def compares(self, absent: bool = False) -> list[Cmp]:
-        """The claim's compares; ``absent``: the fence key does not exist yet.
-
-        The fence is stateless: the caller (:func:`claim`) keeps ``absent``
-        and flips it when :meth:`missing` says so.
-        """
-        raise NotImplementedError
-
-    def ops(self) -> list[Op]:
-        raise NotImplementedError
-
-    def checks(self) -> list[Op]:
-        """What the failure branch reads, to tell why the compare failed."""
-        raise NotImplementedError
-
-    def taken(self, seen: list[list[KeyValue]]) -> bool:
-        """Someone else took it (or it is gone): ``seen`` holds one result per check."""
-        raise NotImplementedError
-
-    def missing(self, seen: list[list[KeyValue]], absent: bool) -> bool:
-        """True when the compares made with ``absent`` cannot hold and ``absent`` must flip."""
-        return False
-
-    def replaced(self, written: list[KeyValue]) -> int | None:
-        """The tick the fence held before our write (from the put's ``prev_kv``)."""
-        return None
-
-
-class TickFence(Fence):
-    def __init__(self, key: str, tick_ms: int) -> None:
-        self.key = key
-        self.tick_ms = tick_ms
-        self.value = encode_tick(tick_ms)
-
-    def compares(self, absent: bool = False) -> list[Cmp]:
-        if absent:
-            return [cmp_created(self.key, 0)]
-        return [cmp_value(self.key, self.value, LESS)]
-
-    def ops(self) -> list[Op]:
-        return [op_put(self.key, self.value, prev_kv=True)]
-
-    def checks(self) -> list[Op]:
-        return [op_get(self.key)]
-
-    def taken(self, seen: list[list[KeyValue]]) -> bool:
-        (fence,) = seen
-        return bool(fence) and fence[0].value >= self.value
-
-    def replaced(self, written: list[KeyValue]) -> int | None:
-        try:
-            return decode_tick(written[0].value) if written else None
-        except ValueError:
-            return None
-
-    def missing(self, seen: list[list[KeyValue]], absent: bool) -> bool:
-        # no fence key while comparing its value, or one while comparing its absence
-        (fence,) = seen
-        return bool(fence) == absent
-
-
-class TriggerFence(Fence):
-    """A manual-run request: the claim creates its ``taken`` key, while the request lives."""
-
-    def __init__(self, key: str, taken_key: str, value: bytes = b"") -> None:
-        self.key = key
-        self.taken_key = taken_key
-        self.value = value
-        """What the ``taken`` key says (the run id), for people reading etcd."""
-
-    def compares(self, absent: bool = False) -> list[Cmp]:
-        return [cmp_created(self.key, 0, GREATER), cmp_created(self.taken_key, 0)]
-
-    def ops(self) -> list[Op]:
-        return [op_put(self.taken_key, self.value)]
-
-    def checks(self) -> list[Op]:
-        return [op_get(self.taken_key), op_get(self.key)]
-
-    def taken(self, seen: list[list[KeyValue]]) -> bool:
-        taken, request = seen
-        return bool(taken) or not request  # taken by a claim, or expired before any
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClaimRequest:
-    """One claim: the fence it takes, the lock it holds, the records it writes.
-
-    Build it with a named constructor: :meth:`tick` (a scheduled run),
-    :meth:`manual` (a manual run, fenced by its request) or :meth:`record_only`
-    (the fence and a record, no lock: a missed tick).
+    Ownership is bytes equality with the value we wrote: a lock value that merely
+    contains ours (another run's value with our run id or worker id inside, say)
+    is someone else's. Every ownership check of this module goes through here.
     """
-
-    fence: Fence
-    lock_key: str | None
-    """None: claim the fence only (no lock), e.g. to record a missed tick."""
-    lock_value: bytes = b""
-    lease: int = 0
-    run_id: str
-    record_key: str
-    record_value: bytes
-    skip_value: bytes | None = None
-    """The run record to write when the lock is held (``forbid``); None: do not skip-record."""
-
-    @classmethod
-    def tick(
-        cls,
-        fence: TickFence,
-        *,
-        lock_key: str | None,
-        lock_value: bytes,
-        lease: int,
-        run_id: str,
-        record_key: str,
-        record_value: bytes,
-        skip_value: bytes | None = None,
-    ) -> ClaimRequest:
-        """A scheduled run of tick ``fence`` (``lock_key`` None: ``replace`` locks later)."""
-        return cls(
-            fence=fence,
-            lock_key=lock_key,
-            lock_value=lock_value,
-            lease=lease,
-            run_id=run_id,
-            record_key=record_key,
-            record_value=record_value,
-            skip_value=skip_value,
-        )
-
-    @classmethod
-    def manual(
-        cls,
-        fence: TriggerFence,
-        *,
-        lock_key: str | None,
-        lock_value: bytes,
-        lease: int,
-        run_id: str,
-        record_key: str,
-        record_value: bytes,
-        skip_value: bytes | None = None,
-    ) -> ClaimRequest:
-        """A manual run: creates ``taken/J/R`` for request ``fence`` (one run per request)."""
-        return cls(
-            fence=fence,
-            lock_key=lock_key,
-            lock_value=lock_value,
-            lease=lease,
-            run_id=run_id,
-            record_key=record_key,
-            record_value=record_value,
-            skip_value=skip_value,
-        )
-
-    @classmethod
-    def record_only(
-        cls, fence: TickFence, *, run_id: str, record_key: str, record_value: bytes
-    ) -> ClaimRequest:
-        """Take tick ``fence`` to write a record (e.g. missed) with no lock and no run."""
-        return cls(
-            fence=fence,
-            lock_key=None,
-            run_id=run_id,
-            record_key=record_key,
-            record_value=record_value,
-        )
-
-
-def _holds(lock: list[KeyValue], value: bytes) -> bool:
-    """Is the lock the one we wrote (exactly our value)?"""
     return bool(lock) and lock[0].value == value
 
 
@@ -319,7 +143,7 @@ async def claim(
                 )
             lock, *seen, record = res.responses
             if record:  # an earlier attempt of ours committed; its reply was lost
-                if lock_key is None or _holds(lock, req.lock_value):
+                if lock_key is None or holds(lock, req.lock_value):
                     token = record[0].create_revision if lock_key is None else lock[0].mod_revision
                     return Claim(Outcome.WON, token=token, txns=txns)
                 return Claim(Outcome.BUSY, recorded=True, txns=txns)
@@ -405,7 +229,7 @@ async def acquire(
         if res.succeeded:
             return res.revision, None
         (lock,) = res.responses
-        if lock and lock[0].value == value:
+        if holds(lock, value):  # an earlier attempt took it; its reply was lost
             return lock[0].mod_revision, None
         if lock:
             return 0, lock[0].value
@@ -471,7 +295,7 @@ async def release_and_claim(
             replaced_revision=prev[0].mod_revision if prev else 0,
         )
     lock = res.responses[1]
-    if _holds(lock, nxt.lock_value):  # an earlier attempt committed; its reply was lost
+    if holds(lock, nxt.lock_value):  # an earlier attempt committed; its reply was lost
         return Handed(True, token=lock[0].mod_revision)
     if lock and lock[0].mod_revision == token:  # still ours: the tick was taken
         return Handed(await release(client, lock_key, token, record_key, record_value))

@@ -42,5 +42,5 @@ def running(pid: int) -> bool:
 
 
 def guards_of(worker_pid: int) -> list[int]:
-    """The worker's guard processes (its children running ``-m workers.guard``)."""
-    return [c for c in children_of(worker_pid) if b"workers.guard" in cmdline(c)]
+    """The worker's guard processes (its children running ``-m workers.guard_sidecar``)."""
+    return [c for c in children_of(worker_pid) if b"workers.guard_sidecar" in cmdline(c)]
