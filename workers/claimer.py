@@ -194,7 +194,7 @@ class Claimer:
         if delay <= 0:
             self.start_tick(job, fire_ms)
         else:
-            asyncio.get_running_loop().call_later(delay, self._turn, job.name, fire_ms)
+            self.clock.call_at(at_ms / 1000, self._turn, job.name, fire_ms)
 
     def _turn(self, name: str, fire_ms: int) -> None:
         job = self.table.jobs.get(name)
@@ -292,9 +292,7 @@ class Claimer:
                 await asyncio.sleep(0.5)
 
     async def _sleep_until(self, at_ms: int) -> None:
-        delay = at_ms / 1000 - self.clock.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self.clock.sleep_until(at_ms / 1000)
 
     async def _claim_and_run(
         self,

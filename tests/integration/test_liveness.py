@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.support.cluster import (
     runs_of,
     workers,
 )
+from tests.support.fakeclock import ManualClock, workers_quiet
 from workers.accounting import UNCLAIMED
 from workers.missed import NO_ELIGIBLE
 from workers.pace import SAMPLES
@@ -88,8 +89,9 @@ async def test_worker_an_hour_ahead_stands_back_and_the_others_run_every_tick(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     await put_jobs(client, ks, ledger_job("tick", ledger))
-    good = [Worker(make_config(etcd_endpoints, prefix, f"good{i}")) for i in range(2)]
-    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600))
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    good = [Worker(make_config(etcd_endpoints, prefix, f"good{i}"), clock=clock) for i in range(2)]
+    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600, base=clock))
     try:
         await asyncio.gather(*(w.start() for w in good))
         await bad.start()
@@ -99,18 +101,18 @@ async def test_worker_an_hour_ahead_stands_back_and_the_others_run_every_tick(
         )
         assert reg["skew"] == pytest.approx(3600, abs=1)
         assert not bad.clock_ok()
-        since = time.time()
-        await wait_for(
-            lambda: (
-                len([e for e in read_ledger(ledger) if e.kind == "start" and e.at > since]) >= 5
-            ),
-            15,
-        )
+        clock.settled = workers_quiet(clock, [*good, bad])
+        since = clock.time()
+        await clock.advance(5)
         entries = read_ledger(ledger)
+        ticks = [
+            e.tick_ms / 1000 for e in entries if e.kind == "start" and e.tick_ms / 1000 > since
+        ]
+        assert ticks == [since + i for i in range(1, 6)], "every tick, once"
         assert {e.worker for e in entries} <= {"good0", "good1"}, "the wrong clock claimed"
         kv, _ = await client.get(ks.tick("tick"))
         assert kv is not None
-        assert decode_tick(kv.value) / 1000 < time.time() + 2, "the fence ran ahead"
+        assert decode_tick(kv.value) / 1000 < clock.time() + 2, "the fence ran ahead"
         starts = [e.tick_iso for e in entries if e.kind == "start"]
         assert len(starts) == len(set(starts)), "a tick ran twice"
     finally:
