@@ -261,7 +261,7 @@ class Claimer:
             return
         prev_ms = tick_ms(prev)
         until = min(fire_ms, prev_ms + self.pace.ahead_ms + 100)
-        await self.ticks.wait_taken(job.name, prev_ms, until / 1000 - self.clock.time())
+        await self.ticks.wait_taken(job.name, prev_ms, until / 1000, self.clock)
 
     async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
         """A manual run (even of a suspended job) on an eligible worker."""

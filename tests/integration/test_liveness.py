@@ -125,9 +125,10 @@ async def test_two_workers_and_a_master_outvote_one_wrong_clock(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     await put_jobs(client, ks, ledger_job("tick", ledger))
-    presence = asyncio.create_task(publish_presence(client, ks, "m1"))
-    good = Worker(make_config(etcd_endpoints, prefix, "good"))
-    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600))
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    presence = asyncio.create_task(publish_presence(client, ks, "m1", clock))
+    good = Worker(make_config(etcd_endpoints, prefix, "good"), clock=clock)
+    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600, base=clock))
     try:
         await wait_for(lambda: _count(client, ks.masters, 1), 10)
         await good.start()
@@ -140,14 +141,15 @@ async def test_two_workers_and_a_master_outvote_one_wrong_clock(
         await wait_for(
             lambda: _registration(client, ks, "good", lambda r: r.get("clock_ok") is True), 10
         )
-        since = time.time()
-        await wait_for(
-            lambda: (
-                len([e for e in read_ledger(ledger) if e.kind == "start" and e.at > since]) >= 3
-            ),
-            10,
-        )
-        assert {e.worker for e in read_ledger(ledger)} == {"good"}
+        clock.settled = workers_quiet(clock, [good, bad])
+        since = clock.time()
+        await clock.advance(3)
+        entries = read_ledger(ledger)
+        ticks = [
+            e.tick_ms / 1000 for e in entries if e.kind == "start" and e.tick_ms / 1000 > since
+        ]
+        assert ticks == [since + i for i in range(1, 4)], "every tick, once"
+        assert {e.worker for e in entries} == {"good"}
     finally:
         await asyncio.gather(*(w.stop(grace=2) for w in [good, bad]), return_exceptions=True)
         presence.cancel()

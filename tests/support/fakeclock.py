@@ -31,10 +31,12 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.clock import Cancellable, Clock
-from workers.worker import Worker
+
+if TYPE_CHECKING:
+    from workers.worker import Worker
 
 YIELDS = 5
 """Loop iterations given to woken tasks before the settled check."""
