@@ -307,20 +307,23 @@ async def test_ticks_of_a_job_no_worker_can_run_are_recorded_missed_once(
     ledger = tmp_path / "ledger"
     await put_jobs(client, ks, ledger_job("ssd-only", ledger, selector={"disk": "ssd"}))
     cfgs = [make_config(etcd_endpoints, prefix, f"plain{i}") for i in range(2)]
-    async with workers(cfgs):
-
-        async def missed() -> list[RunRecord]:
-            recs = await runs_of(client, ks, "ssd-only")
-            return [r for r in recs if r.status is RunStatus.MISSED]
-
-        recs = await wait_for(lambda: _at_least(missed, 3), 15)
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    start = clock.time()
+    async with workers(cfgs, [clock, clock]) as plain:
+        await wait_for(lambda: all("ssd-only" in w.table.jobs for w in plain), 5)
+        clock.settled = workers_quiet(clock, plain)
+        await clock.advance(5)  # ticks 1..5; a tick's record comes NO_ELIGIBLE_GRACE after it
+        recs = [r for r in await runs_of(client, ks, "ssd-only") if r.status is RunStatus.MISSED]
         assert all(r.message.startswith(NO_ELIGIBLE) and "disk=ssd" in r.message for r in recs)
-        ticks = [r.tick for r in recs]
-        assert len(ticks) == len(set(ticks)), "a tick was recorded twice"
+        ticks = sorted(r.tick.timestamp() for r in recs)
+        assert ticks == [start + 1, start + 2, start + 3], "each tick recorded once"
         assert not read_ledger(ledger)
         ssd = make_config(etcd_endpoints, prefix, "ssd", labels={"disk": "ssd"})
-        async with workers([ssd]):
-            await wait_for(lambda: any(e.kind == "start" for e in read_ledger(ledger)), 15)
+        async with workers([ssd], [clock]) as joined:
+            await wait_for(lambda: "ssd-only" in joined[0].table.jobs, 5)
+            clock.settled = workers_quiet(clock, [*plain, *joined])
+            await clock.advance(2)
+            assert any(e.kind == "start" for e in read_ledger(ledger))
     assert {e.worker for e in read_ledger(ledger)} == {"ssd"}
     recs = await runs_of(client, ks, "ssd-only")
     ran = {r.tick for r in recs if r.status is not RunStatus.MISSED}
