@@ -321,6 +321,7 @@ async def test_ticks_of_a_job_no_worker_can_run_are_recorded_missed_once(
         ssd = make_config(etcd_endpoints, prefix, "ssd", labels={"disk": "ssd"})
         async with workers([ssd], [clock]) as joined:
             await wait_for(lambda: "ssd-only" in joined[0].table.jobs, 5)
+            await wait_for(joined[0].clock_ok, 10)  # compared with its peers' clocks
             clock.settled = workers_quiet(clock, [*plain, *joined])
             await clock.advance(2)
             assert any(e.kind == "start" for e in read_ledger(ledger))
