@@ -186,7 +186,7 @@ class Claimer:
         if delay <= 0:
             self.start_tick(job, fire_ms)
         else:
-            asyncio.get_running_loop().call_later(delay, self._turn, job.name, fire_ms)
+            self.clock.call_at(at_ms / 1000, self._turn, job.name, fire_ms)
 
     def _turn(self, name: str, fire_ms: int) -> None:
         job = self.table.jobs.get(name)
@@ -253,7 +253,7 @@ class Claimer:
             return
         prev_ms = tick_ms(prev)
         until = min(fire_ms, prev_ms + self.pace.ahead_ms + 100)
-        await self.ticks.wait_taken(job.name, prev_ms, until / 1000 - self.clock.time())
+        await self.ticks.wait_taken(job.name, prev_ms, until / 1000, self.clock)
 
     async def _manual(self, job: JobSpec, trigger_key: str, request: str) -> None:
         """A manual run (even of a suspended job) on an eligible worker."""
@@ -284,9 +284,7 @@ class Claimer:
                 await asyncio.sleep(0.5)
 
     async def _sleep_until(self, at_ms: int) -> None:
-        delay = at_ms / 1000 - self.clock.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self.clock.sleep_until(at_ms / 1000)
 
     async def _claim_and_run(
         self,

@@ -38,12 +38,15 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from scheduler.clock import Clock
+from scheduler.clock import Cancellable, Clock
 
 log = structlog.get_logger("etcron.clock")
 
@@ -65,11 +68,18 @@ class Sample:
     clock: float
     """The peer's host clock when it wrote its registration."""
     arrived: float
-    """Our monotonic clock when the registration arrived."""
+    """Our steady clock (``Clock.steady``: monotonic on a real host) when the
+    registration arrived."""
 
 
 class ClusterClock(Clock):
-    """The host clock minus the estimated offset; see the module docstring."""
+    """The host clock minus the estimated offset; see the module docstring.
+
+    A wait for an instant of cluster time (``sleep_until``, ``call_at``,
+    ``wait``, ``spin_until``) waits for the host instant that corresponds to
+    it when the wait begins, as a delay would; the host clock decides when
+    that is (the real clock: the event loop; a test clock: the test).
+    """
 
     def __init__(self, host: Clock) -> None:
         self.host = host
@@ -77,11 +87,11 @@ class ClusterClock(Clock):
         """Host clock minus cluster clock, in seconds."""
         self.known = False
         self.steps = 0
-        self._base = host.time() - host.monotonic()
+        self._base = host.time() - host.steady()
 
     def time(self) -> float:
         wall = self.host.time()
-        base = wall - self.host.monotonic()
+        base = wall - self.host.steady()
         jump = base - self._base
         self._base = base
         if abs(jump) > STEP:
@@ -92,6 +102,27 @@ class ClusterClock(Clock):
 
     def monotonic(self) -> float:
         return self.host.monotonic()
+
+    def steady(self) -> float:
+        return self.host.steady()
+
+    def _host_instant(self, t: float) -> float:
+        """The host clock's reading at cluster instant ``t`` (after noticing a step)."""
+        self.time()
+        return t + self.offset
+
+    async def sleep_until(self, t: float) -> None:
+        await self.host.sleep_until(self._host_instant(t))
+
+    def call_at(self, t: float, callback: Callable[..., object], *args: Any) -> Cancellable:
+        return self.host.call_at(self._host_instant(t), callback, *args)
+
+    async def wait(self, event: asyncio.Event, until: float | None, *, cap: float) -> None:
+        at = None if until is None else self._host_instant(until)
+        await self.host.wait(event, at, cap=cap)
+
+    def spin_until(self, t: float, limit: float) -> None:
+        self.host.spin_until(self._host_instant(t), limit)
 
 
 class OffsetEstimator:
@@ -115,7 +146,7 @@ class OffsetEstimator:
         """A registration arrived (``fresh``: by a watch event, not a listing)."""
         if not (fresh and clock):
             return
-        sample = Sample(clock, self.host.monotonic())
+        sample = Sample(clock, self.host.steady())
         if worker == self.me:
             self.own.append(sample)
         else:
@@ -132,7 +163,7 @@ class OffsetEstimator:
 
     def _fresh(self, samples: deque[Sample]) -> list[tuple[Sample, float]]:
         """(sample, our wall clock when it arrived, mapped to today's wall clock)."""
-        now_mono = self.host.monotonic()
+        now_mono = self.host.steady()
         now_wall = self.host.time()
         return [
             (s, now_wall - (now_mono - s.arrived)) for s in samples if now_mono - s.arrived <= FRESH

@@ -11,7 +11,9 @@ Rules:
 - ``at(when_ms, start)`` returns once ``start()`` has been called, at
   ``when_ms`` on the worker's clock (at once if that has passed), not later:
   the timer is set ``EARLY`` and the last moment is waited out in the callback
-  (event-loop timers can be a millisecond late).
+  (event-loop timers can be a millisecond late). Both go through the clock
+  (``Clock.call_at``, ``Clock.spin_until``), so a test clock fires the batch
+  when it moves time on, without a busy-wait.
 - Each ``start`` is called at most once; an exception from one is logged and
   does not stop the others.
 - A caller cancelled before its instant is dropped and its ``start`` is never
@@ -21,7 +23,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import structlog
@@ -50,7 +51,7 @@ class Launcher:
         batch = self._due.get(when_ms)
         if batch is None:
             batch = self._due[when_ms] = []
-            loop.call_later(max(0.0, delay - EARLY), self._fire, when_ms)
+            self.clock.call_at(when_ms / 1000 - EARLY, self._fire, when_ms)
         done: asyncio.Future[None] = loop.create_future()
         batch.append((start, done))
         await done
@@ -58,10 +59,7 @@ class Launcher:
     def _fire(self, when_ms: int) -> None:
         # the event loop's timers wake up to a millisecond late (epoll's
         # resolution): wake a little early and wait out the rest here
-        deadline = when_ms / 1000
-        give_up = time.monotonic() + 2 * EARLY  # an injected clock may not move
-        while self.clock.time() < deadline and time.monotonic() < give_up:
-            pass
+        self.clock.spin_until(when_ms / 1000, 2 * EARLY)
         for start, done in self._due.pop(when_ms, []):
             if done.done():  # the caller was cancelled
                 continue

@@ -120,10 +120,8 @@ class MissedTicks:
         tick after every eligible worker would have had its turn (one may just
         have joined)."""
         if self.eligibility.nobody_eligible(job, fire_ms):
-            delay = fire_ms / 1000 - self.clock.time() + NO_ELIGIBLE_GRACE
-            asyncio.get_running_loop().call_later(
-                max(0.0, delay), self._no_eligible, job.name, fire_ms
-            )
+            at = fire_ms / 1000 + NO_ELIGIBLE_GRACE
+            self.clock.call_at(at, self._no_eligible, job.name, fire_ms)
 
     def _no_eligible(self, name: str, fire_ms: int) -> None:
         job = self.table.jobs.get(name)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import structlog
 
+from scheduler.clock import Clock
 from scheduler.etcd.client import KeyValue
 from scheduler.etcd.listwatch import Batch, EventKind, Snapshot
 from scheduler.keyspace import Keyspace, decode_tick
@@ -121,7 +122,7 @@ class TickView:
         self.prefix = prefix
         self.ticks: dict[str, int] = {}
         self.kvs: dict[str, KeyValue] = {}
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[bool]]]] = {}
 
     def apply(self, item: Snapshot | Batch) -> list[str]:
         """Apply an item; return the names whose fence was set (not deleted)."""
@@ -140,25 +141,24 @@ class TickView:
             changed.append(name)
             for tick, fut in self._waiters.get(name, ()):
                 if tick <= self.ticks[name] and not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(True)
         return changed
 
-    async def wait_taken(self, name: str, tick_ms: int, timeout: float) -> bool:
-        """Wait until ``tick_ms`` of ``name`` is taken, at most ``timeout`` seconds."""
+    async def wait_taken(self, name: str, tick_ms: int, until: float, clock: Clock) -> bool:
+        """Wait until ``tick_ms`` of ``name`` is taken, until wall instant ``until``
+        of ``clock`` at the latest; False if it was not taken by then."""
         if self.taken(name, tick_ms):
             return True
-        if timeout <= 0:
+        if until <= clock.time():
             return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry = (tick_ms, fut)
         self._waiters.setdefault(name, []).append(entry)
+        timer = clock.call_at(until, _expire, fut)
         try:
-            async with asyncio.timeout(timeout):
-                await fut
-            return True
-        except TimeoutError:
-            return False
+            return await fut
         finally:
+            timer.cancel()
             waiting = self._waiters[name]
             waiting.remove(entry)
             if not waiting:
@@ -166,6 +166,11 @@ class TickView:
 
     def taken(self, name: str, tick_ms: int) -> bool:
         return self.ticks.get(name, -1) >= tick_ms
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 class PeerView:

@@ -404,11 +404,6 @@ class Worker:
                 self.timer.schedule(name, tick_ms(nxt))
                 claimer.due(job, fire)
             nxt_ms = self.timer.next_fire_ms()
-            sleep = (
-                MAX_SLEEP if nxt_ms is None else min(MAX_SLEEP, (nxt_ms - ahead - now_ms) / 1000)
-            )
+            until = None if nxt_ms is None else (nxt_ms - ahead) / 1000
             wake.clear()
-            if sleep > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(sleep):
-                        await wake.wait()
+            await self.clock.wait(wake, until, cap=MAX_SLEEP)

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.support.cluster import (
     runs_of,
     workers,
 )
+from tests.support.fakeclock import ManualClock, workers_quiet
 from workers.accounting import UNCLAIMED
 from workers.missed import NO_ELIGIBLE
 from workers.pace import SAMPLES
@@ -88,8 +89,9 @@ async def test_worker_an_hour_ahead_stands_back_and_the_others_run_every_tick(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     await put_jobs(client, ks, ledger_job("tick", ledger))
-    good = [Worker(make_config(etcd_endpoints, prefix, f"good{i}")) for i in range(2)]
-    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600))
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    good = [Worker(make_config(etcd_endpoints, prefix, f"good{i}"), clock=clock) for i in range(2)]
+    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600, base=clock))
     try:
         await asyncio.gather(*(w.start() for w in good))
         await bad.start()
@@ -99,18 +101,18 @@ async def test_worker_an_hour_ahead_stands_back_and_the_others_run_every_tick(
         )
         assert reg["skew"] == pytest.approx(3600, abs=1)
         assert not bad.clock_ok()
-        since = time.time()
-        await wait_for(
-            lambda: (
-                len([e for e in read_ledger(ledger) if e.kind == "start" and e.at > since]) >= 5
-            ),
-            15,
-        )
+        clock.settled = workers_quiet(clock, [*good, bad])
+        since = clock.time()
+        await clock.advance(5)
         entries = read_ledger(ledger)
+        ticks = [
+            e.tick_ms / 1000 for e in entries if e.kind == "start" and e.tick_ms / 1000 > since
+        ]
+        assert ticks == [since + i for i in range(1, 6)], "every tick, once"
         assert {e.worker for e in entries} <= {"good0", "good1"}, "the wrong clock claimed"
         kv, _ = await client.get(ks.tick("tick"))
         assert kv is not None
-        assert decode_tick(kv.value) / 1000 < time.time() + 2, "the fence ran ahead"
+        assert decode_tick(kv.value) / 1000 < clock.time() + 2, "the fence ran ahead"
         starts = [e.tick_iso for e in entries if e.kind == "start"]
         assert len(starts) == len(set(starts)), "a tick ran twice"
     finally:
@@ -123,9 +125,10 @@ async def test_two_workers_and_a_master_outvote_one_wrong_clock(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     await put_jobs(client, ks, ledger_job("tick", ledger))
-    presence = asyncio.create_task(publish_presence(client, ks, "m1"))
-    good = Worker(make_config(etcd_endpoints, prefix, "good"))
-    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600))
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    presence = asyncio.create_task(publish_presence(client, ks, "m1", clock))
+    good = Worker(make_config(etcd_endpoints, prefix, "good"), clock=clock)
+    bad = Worker(make_config(etcd_endpoints, prefix, "ahead"), clock=OffsetClock(3600, base=clock))
     try:
         await wait_for(lambda: _count(client, ks.masters, 1), 10)
         await good.start()
@@ -138,14 +141,15 @@ async def test_two_workers_and_a_master_outvote_one_wrong_clock(
         await wait_for(
             lambda: _registration(client, ks, "good", lambda r: r.get("clock_ok") is True), 10
         )
-        since = time.time()
-        await wait_for(
-            lambda: (
-                len([e for e in read_ledger(ledger) if e.kind == "start" and e.at > since]) >= 3
-            ),
-            10,
-        )
-        assert {e.worker for e in read_ledger(ledger)} == {"good"}
+        clock.settled = workers_quiet(clock, [good, bad])
+        since = clock.time()
+        await clock.advance(3)
+        entries = read_ledger(ledger)
+        ticks = [
+            e.tick_ms / 1000 for e in entries if e.kind == "start" and e.tick_ms / 1000 > since
+        ]
+        assert ticks == [since + i for i in range(1, 4)], "every tick, once"
+        assert {e.worker for e in entries} == {"good"}
     finally:
         await asyncio.gather(*(w.stop(grace=2) for w in [good, bad]), return_exceptions=True)
         presence.cancel()
@@ -303,20 +307,24 @@ async def test_ticks_of_a_job_no_worker_can_run_are_recorded_missed_once(
     ledger = tmp_path / "ledger"
     await put_jobs(client, ks, ledger_job("ssd-only", ledger, selector={"disk": "ssd"}))
     cfgs = [make_config(etcd_endpoints, prefix, f"plain{i}") for i in range(2)]
-    async with workers(cfgs):
-
-        async def missed() -> list[RunRecord]:
-            recs = await runs_of(client, ks, "ssd-only")
-            return [r for r in recs if r.status is RunStatus.MISSED]
-
-        recs = await wait_for(lambda: _at_least(missed, 3), 15)
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    start = clock.time()
+    async with workers(cfgs, [clock, clock]) as plain:
+        await wait_for(lambda: all("ssd-only" in w.table.jobs for w in plain), 5)
+        clock.settled = workers_quiet(clock, plain)
+        await clock.advance(5)  # ticks 1..5; a tick's record comes NO_ELIGIBLE_GRACE after it
+        recs = [r for r in await runs_of(client, ks, "ssd-only") if r.status is RunStatus.MISSED]
         assert all(r.message.startswith(NO_ELIGIBLE) and "disk=ssd" in r.message for r in recs)
-        ticks = [r.tick for r in recs]
-        assert len(ticks) == len(set(ticks)), "a tick was recorded twice"
+        ticks = sorted(r.tick.timestamp() for r in recs)
+        assert ticks == [start + 1, start + 2, start + 3], "each tick recorded once"
         assert not read_ledger(ledger)
         ssd = make_config(etcd_endpoints, prefix, "ssd", labels={"disk": "ssd"})
-        async with workers([ssd]):
-            await wait_for(lambda: any(e.kind == "start" for e in read_ledger(ledger)), 15)
+        async with workers([ssd], [clock]) as joined:
+            await wait_for(lambda: "ssd-only" in joined[0].table.jobs, 5)
+            await wait_for(joined[0].clock_ok, 10)  # compared with its peers' clocks
+            clock.settled = workers_quiet(clock, [*plain, *joined])
+            await clock.advance(2)
+            assert any(e.kind == "start" for e in read_ledger(ledger))
     assert {e.worker for e in read_ledger(ledger)} == {"ssd"}
     recs = await runs_of(client, ks, "ssd-only")
     ran = {r.tick for r in recs if r.status is not RunStatus.MISSED}

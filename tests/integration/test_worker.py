@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from tests.support.cluster import (
     runs_of,
     workers,
 )
+from tests.support.fakeclock import ManualClock, workers_quiet
 
 
 @pytest.fixture
@@ -82,10 +84,14 @@ async def test_clock_skew_gives_no_duplicates(
     ledger = tmp_path / "ledger"
     job = ledger_job("fast", ledger, body="sleep 0.05")
     configs = [make_config(etcd_endpoints, prefix, f"w{i}") for i in range(3)]
-    clocks: list[Clock] = [OffsetClock(0.8), OffsetClock(-0.8), Clock()]
-    async with workers(configs, clocks):
+    clock = ManualClock(datetime(2026, 6, 1, 12, tzinfo=UTC))  # time moves when we say
+    clocks: list[Clock] = [OffsetClock(0.8, base=clock), OffsetClock(-0.8, base=clock), clock]
+    async with workers(configs, clocks) as ws:
+        clock.settled = workers_quiet(clock, ws)
         await put_jobs(client, ks, job)
-        await wait_for(lambda: len(_ticks(ledger, "fast")) >= 6, timeout=20)
+        await wait_for(lambda: all("fast" in w.table.jobs for w in ws), timeout=5)
+        await clock.advance(6)
+    assert len(_ticks(ledger, "fast")) >= 6
     _assert_once_per_tick(ledger)
 
 

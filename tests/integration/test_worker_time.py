@@ -1,8 +1,8 @@
-"""Time zones, DST and starting deadlines, driven by an injected worker clock."""
+"""Time zones, DST and starting deadlines, on a worker clock the test moves
+(``tests/support/fakeclock.py``): no test here waits for real time to pass."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 
 from proof.ledger import read as read_ledger
-from scheduler.clock import OffsetClock
 from scheduler.config import EtcdConfig
 from scheduler.etcd.client import EtcdClient
 from scheduler.keyspace import Keyspace
-from scheduler.runs import RunStatus
+from scheduler.runs import RunRecord, RunStatus
 from tests.support import wait_for
 from tests.support.cluster import ledger_job, make_config, put_jobs, runs_of, workers
+from tests.support.fakeclock import ManualClock, workers_quiet
+from workers.worker import Worker
+
+START = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -26,9 +29,9 @@ async def client(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
     await c.close()
 
 
-def _clock_at(when: datetime) -> OffsetClock:
-    """A worker clock that reads ``when`` right now (then runs at normal speed)."""
-    return OffsetClock(when.timestamp() - time.time())
+def _settled(clock: ManualClock, ws: list[Worker]) -> list[Worker]:
+    clock.settled = workers_quiet(clock, ws)
+    return ws
 
 
 @pytest.mark.parametrize(
@@ -84,9 +87,12 @@ async def test_dst_fires_once_at_the_defined_instant(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     job = ledger_job("dst", ledger, schedule=schedule, timezone=zone)
-    async with workers([make_config(etcd_endpoints, prefix, "w1")], [_clock_at(clock_at)]) as (w,):
+    clock = ManualClock(clock_at)
+    async with workers([make_config(etcd_endpoints, prefix, "w1")], [clock]) as ws:
+        (w,) = _settled(clock, ws)
         await put_jobs(client, ks, job)
-        await wait_for(lambda: read_ledger(ledger), timeout=10)
+        await wait_for(lambda: "dst" in w.table.jobs, timeout=5)
+        await clock.advance(2 * 3600)  # through the whole transition
         nxt = w.timer.next_fire_ms()
     ticks = [e.tick_iso for e in read_ledger(ledger) if e.kind == "start"]
     assert ticks == [expected_tick]
@@ -101,18 +107,21 @@ async def test_latest_missed_tick_runs_once_after_full_outage(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     job = ledger_job("catch", ledger, schedule="*/2 * * * * *", starting_deadline="30s")
-    async with workers([make_config(etcd_endpoints, prefix, "first")]):
+    clock = ManualClock(START)
+    async with workers([make_config(etcd_endpoints, prefix, "first")], [clock]) as ws:
+        _settled(clock, ws)
         await put_jobs(client, ks, job)
-        await wait_for(lambda: len(read_ledger(ledger)) >= 2, timeout=10)
-    stopped = time.time()
-    await wait_for(lambda: time.time() > stopped + 5, timeout=10)  # the outage: no worker at all
+        await wait_for(lambda: "catch" in ws[0].table.jobs, timeout=5)
+        await clock.advance(4)
+        assert len(read_ledger(ledger)) >= 2
+    clock.settled = None
+    await clock.advance(5)  # the outage: no worker at all
     before = {e.tick_iso for e in read_ledger(ledger) if e.kind == "start"}
-    async with workers([make_config(etcd_endpoints, prefix, "second")]):
+    restarted = clock.time()
+    async with workers([make_config(etcd_endpoints, prefix, "second")], [clock]):
         await wait_for(lambda: any(e.worker == "second" for e in read_ledger(ledger)), timeout=10)
-        restarted = time.time()
     after = sorted({e.tick_iso for e in read_ledger(ledger) if e.kind == "start"} - before)
-    in_outage = [t for t in after if datetime.fromisoformat(t).timestamp() < restarted - 0.1]
-    assert len(in_outage) == 1, f"only the latest missed tick runs late: {after}"
+    assert after == [_iso(restarted - 1)], f"only the latest missed tick runs late: {after}"
 
 
 async def test_tick_past_its_starting_deadline_is_recorded_missed(
@@ -121,27 +130,33 @@ async def test_tick_past_its_starting_deadline_is_recorded_missed(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     job = ledger_job("late", ledger, schedule="*/5 * * * * *", starting_deadline="0.5s")
-    async with workers([make_config(etcd_endpoints, prefix, "first")]):
+    clock = ManualClock(START)
+    async with workers([make_config(etcd_endpoints, prefix, "first")], [clock]) as ws:
+        _settled(clock, ws)
         await put_jobs(client, ks, job)
-        await wait_for(lambda: read_ledger(ledger), timeout=10)
+        await wait_for(lambda: "late" in ws[0].table.jobs, timeout=5)
+        await clock.advance(5)
+        assert _ticks(ledger) == [_iso(START.timestamp() + 5)]
 
     # the outage spans the next tick; come back 1.5 s after it (past its 0.5 s deadline)
-    last = max(datetime.fromisoformat(e.tick_iso).timestamp() for e in read_ledger(ledger))
-    await wait_for(lambda: time.time() > last + 6.5, timeout=10)
-    async with workers([make_config(etcd_endpoints, prefix, "second")]):
+    clock.settled = None
+    await clock.advance(6.5)
+    async with workers([make_config(etcd_endpoints, prefix, "second")], [clock]):
 
-        async def missed() -> bool:
-            return any(r.status is RunStatus.MISSED for r in await runs_of(client, ks, "late"))
+        async def missed() -> list[RunRecord]:
+            return [r for r in await runs_of(client, ks, "late") if r.status is RunStatus.MISSED]
 
-        await wait_for(missed, timeout=10)
-    assert not any(
-        e.worker == "second" and e.kind == "start" and _age(e.tick_iso) > 4
-        for e in read_ledger(ledger)
-    )
+        recs = await wait_for(missed, timeout=10)
+    assert [r.tick.timestamp() for r in recs] == [START.timestamp() + 10]
+    assert _ticks(ledger) == [_iso(START.timestamp() + 5)], "the late tick did not run"
 
 
-def _age(tick: str) -> float:
-    return time.time() - datetime.fromisoformat(tick).timestamp()
+def _ticks(ledger: Path) -> list[str]:
+    return [e.tick_iso for e in read_ledger(ledger) if e.kind == "start"]
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def test_suspended_job_does_not_run_and_resumes(
@@ -150,11 +165,14 @@ async def test_suspended_job_does_not_run_and_resumes(
     ks = Keyspace(prefix)
     ledger = tmp_path / "ledger"
     job = ledger_job("pause", ledger, suspend=True)
-    async with workers([make_config(etcd_endpoints, prefix, "w")]) as (w,):
+    clock = ManualClock(START)
+    async with workers([make_config(etcd_endpoints, prefix, "w")], [clock]) as ws:
+        (w,) = _settled(clock, ws)
         await put_jobs(client, ks, job)
         await wait_for(lambda: "pause" in w.table.jobs, timeout=5)
-        t0 = time.time()
-        await wait_for(lambda: time.time() > t0 + 2.5, timeout=5)  # two ticks pass while suspended
+        await clock.advance(2.5)  # two ticks pass while suspended
         assert read_ledger(ledger) == []
         await put_jobs(client, ks, job.model_copy(update={"suspend": False}))
-        await wait_for(lambda: read_ledger(ledger), timeout=5)
+        await wait_for(lambda: not w.table.jobs["pause"].suspend, timeout=5)
+        await clock.advance(1)
+        assert _ticks(ledger) == [_iso(START.timestamp() + 3)]
