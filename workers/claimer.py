@@ -303,7 +303,7 @@ class Claimer:
         caller asks again. Otherwise :attr:`Retry.NO` (won, taken, or recorded).
         """
         session, client = self.membership.session, self.batcher
-        if session is None or client is None or session.remaining() <= 0:
+        if session is None or session.remaining() <= 0:
             raise EtcdUnavailable("no live session")
         run_id = new_run_id(tick, manual=manual)
         rec = RunRecord.started(
@@ -325,11 +325,10 @@ class Claimer:
         lock_value = LockValue(
             worker=self.id, run_id=run_id, tick=tick, lease=session.lease_id
         ).to_json()
+        claim_lock = None if policy is Concurrency.REPLACE else lock_key  # replace: take_over locks
         req = ClaimRequest(  # a tick or a manual run, by the fence (see the named constructors)
             fence=fence,
-            lock_key=None
-            if policy is Concurrency.REPLACE
-            else lock_key,  # replace: take_over locks
+            lock_key=claim_lock,
             lock_value=lock_value,
             lease=session.lease_id,
             run_id=run_id,
@@ -388,7 +387,7 @@ class Claimer:
             and not self.runs.of_job(job.name)
         ):
             why = "the lock is on this worker's session but its run is not running here"
-        if why and self.repairs is not None and lock.key not in self.repairs.running:
+        if why and lock.key not in self.repairs.running:
             self.tasks.background(self._repair_lock(job.name, lock, why))
 
     async def _repair_lock(self, job: str, lock: KeyValue, why: str) -> None:

@@ -21,13 +21,13 @@ import structlog
 class Tasks:
     def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
         self.log = log
-        self.runs: set[asyncio.Task[None]] = set()
+        self.run_tasks: set[asyncio.Task[None]] = set()
         """Claims and runs (``spawn``)."""
         self.background_tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
-        self.runs.add(task)
+        self.run_tasks.add(task)
         task.add_done_callback(self._run_done)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -37,7 +37,7 @@ class Tasks:
         task.add_done_callback(self._background_done)
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
-        self.runs.discard(task)
+        self.run_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("run task failed", error=repr(task.exception()))
 
@@ -48,18 +48,18 @@ class Tasks:
 
     async def wait_runs(self) -> None:
         """Until every claim and run task has ended."""
-        while self.runs:
-            await asyncio.wait(list(self.runs))
+        while self.run_tasks:
+            await asyncio.wait(list(self.run_tasks))
 
     async def wait_one_run(self) -> None:
         """Until at least one claim or run task ends (at once if there is none)."""
-        if self.runs:
-            await asyncio.wait(list(self.runs), return_when=asyncio.FIRST_COMPLETED)
+        if self.run_tasks:
+            await asyncio.wait(list(self.run_tasks), return_when=asyncio.FIRST_COMPLETED)
 
     async def cancel_all(self, grace: float) -> None:
         """Cancel everything; give cancelled runs ``grace`` seconds to write their
         final record and release their lock (``workers.runner``)."""
-        for t in self.runs | self.background_tasks:
+        for t in self.run_tasks | self.background_tasks:
             t.cancel()
-        if self.runs:
-            await asyncio.wait(list(self.runs), timeout=grace)
+        if self.run_tasks:
+            await asyncio.wait(list(self.run_tasks), timeout=grace)

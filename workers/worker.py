@@ -191,7 +191,7 @@ class Worker:
                     await self.membership.register()  # tell peers: rank me last from now on
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while self.runs and self.tasks.runs:
+                while self.runs and self.tasks.run_tasks:
                     await self.tasks.wait_one_run()
         self.runs.stop_all(StopReason.DRAIN)
         await self.tasks.wait_runs()

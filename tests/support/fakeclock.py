@@ -258,7 +258,7 @@ def workers_quiet(clock: ManualClock, ws: Iterable[Worker]) -> Callable[[], bool
         for w in ws:
             if w.runs.in_flight or w.tasks.background_tasks:
                 return False
-            if any(not t.done() and not clock.parks(t) for t in w.tasks.runs):
+            if any(not t.done() and not clock.parks(t) for t in w.tasks.run_tasks):
                 return False
         return True
 
